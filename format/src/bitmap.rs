@@ -23,6 +23,18 @@ pub fn bits_per_bitmap_block(block_size: u32) -> u64 {
     (block_size as u64 - BITMAP_HEADER_LEN as u64) * 8
 }
 
+fn check_block_size(block_size: u32) -> Result<()> {
+    if crate::valid_block_size(block_size) {
+        Ok(())
+    } else {
+        Err(FormatError::invalid(
+            WHAT,
+            "block size",
+            format!("{block_size}"),
+        ))
+    }
+}
+
 /// The header as stored (version 1).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -56,6 +68,7 @@ impl BitmapBlockHeader {
     /// Encode a whole bitmap block: header + `bits` (`block_size - 64` bytes).
     /// The checksum covers header and bits. `used_bits` is computed.
     pub fn encode_block(&self, block_size: u32, bits: &[u8]) -> Result<Vec<u8>> {
+        check_block_size(block_size)?;
         let want = block_size as usize - BITMAP_HEADER_LEN;
         if bits.len() != want {
             return Err(FormatError::invalid(
@@ -85,7 +98,8 @@ impl BitmapBlockHeader {
 
     /// Decode and verify a whole bitmap block; returns the header and its bits.
     pub fn decode_block(block: &[u8], block_size: u32) -> Result<(BitmapBlockHeader, &[u8])> {
-        if !crate::valid_block_size(block_size) || block.len() < block_size as usize {
+        check_block_size(block_size)?;
+        if block.len() < block_size as usize {
             return Err(FormatError::TooShort {
                 what: WHAT,
                 need: block_size as usize,

@@ -137,6 +137,13 @@ impl JournalRecordHeader {
 
     /// Decode and verify a header (not its payload; see [`verify_payload`]).
     pub fn decode(bytes: &[u8], block_size: u32) -> Result<JournalRecordHeader> {
+        if !crate::valid_block_size(block_size) {
+            return Err(FormatError::invalid(
+                WHAT,
+                "block size",
+                format!("{block_size}"),
+            ));
+        }
         let Ok((raw, _)) = RawJournalHeaderV1::read_from_prefix(bytes) else {
             return Err(FormatError::TooShort {
                 what: WHAT,

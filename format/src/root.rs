@@ -57,7 +57,9 @@ pub struct RawRootRecordV1 {
     pub checkpoint_len: U64,
     pub checkpoint_blake3: [u8; 32],
     pub locators: [RawLocatorV1; CHECKPOINT_COPIES],
-    pub reserved: [u8; 52],
+    pub journal_len: U64,
+    pub journal_block_size: U32,
+    pub reserved: [u8; 40],
     pub crc32: U32,
 }
 
@@ -66,6 +68,7 @@ const _: () = assert!(std::mem::size_of::<RawRootRecordV1>() == ROOT_RECORD_LEN)
 const _: () = assert!(std::mem::offset_of!(RawRootRecordV1, generation) == 32);
 const _: () = assert!(std::mem::offset_of!(RawRootRecordV1, checkpoint_id) == 72);
 const _: () = assert!(std::mem::offset_of!(RawRootRecordV1, locators) == 128);
+const _: () = assert!(std::mem::offset_of!(RawRootRecordV1, journal_len) == 200);
 const _: () = assert!(std::mem::offset_of!(RawRootRecordV1, crc32) == 252);
 
 /// Where one copy of a checkpoint lives: `len` bytes at byte `offset` of member `member_index`.
@@ -91,6 +94,10 @@ pub struct RootRecord {
     pub journal_offset: u64,
     /// Number of members in the pool when written.
     pub member_count: u32,
+    /// Logical length of the journal (bytes; the same on every copy).
+    pub journal_len: u64,
+    /// Record alignment of the journal (bytes; the largest block size of its members).
+    pub journal_block_size: u32,
     /// The checkpoint object; `None` for a freshly made, empty pool.
     pub checkpoint: Option<CheckpointRef>,
 }
@@ -126,7 +133,9 @@ impl RootRecord {
             checkpoint_len: 0.into(),
             checkpoint_blake3: [0; 32],
             locators: [RawLocatorV1::default(); CHECKPOINT_COPIES],
-            reserved: [0; 52],
+            journal_len: self.journal_len.into(),
+            journal_block_size: self.journal_block_size.into(),
+            reserved: [0; 40],
             crc32: 0.into(),
         };
         if let Some(c) = &self.checkpoint {
@@ -226,6 +235,21 @@ impl RootRecord {
                 copies,
             })
         };
+        let (journal_len, jbs) = (raw.journal_len.get(), raw.journal_block_size.get());
+        if !crate::valid_block_size(jbs) || journal_len == 0 || journal_len % jbs as u64 != 0 {
+            return Err(FormatError::invalid(
+                WHAT,
+                "journal geometry",
+                format!("length {journal_len}, block size {jbs}"),
+            ));
+        }
+        if raw.journal_offset.get() >= journal_len || raw.journal_offset.get() % jbs as u64 != 0 {
+            return Err(FormatError::invalid(
+                WHAT,
+                "journal_offset",
+                format!("{}", raw.journal_offset.get()),
+            ));
+        }
         Ok(RootRecord {
             pool_uuid: uuid::Uuid::from_bytes(raw.pool_uuid),
             generation: raw.generation.get(),
@@ -233,6 +257,8 @@ impl RootRecord {
             journal_seq: raw.journal_seq.get(),
             journal_offset: raw.journal_offset.get(),
             member_count: raw.member_count.get(),
+            journal_len,
+            journal_block_size: jbs,
             checkpoint,
         })
     }

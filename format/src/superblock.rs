@@ -297,8 +297,10 @@ impl Superblock {
     }
 }
 
-/// The longest prefix of `s` that is whole UTF-8 characters within 64 bytes.
+/// The label as it will read back: the text before the first NUL (the
+/// on-disk terminator), cut to whole UTF-8 characters within 64 bytes.
 pub fn truncate_label(s: &str) -> &str {
+    let s = s.find('\0').map_or(s, |nul| &s[..nul]);
     if s.len() <= LABEL_LEN {
         return s;
     }

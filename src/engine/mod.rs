@@ -1,0 +1,22 @@
+//! # The engine
+//!
+//! Metadata (`state`, `journal`, `pool`: namespace and extent table in
+//! memory, journal with group commit, checkpoints and versioned roots), the
+//! data path (`data`, `redundancy`, `placement`) and the typed API the
+//! front-ends call (`namespace`). Devices are reached only through
+//! `crate::device::Device`.
+
+pub mod data;
+pub mod error;
+pub mod journal;
+pub mod lock;
+pub mod namespace;
+pub mod placement;
+pub mod pool;
+pub mod redundancy;
+pub mod state;
+
+pub use error::{EngineError, Result};
+pub use namespace::{DirEntry, RenameFlags, SetAttr, StatFs, TimeSet, XattrMode};
+pub use pool::{Pool, PoolOptions};
+pub use state::{Attrs, FileKind, Ino, ROOT_INO};

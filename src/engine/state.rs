@@ -1,0 +1,471 @@
+//! # The in-memory metadata state and the one function that changes it
+//!
+//! `State` holds the whole namespace (inodes, directories, symlinks, hard
+//! links, xattrs, the file → extent maps), the extent table and the member
+//! table. It is changed only by [`State::apply`] of an [`Op`]: the live
+//! engine and journal replay call the same function with the same ops, so a
+//! replayed state is the state that was committed, bit for bit.
+//!
+//! `apply` validates every op against the state before touching anything and
+//! returns an error (never panics) when an op does not fit: during replay
+//! that means the journal is corrupt.
+//!
+//! Memory budget (measured by `bench-metadata`): an extent costs its table
+//! entry (UUID key, length, BLAKE3, policy, fragment list of 16 bytes per
+//! fragment) plus one map entry in its file; an inode costs its attributes
+//! and the containers of its body. This module must never do IO.
+
+use dfs_format::Policy;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Inode number. 1 is the root directory.
+pub type Ino = u64;
+/// The root directory's inode number.
+pub const ROOT_INO: Ino = 1;
+/// Logical size of a full extent (bytes).
+pub const EXTENT_SIZE: u64 = dfs_format::MAX_EXTENT_LEN as u64;
+/// Longest name in a directory (bytes), as Linux's NAME_MAX.
+pub const NAME_MAX: usize = 255;
+
+/// The type of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+/// POSIX attributes of an inode. Times are nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attrs {
+    pub kind: FileKind,
+    /// Permission bits (mode & 0o7777).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub nlink: u32,
+    pub rdev: u32,
+}
+
+/// Where one fragment lives: `blocks` blocks from data block `block` of member `member`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FragLoc {
+    pub member: u32,
+    pub blocks: u32,
+    pub block: u64,
+}
+
+/// An immutable extent: up to 1 MiB of one file, kept under one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Extent UUID (as u128) — also in every fragment header.
+    pub id: u128,
+    /// Logical length in bytes (1..=1 MiB).
+    pub len: u32,
+    /// BLAKE3 of the logical bytes.
+    pub blake3: [u8; 32],
+    /// Redundancy policy, in its 4-byte encoding.
+    pub policy: [u8; 4],
+    /// Fragment `i` of the policy lives at `frags[i]`.
+    pub frags: Box<[FragLoc]>,
+}
+
+impl Extent {
+    /// The decoded policy (validated when the extent was created).
+    pub fn policy(&self) -> Policy {
+        Policy::decode(self.policy).unwrap_or(Policy::Replication { copies: 1 })
+    }
+}
+
+/// What an inode holds besides its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Extent index (file offset / 1 MiB) → extent id. Absent = hole.
+    File(BTreeMap<u64, u128>),
+    /// Name → inode, and the parent directory (the root is its own parent).
+    Dir { parent: Ino, entries: BTreeMap<Box<[u8]>, Ino> },
+    /// The link target.
+    Symlink(Box<[u8]>),
+    /// FIFOs, sockets, device nodes.
+    Special,
+}
+
+/// One inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub attrs: Attrs,
+    /// Extended attributes, allocated only when there are some.
+    pub xattrs: Option<Box<BTreeMap<Box<[u8]>, Box<[u8]>>>>,
+    /// Pinned policy (`user.dfs.policy`), inherited by new children of a directory.
+    pub policy: Option<[u8; 4]>,
+    pub body: Body,
+}
+
+/// State of a pool member as metadata records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    Online,
+    Draining,
+    Failed,
+    Removed,
+}
+
+/// One member of the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRec {
+    pub index: u32,
+    pub uuid: u128,
+    pub state: MemberState,
+    /// The path it was last opened by (a hint for finding it again).
+    pub path_hint: String,
+}
+
+/// Pool-wide settings kept in metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub default_policy: [u8; 4],
+    pub label: String,
+}
+
+/// The whole metadata state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub inodes: HashMap<Ino, Inode>,
+    pub extents: HashMap<u128, Extent>,
+    pub members: Vec<MemberRec>,
+    pub config: PoolConfig,
+    pub next_ino: Ino,
+}
+
+/// One atomic change to the state; a journal record carries a list of them
+/// (one or more transactions). Version 1 of the record encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create inode `ino` (must not exist) with `attrs` and an initial body.
+    /// Replay may assume `ino >= next_ino` is then bumped.
+    CreateInode { ino: Ino, attrs: Attrs, body: Body, policy: Option<[u8; 4]> },
+    /// Replace the attributes of `ino` (the kind must not change).
+    SetAttrs { ino: Ino, attrs: Attrs },
+    /// Add entry `name` → `ino` to directory `dir` (must not exist).
+    Link { dir: Ino, name: Box<[u8]>, ino: Ino },
+    /// Remove entry `name` from directory `dir` (must exist).
+    Unlink { dir: Ino, name: Box<[u8]> },
+    /// Set the parent of directory `dir` (rename across directories).
+    SetParent { dir: Ino, parent: Ino },
+    /// Delete inode `ino` (no entry may point at it); its extents are freed.
+    DropInode { ino: Ino },
+    /// Set or clear extent `index` of file `ino`; a replaced extent is freed.
+    SetExtent { ino: Ino, index: u64, extent: Option<Extent> },
+    /// Set (Some) or remove (None) an extended attribute.
+    SetXattr { ino: Ino, name: Box<[u8]>, value: Option<Box<[u8]>> },
+    /// Pin (Some) or unpin (None) the policy of an inode.
+    SetPolicy { ino: Ino, policy: Option<[u8; 4]> },
+    /// Replace the fragment locations of an extent (repair, migration);
+    /// the fragments no longer referenced are freed.
+    MoveExtent { id: u128, policy: [u8; 4], frags: Box<[FragLoc]> },
+    /// Add a member or change its record.
+    PutMember { member: MemberRec },
+    /// Change pool settings.
+    SetConfig { config: PoolConfig },
+}
+
+/// Why an op did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("metadata op does not apply: {0}")]
+pub struct ApplyError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ApplyError> {
+    Err(ApplyError(msg.into()))
+}
+
+impl State {
+    /// A new pool: just the root directory.
+    pub fn new(config: PoolConfig, members: Vec<MemberRec>, now_ns: i64) -> State {
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT_INO,
+            Inode {
+                attrs: Attrs {
+                    kind: FileKind::Dir,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    atime_ns: now_ns,
+                    mtime_ns: now_ns,
+                    ctime_ns: now_ns,
+                    nlink: 2,
+                    rdev: 0,
+                },
+                xattrs: None,
+                policy: None,
+                body: Body::Dir { parent: ROOT_INO, entries: BTreeMap::new() },
+            },
+        );
+        State { inodes, extents: HashMap::new(), members, config, next_ino: ROOT_INO + 1 }
+    }
+
+    /// The inode, or an error naming it.
+    pub fn inode(&self, ino: Ino) -> Result<&Inode, ApplyError> {
+        match self.inodes.get(&ino) {
+            Some(i) => Ok(i),
+            None => err(format!("inode {ino} does not exist")),
+        }
+    }
+
+    fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode, ApplyError> {
+        match self.inodes.get_mut(&ino) {
+            Some(i) => Ok(i),
+            None => err(format!("inode {ino} does not exist")),
+        }
+    }
+
+    fn dir_entries_mut(&mut self, dir: Ino) -> Result<&mut BTreeMap<Box<[u8]>, Ino>, ApplyError> {
+        match &mut self.inode_mut(dir)?.body {
+            Body::Dir { entries, .. } => Ok(entries),
+            _ => err(format!("inode {dir} is not a directory")),
+        }
+    }
+
+    /// Apply one op. On success returns the fragment locations that op freed
+    /// (the caller frees them once the op's commit is durable). On error the
+    /// state is unchanged.
+    pub fn apply(&mut self, op: &Op) -> Result<Vec<FragLoc>, ApplyError> {
+        let mut freed = Vec::new();
+        match op {
+            Op::CreateInode { ino, attrs, body, policy } => {
+                if self.inodes.contains_key(ino) || *ino == 0 {
+                    return err(format!("create: inode {ino} already exists"));
+                }
+                let body_kind_ok = matches!(
+                    (attrs.kind, body),
+                    (FileKind::File, Body::File(_))
+                        | (FileKind::Dir, Body::Dir { .. })
+                        | (FileKind::Symlink, Body::Symlink(_))
+                        | (FileKind::Fifo | FileKind::Socket | FileKind::CharDev | FileKind::BlockDev, Body::Special)
+                );
+                if !body_kind_ok {
+                    return err(format!("create: inode {ino} body does not match kind {:?}", attrs.kind));
+                }
+                if let Body::File(map) = body {
+                    if !map.is_empty() {
+                        return err("create: a new file has no extents");
+                    }
+                }
+                if let Body::Dir { entries, .. } = body {
+                    if !entries.is_empty() {
+                        return err("create: a new directory is empty");
+                    }
+                }
+                self.inodes.insert(*ino, Inode { attrs: *attrs, xattrs: None, policy: *policy, body: body.clone() });
+                self.next_ino = self.next_ino.max(ino + 1);
+            }
+            Op::SetAttrs { ino, attrs } => {
+                let inode = self.inode_mut(*ino)?;
+                if inode.attrs.kind != attrs.kind {
+                    return err(format!("setattrs: inode {ino} kind change"));
+                }
+                inode.attrs = *attrs;
+            }
+            Op::Link { dir, name, ino } => {
+                if name.is_empty() || name.len() > NAME_MAX || name.contains(&b'/') || name.contains(&0) {
+                    return err(format!("link: bad name {:?}", String::from_utf8_lossy(name)));
+                }
+                self.inode(*ino)?;
+                let entries = self.dir_entries_mut(*dir)?;
+                if entries.contains_key(name) {
+                    return err(format!("link: {:?} exists in {dir}", String::from_utf8_lossy(name)));
+                }
+                entries.insert(name.clone(), *ino);
+            }
+            Op::Unlink { dir, name } => {
+                if self.dir_entries_mut(*dir)?.remove(name).is_none() {
+                    return err(format!("unlink: {:?} not in {dir}", String::from_utf8_lossy(name)));
+                }
+            }
+            Op::SetParent { dir, parent } => {
+                self.inode(*parent)?;
+                match &mut self.inode_mut(*dir)?.body {
+                    Body::Dir { parent: p, .. } => *p = *parent,
+                    _ => return err(format!("setparent: {dir} is not a directory")),
+                }
+            }
+            Op::DropInode { ino } => {
+                if *ino == ROOT_INO {
+                    return err("drop: the root directory");
+                }
+                let inode = self.inodes.remove(ino).ok_or_else(|| ApplyError(format!("drop: no inode {ino}")))?;
+                if let Body::File(map) = inode.body {
+                    for id in map.values() {
+                        if let Some(e) = self.extents.remove(id) {
+                            freed.extend(e.frags.iter().copied());
+                        }
+                    }
+                }
+            }
+            Op::SetExtent { ino, index, extent } => {
+                if let Some(e) = extent {
+                    if e.len == 0 || e.len as u64 > EXTENT_SIZE || e.frags.is_empty() {
+                        return err(format!("setextent: bad extent length {} for inode {ino}", e.len));
+                    }
+                    if Policy::decode(e.policy).is_err() {
+                        return err("setextent: bad policy");
+                    }
+                    if self.extents.contains_key(&e.id) {
+                        return err("setextent: extent id reused");
+                    }
+                }
+                let map = match &mut self.inode_mut(*ino)?.body {
+                    Body::File(map) => map,
+                    _ => return err(format!("setextent: inode {ino} is not a file")),
+                };
+                let old = match extent {
+                    Some(e) => map.insert(*index, e.id),
+                    None => map.remove(index),
+                };
+                if let Some(e) = extent {
+                    self.extents.insert(e.id, e.clone());
+                }
+                if let Some(old) = old {
+                    if let Some(e) = self.extents.remove(&old) {
+                        freed.extend(e.frags.iter().copied());
+                    }
+                }
+            }
+            Op::SetXattr { ino, name, value } => {
+                let inode = self.inode_mut(*ino)?;
+                let x = inode.xattrs.get_or_insert_with(Default::default);
+                match value {
+                    Some(v) => {
+                        x.insert(name.clone(), v.clone());
+                    }
+                    None => {
+                        x.remove(name);
+                    }
+                }
+                if x.is_empty() {
+                    inode.xattrs = None;
+                }
+            }
+            Op::SetPolicy { ino, policy } => {
+                if let Some(p) = policy {
+                    if Policy::decode(*p).is_err() {
+                        return err("setpolicy: bad policy");
+                    }
+                }
+                self.inode_mut(*ino)?.policy = *policy;
+            }
+            Op::MoveExtent { id, policy, frags } => {
+                if Policy::decode(*policy).is_err() || frags.is_empty() {
+                    return err("moveextent: bad policy or no fragments");
+                }
+                let e = self.extents.get_mut(id).ok_or_else(|| ApplyError(format!("moveextent: no extent {id:032x}")))?;
+                for f in e.frags.iter() {
+                    if !frags.contains(f) {
+                        freed.push(*f);
+                    }
+                }
+                e.policy = *policy;
+                e.frags = frags.clone();
+            }
+            Op::PutMember { member } => {
+                let i = member.index as usize;
+                if i > self.members.len() {
+                    return err(format!("putmember: index {i} leaves a gap"));
+                }
+                if i == self.members.len() {
+                    self.members.push(member.clone());
+                } else {
+                    self.members[i] = member.clone();
+                }
+            }
+            Op::SetConfig { config } => self.config = config.clone(),
+        }
+        Ok(freed)
+    }
+
+    /// Every fragment location referenced by the extent table.
+    pub fn all_fragments(&self) -> impl Iterator<Item = (u128, usize, FragLoc)> + '_ {
+        self.extents.iter().flat_map(|(id, e)| e.frags.iter().enumerate().map(move |(i, f)| (*id, i, *f)))
+    }
+
+    /// Check the tree's invariants: every entry points at an inode, nlink
+    /// equals the number of entries (+ subdirectories for directories), every
+    /// file extent exists in the table and belongs to exactly one file and
+    /// stays within the file size, every inode but the root is reachable.
+    /// Returns the problems found.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut links: HashMap<Ino, u32> = HashMap::new();
+        let mut extent_owner: HashMap<u128, Ino> = HashMap::new();
+        for (ino, inode) in &self.inodes {
+            match &inode.body {
+                Body::Dir { parent, entries } => {
+                    if !self.inodes.contains_key(parent) {
+                        problems.push(format!("dir {ino}: parent {parent} missing"));
+                    }
+                    for (name, child) in entries {
+                        match self.inodes.get(child) {
+                            None => problems.push(format!(
+                                "dir {ino}: entry {:?} points at missing inode {child}",
+                                String::from_utf8_lossy(name)
+                            )),
+                            Some(c) => {
+                                *links.entry(*child).or_default() += 1;
+                                if c.attrs.kind == FileKind::Dir {
+                                    *links.entry(*ino).or_default() += 1;
+                                    if let Body::Dir { parent, .. } = c.body {
+                                        if parent != *ino {
+                                            problems.push(format!("dir {child}: parent {parent}, but listed in {ino}"));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Body::File(map) => {
+                    for (idx, id) in map {
+                        match self.extents.get(id) {
+                            None => problems.push(format!("file {ino}: extent {idx} ({id:032x}) missing")),
+                            Some(e) => {
+                                if idx * EXTENT_SIZE + e.len as u64 > inode.attrs.size {
+                                    problems.push(format!("file {ino}: extent {idx} reaches past size {}", inode.attrs.size));
+                                }
+                            }
+                        }
+                        if let Some(other) = extent_owner.insert(*id, *ino) {
+                            problems.push(format!("extent {id:032x} owned by {other} and {ino}"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ino, inode) in &self.inodes {
+            let is_dir = inode.attrs.kind == FileKind::Dir;
+            let expected = links.get(ino).copied().unwrap_or(0) + if is_dir { if *ino == ROOT_INO { 2 } else { 1 } } else { 0 };
+            if *ino != ROOT_INO && !links.contains_key(ino) {
+                problems.push(format!("inode {ino}: unreachable"));
+            }
+            if inode.attrs.nlink != expected {
+                problems.push(format!("inode {ino}: nlink {} but {expected} links", inode.attrs.nlink));
+            }
+        }
+        for id in self.extents.keys() {
+            if !extent_owner.contains_key(id) {
+                problems.push(format!("extent {id:032x}: in the table but in no file"));
+            }
+        }
+        problems
+    }
+}
