@@ -613,6 +613,7 @@ impl Pool {
     /// references is allocated, no block is referenced twice, and nothing
     /// else is allocated but the current checkpoint. Returns the problems.
     pub fn check_allocations(&self) -> Vec<String> {
+        let ckpt = self.checkpoint_blocks();
         let m = self.meta();
         let mut problems = Vec::new();
         let mut refs: Vec<BTreeMap<u64, u128>> = vec![BTreeMap::new(); m.allocs.len()];
@@ -627,7 +628,6 @@ impl Pool {
                 }
             }
         }
-        let ckpt = self.checkpoint_blocks();
         for (mi, a) in m.allocs.iter().enumerate() {
             let Some(a) = a else { continue };
             for b in refs[mi].keys() {

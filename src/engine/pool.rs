@@ -658,6 +658,19 @@ impl Pool {
         Ok(())
     }
 
+    /// Blocks held by the current checkpoint, per member index.
+    /// Takes the commit lock: never call with the meta lock held.
+    pub fn checkpoint_blocks(&self) -> Vec<u64> {
+        let c = self.commit_lock();
+        let mut out = vec![0u64; self.members.len()];
+        for l in c.checkpoint.iter().flat_map(|c| c.copies.iter()) {
+            if let (Some(slot), Some(Some(m))) = (out.get_mut(l.member_index as usize), self.members.get(l.member_index as usize)) {
+                *slot += l.len.div_ceil(m.layout.block_size as u64);
+            }
+        }
+        out
+    }
+
     /// Flush every buffered file, commit, and write a final checkpoint.
     pub fn close(self) -> Result<()> {
         if !self.opts.read_only {
