@@ -6,8 +6,12 @@
 //! (or `scripts/bench-alloc`). Prints a table, then as its last line one
 //! JSON object with the same figures.
 //!
-//! Each timed phase runs 3 times on a freshly built allocator (building it
-//! is not timed) and reports the median, with min and max in the table.
+//! Each timed phase runs 3 times and reports the median, with min and max
+//! in the table: allocation on a fresh allocator, then freeing (in a random
+//! order) what that allocation handed out; the other phases on a copy of a
+//! prepared state, whose preparation is not timed. The worst-case load runs
+//! once. On a machine shared with other work the figures move by 2x: look
+//! at the min column, and compare runs made side by side.
 //! Heap bytes are measured by a counting global allocator (bytes requested,
 //! not counting malloc's own overhead) beside the crate's `heap_bytes()`
 //! estimate.
@@ -268,7 +272,8 @@ fn main() {
     let (alloc_mixed, free_mixed) =
         alloc_then_free(("alloc mixed", "free mixed (random order)"), &sizes, 11);
     timings.extend([alloc_single, free_single, alloc_mixed, free_mixed]);
-    // Into the holes of a half-fragmented region: next-fit scans, best fit.
+    // Into a half-fragmented region: the free tail first (the cursor is
+    // there), then the holes, where next-fit scans and best fit work.
     let refill = mixed_sizes(RUNS / 2);
     timings.push(measure(
         "alloc mixed, fragmented",

@@ -1,0 +1,64 @@
+#!/bin/sh
+# Build the DynamicFS operator tools (release) and install them.
+#
+#   scripts/install.sh          install into /usr/local, and symlink the sbin
+#                               helpers into /sbin (where mount(8), mkfs(8) and
+#                               fsck(8) look for mount.TYPE, mkfs.TYPE, fsck.TYPE)
+#   scripts/install.sh PREFIX   install into PREFIX/bin and PREFIX/sbin only
+#
+# Installed as:  dfs-inspect, dfs        -> PREFIX/bin
+#                mkfs.dfs, mount.dfs,
+#                fsck.dfs                -> PREFIX/sbin
+# A tool whose binary the build did not produce (not written yet) is skipped.
+# Idempotent: running it again replaces the files and the links. The /sbin
+# link directory can be changed with DFS_SBIN_LINK_DIR (tests use it); a file
+# there that is not a symlink is left alone, with a warning.
+set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ $# -gt 1 ]; then
+    echo "usage: $0 [PREFIX]" >&2
+    exit 2
+fi
+prefix=${1:-}
+link_sbin=no
+if [ -z "$prefix" ]; then
+    prefix=/usr/local
+    link_sbin=yes
+fi
+link_dir=${DFS_SBIN_LINK_DIR:-/sbin}
+
+cargo build --release -p dfs-tools --manifest-path "$root/Cargo.toml"
+
+target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ -n "$target_dir" ] || target_dir=${CARGO_TARGET_DIR:-$root/target}
+release=$target_dir/release
+
+install -d "$prefix/bin" "$prefix/sbin"
+
+# built-name  installed-name  directory
+while read -r built name dir; do
+    src=$release/$built
+    if [ ! -x "$src" ]; then
+        continue
+    fi
+    install -m 0755 "$src" "$prefix/$dir/$name.tmp"
+    mv -f "$prefix/$dir/$name.tmp" "$prefix/$dir/$name"
+    echo "installed $prefix/$dir/$name"
+    if [ "$dir" = sbin ] && [ "$link_sbin" = yes ]; then
+        link=$link_dir/$name
+        if [ -e "$link" ] && [ ! -L "$link" ]; then
+            echo "warning: $link exists and is not a symlink; left alone" >&2
+        else
+            ln -sfn "$prefix/sbin/$name" "$link"
+            echo "linked $link -> $prefix/sbin/$name"
+        fi
+    fi
+done <<EOF
+dfs-inspect dfs-inspect bin
+dfs dfs bin
+mkfs-dfs mkfs.dfs sbin
+mount-dfs mount.dfs sbin
+fsck-dfs fsck.dfs sbin
+EOF
