@@ -152,7 +152,7 @@ impl Bitmap {
 
     /// Copies the image bytes starting at byte `first` into `out`.
     pub(crate) fn read_bytes(&self, first: u64, out: &mut [u8]) {
-        if first % 8 == 0 {
+        if first.is_multiple_of(8) {
             let mut w = first / 8;
             let mut chunks = out.chunks_exact_mut(8);
             for dst in &mut chunks {
@@ -173,7 +173,7 @@ impl Bitmap {
     /// has checked that no set bit of `src` lies past `len`; anything past
     /// the words is dropped.
     pub(crate) fn or_bytes(&mut self, first: u64, src: &[u8]) {
-        if first % 8 == 0 {
+        if first.is_multiple_of(8) {
             let mut w = first / 8;
             let mut chunks = src.chunks_exact(8);
             for bytes in &mut chunks {

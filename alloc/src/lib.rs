@@ -298,7 +298,7 @@ impl Allocator {
         if bits_per_chunk == 0 {
             return Err(invalid("bits_per_chunk must not be 0"));
         }
-        if bits_per_chunk % 8 != 0 {
+        if !bits_per_chunk.is_multiple_of(8) {
             return Err(invalid("bits_per_chunk must be a multiple of 8"));
         }
         let too_large = AllocError::TooLarge { total_blocks };

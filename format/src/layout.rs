@@ -221,7 +221,7 @@ impl Layout {
             ));
         }
         let bs = self.block_size as u64;
-        if self.size == 0 || self.size % bs != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(bs) {
             return Err(FormatError::invalid(
                 WHAT,
                 "size",

@@ -62,7 +62,8 @@
 //!   overlapped files lie wholly inside it and are then deleted. A crash
 //!   between the rename and the deletions leaves files wholly contained in an
 //!   earlier-starting file: `open` knows them to be stale and deletes them.
-//!   Any other overlap of fragment files is damage and fails `open`.
+//!   (Should a deletion fail, the next `sync` retries it and fails if it
+//!   cannot.) Any other overlap of fragment files is damage and fails `open`.
 //! - [`Device::discard`] deletes the fragment files lying wholly inside the
 //!   range (partial overlaps are left: discard is a hint).
 //!
@@ -76,13 +77,13 @@
 use super::{check_request, Device, DeviceError, DeviceIdentity, DeviceKind, Result};
 use dfs_format::superblock::{choose_superblock, Superblock};
 use dfs_format::{Layout, RegionKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 /// Block size of every directory member.
 pub const DIR_BLOCK_SIZE: u32 = 4096;
@@ -156,6 +157,9 @@ pub struct DirDevice {
     member_dir: File,
     /// Fragment files: first data block → length in blocks. Never overlapping.
     index: RwLock<BTreeMap<u64, u64>>,
+    /// Stale fragment files (swallowed by a merge) whose deletion failed;
+    /// `sync` retries. Locked after `index`, never before.
+    stale: Mutex<BTreeSet<u64>>,
     /// Renames or deletions in `fragments/` since the last sync.
     dirs_dirty: AtomicBool,
     tmp_seq: AtomicU64,
@@ -352,6 +356,7 @@ impl DirDevice {
             fragments_dir,
             member_dir,
             index: RwLock::new(index),
+            stale: Mutex::new(BTreeSet::new()),
             dirs_dirty: AtomicBool::new(false),
             tmp_seq: AtomicU64::new(0),
         })
@@ -381,6 +386,27 @@ impl DirDevice {
             .iter()
             .map(|(a, n)| (*a, *n))
             .collect()
+    }
+
+    fn lock_stale(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.stale.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Retry deleting stale fragment files (see [`DirDevice::write_data`]).
+    fn delete_stale(&self) -> Result<()> {
+        let index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut stale = self.lock_stale();
+        while let Some(&a) = stale.first() {
+            if !index.contains_key(&a) {
+                match fs::remove_file(self.frag_path(a)) {
+                    Ok(()) => self.dirs_dirty.store(true, Ordering::SeqCst),
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(self.io_err("sync", self.layout.data_offset(a), err)),
+                }
+            }
+            stale.remove(&a);
+        }
+        Ok(())
     }
 
     fn io_err(&self, op: &'static str, offset: u64, source: io::Error) -> DeviceError {
@@ -530,6 +556,7 @@ impl DirDevice {
             if overlapping(&index).is_empty() {
                 self.install(&tmp, s)?;
                 index.insert(s, e - s);
+                self.lock_stale().remove(&s);
                 return Ok(());
             }
             // A concurrent write got there first: merge with it below.
@@ -545,16 +572,24 @@ impl DirDevice {
         merged[((s - ms) * BS) as usize..((e - ms) * BS) as usize].copy_from_slice(data);
         let tmp = self.write_tmp(ms, &merged)?;
         self.install(&tmp, ms)?;
+        // The rename must be durable before the deletions: a filesystem that
+        // persisted a deletion but not the rename would lose the old bytes.
+        self.fragments_dir
+            .sync_all()
+            .map_err(|err| self.io_err("write", self.layout.data_offset(ms), err))?;
         for (a, _) in &olds {
             index.remove(a);
         }
         index.insert(ms, me - ms);
+        let mut stale = self.lock_stale();
+        stale.remove(&ms);
         for (a, _) in olds.iter().filter(|(a, _)| *a != ms) {
-            // Wholly inside the new file, so stale: if this fails (or the
-            // crash comes first), open deletes it.
+            // Wholly inside the new file, so stale. If the crash comes
+            // first, open deletes it; if this fails, the next sync retries.
             if let Err(err) = fs::remove_file(self.frag_path(*a)) {
                 tracing::warn!(dir = %self.dir.display(), file = %fragment_file_name(*a), %err,
-                    "cannot delete a stale fragment file; the next open will");
+                    "cannot delete a stale fragment file; sync will retry");
+                stale.insert(*a);
             }
         }
         Ok(())
@@ -736,6 +771,9 @@ impl Device for DirDevice {
                 }
             }
         }
+        if !self.lock_stale().is_empty() {
+            self.delete_stale()?;
+        }
         if self.dirs_dirty.swap(false, Ordering::SeqCst) {
             if let Err(e) = self
                 .fragments_dir
@@ -799,5 +837,39 @@ impl Device for DirDevice {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::AlignedBuf;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(fragment_file_name(0xab), "00000000000000ab");
+        assert_eq!(parse_fragment_file_name("00000000000000ab"), Some(0xab));
+        assert_eq!(parse_fragment_file_name("00000000000000AB"), None);
+        assert_eq!(parse_fragment_file_name("ab"), None);
+        assert_eq!(parse_fragment_file_name(".tmp-00000000000000ab.0"), None);
+    }
+
+    #[test]
+    fn sync_retries_stale_deletions_but_never_deletes_a_live_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = DirDevice::create(&tmp.path().join("m"), 32 << 20).unwrap();
+        let frags = tmp.path().join("m").join(FRAGMENTS_DIR);
+        // A stale file whose deletion failed during a merge...
+        fs::write(frags.join(fragment_file_name(40)), vec![0u8; 4096]).unwrap();
+        dev.lock_stale().insert(40);
+        // ...and a stale entry whose name a later write reused.
+        dev.lock_stale().insert(8);
+        let b = AlignedBuf::from_slice_padded(&[1u8; 4096], 4096);
+        dev.write_at(dev.layout().data_offset(8), &b).unwrap();
+        dev.lock_stale().insert(8); // as if the write had not cleared it
+        dev.sync().unwrap();
+        assert!(!frags.join(fragment_file_name(40)).exists());
+        assert!(frags.join(fragment_file_name(8)).exists());
+        assert!(dev.lock_stale().is_empty());
     }
 }

@@ -399,7 +399,7 @@ impl FaultyDevice {
     }
 
     /// Restore power: write `crash_image(seed)` into the inner device (only
-    /// the blocks that differ from the live image), sync it, forget the
+    /// the blocks pending writes touched), sync it, forget the
     /// pending writes, disarm the countdown and accept IO again. Counters and
     /// hooks are kept.
     pub fn power_cycle(&self, seed: u64) -> Result<()> {

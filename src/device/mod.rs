@@ -29,21 +29,21 @@
 //! `dfs-format`, policy in the engine.
 
 pub mod buf;
-pub mod error;
-pub mod raw;
-pub mod uring;
 pub mod dir;
+pub mod error;
 pub mod faulty;
 pub mod mem;
 pub mod open;
+pub mod raw;
+pub mod uring;
 
 pub use buf::{AlignedBuf, IO_ALIGN};
 pub use dir::DirDevice;
 pub use error::DeviceError;
-pub use raw::{IoPathChoice, RawDevice, RawOpenOptions};
 pub use faulty::{CrashOptions, Fault, FaultHook, FaultyDevice, IoKind, IoOp};
 pub use mem::MemDevice;
 pub use open::{open_member_device, OpenMode};
+pub use raw::{IoPathChoice, RawDevice, RawOpenOptions};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -146,7 +146,7 @@ pub trait Device: Send + Sync + fmt::Debug {
 pub fn check_request(dev: &dyn Device, offset: u64, buf: &[u8]) -> Result<()> {
     let bs = dev.block_size() as u64;
     let len = buf.len() as u64;
-    if offset % bs != 0 || len % bs != 0 || (buf.as_ptr() as usize) % IO_ALIGN != 0 {
+    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) || !(buf.as_ptr() as usize).is_multiple_of(IO_ALIGN) {
         return Err(DeviceError::Misaligned {
             device: dev.identity().path.clone(),
             offset,

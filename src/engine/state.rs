@@ -99,12 +99,15 @@ pub enum Body {
     Special,
 }
 
+/// Extended attributes of one inode: name → value.
+pub type Xattrs = BTreeMap<Box<[u8]>, Box<[u8]>>;
+
 /// One inode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
     pub attrs: Attrs,
     /// Extended attributes, allocated only when there are some.
-    pub xattrs: Option<Box<BTreeMap<Box<[u8]>, Box<[u8]>>>>,
+    pub xattrs: Option<Box<Xattrs>>,
     /// Pinned policy (`user.dfs.policy`), inherited by new children of a directory.
     pub policy: Option<[u8; 4]>,
     pub body: Body,
