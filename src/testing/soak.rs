@@ -206,10 +206,6 @@ fn open(devs: &[Arc<FaultyDevice>]) -> Result<Pool, String> {
     Pool::open(ds, PoolOptions { no_lock: true, ..Default::default() }).map_err(|e| format!("open failed: {e}"))
 }
 
-fn wrap(images: Vec<Vec<u8>>) -> Vec<Arc<FaultyDevice>> {
-    images.into_iter().map(|img| Arc::new(FaultyDevice::new(Arc::new(MemDevice::from_image(&img, 4096))))).collect()
-}
-
 /// Check a recovered pool against the model; returns the problems and what was seen.
 fn check(pool: &Pool, model: &Model, candidates: &[BTreeMap<String, Node>]) -> (Vec<String>, Seen) {
     let state = pool.state_snapshot();
@@ -263,7 +259,7 @@ pub fn run_seed(seed: u64, cycles: u32, ops_per_cycle: u32) -> SeedReport {
     let mut rep = SeedReport { seed, ..Default::default() };
     let mut rng = StdRng::seed_from_u64(seed);
     let n: usize = rng.gen_range(3..=5);
-    let mut devs: Vec<Arc<FaultyDevice>> =
+    let devs: Vec<Arc<FaultyDevice>> =
         (0..n).map(|_| Arc::new(FaultyDevice::new(Arc::new(MemDevice::new(40 * MIB, 4096))))).collect();
     let policy = match rng.gen_range(0..3) {
         0 => Policy::Replication { copies: 2 },
@@ -310,8 +306,15 @@ pub fn run_seed(seed: u64, cycles: u32, ops_per_cycle: u32) -> SeedReport {
             d.crash_now();
         }
         drop(pool);
+        // What the power cut left: synced writes, and each unsynced write
+        // dropped, kept or torn (patched into the inner device, no copies).
         let crash_seed: u64 = rng.gen();
-        devs = wrap(devs.iter().enumerate().map(|(i, d)| d.crash_image(crash_seed ^ i as u64)).collect());
+        for (i, d) in devs.iter().enumerate() {
+            if let Err(e) = d.power_cycle(crash_seed ^ i as u64) {
+                rep.violations.push(format!("cycle {cycle}: power cycle of member {i}: {e}"));
+                return rep;
+            }
+        }
         rep.crash_points += 1;
         let pool = match open(&devs) {
             Ok(p) => p,
@@ -347,7 +350,6 @@ pub fn run_seed(seed: u64, cycles: u32, ops_per_cycle: u32) -> SeedReport {
             rep.violations.push(format!("cycle {cycle}: clean close after recovery failed: {e}"));
             return rep;
         }
-        devs = wrap(devs.iter().map(|d| d.durable_image()).collect());
     }
     rep
 }
