@@ -7,8 +7,10 @@
 //! only: nothing here knows FUSE or the CLI.
 
 pub mod device;
+pub mod discover;
+pub mod engine;
+pub mod fuse;
 pub mod member;
 pub mod mkfs;
 pub mod probe;
-pub mod engine;
 pub mod testing;

@@ -91,10 +91,8 @@ fn every_region_round_trips_to_its_file() {
     let ring = l.region(RegionKind::RootRing);
     let journal = l.region(RegionKind::Journal);
     let bitmap = l.region(RegionKind::Bitmap);
-    dev.write_at(l.root_slot_offset(3), &blocks(0x31, 1))
-        .unwrap();
-    dev.write_at(journal.start + 2 * BS, &blocks(0x41, 2))
-        .unwrap();
+    dev.write_at(l.root_slot_offset(3), &blocks(0x31, 1)).unwrap();
+    dev.write_at(journal.start + 2 * BS, &blocks(0x41, 2)).unwrap();
     dev.write_at(bitmap.start, &blocks(0x51, 1)).unwrap();
     dev.write_at(l.data_offset(0), &blocks(0x61, 4)).unwrap();
     dev.write_at(l.data_offset(10), &blocks(0x71, 2)).unwrap();
@@ -105,29 +103,14 @@ fn every_region_round_trips_to_its_file() {
     let r = read(&dev, SIZE - BS, 1);
     assert_eq!(Superblock::decode(&r).unwrap().1, SuperblockCopy::Backup);
     assert!(uniform(&read(&dev, l.root_slot_offset(3), 1), 0x31));
-    assert!(
-        uniform(&read(&dev, l.root_slot_offset(2), 1), 0),
-        "unwritten slot reads zeros"
-    );
+    assert!(uniform(&read(&dev, l.root_slot_offset(2), 1), 0), "unwritten slot reads zeros");
     let j = read(&dev, journal.start + 2 * BS, 2);
     assert!(uniform(&j[..BS as usize], 0x41) && uniform(&j[BS as usize..], 0x42));
     assert!(uniform(&read(&dev, bitmap.start, 1), 0x51));
     // One read across two fragment files and the holes around them.
     let d = read(&dev, l.data_offset(0), 16);
-    for (b, want) in [
-        (0, 0x61),
-        (3, 0x64),
-        (4, 0),
-        (9, 0),
-        (10, 0x71),
-        (11, 0x72),
-        (12, 0),
-        (15, 0),
-    ] {
-        assert!(
-            uniform(&d[b * BS as usize..(b + 1) * BS as usize], want),
-            "data block {b}"
-        );
+    for (b, want) in [(0, 0x61), (3, 0x64), (4, 0), (9, 0), (10, 0x71), (11, 0x72), (12, 0), (15, 0)] {
+        assert!(uniform(&d[b * BS as usize..(b + 1) * BS as usize], want), "data block {b}");
     }
     // A read spanning the ring, the gap after it and the journal start.
     let n = (journal.start - ring.end()) / BS + 2;
@@ -137,19 +120,13 @@ fn every_region_round_trips_to_its_file() {
     // On disk: the same bytes at the same offsets of the files.
     let sbf = fs::read(path.join(SUPERBLOCK_FILE)).unwrap();
     assert_eq!(sbf.len(), 2 * BS as usize);
-    assert_eq!(
-        Superblock::decode(&sbf[BS as usize..]).unwrap().1,
-        SuperblockCopy::Backup
-    );
+    assert_eq!(Superblock::decode(&sbf[BS as usize..]).unwrap().1, SuperblockCopy::Backup);
     let roots = fs::read(path.join("roots")).unwrap();
     assert!(uniform(&roots[3 * BS as usize..4 * BS as usize], 0x31));
     let jf = fs::read(path.join("journal")).unwrap();
     assert!(uniform(&jf[2 * BS as usize..3 * BS as usize], 0x41));
     assert!(uniform(&fs::read(path.join("bitmap")).unwrap(), 0x51));
-    assert_eq!(
-        frag_files(&path),
-        vec![fragment_file_name(0), fragment_file_name(10)]
-    );
+    assert_eq!(frag_files(&path), vec![fragment_file_name(0), fragment_file_name(10)]);
     assert_eq!(fragment_file_name(10), "000000000000000a");
     let f = fs::read(path.join(FRAGMENTS_DIR).join("000000000000000a")).unwrap();
     assert_eq!(f.len(), 2 * BS as usize);
@@ -164,10 +141,7 @@ fn a_write_may_span_regions() {
     dev.write_at(0, &blocks(0x11, 2)).unwrap();
     let r = read(&dev, 0, 2);
     assert!(uniform(&r[..4096], 0x11) && uniform(&r[4096..], 0x12));
-    assert!(uniform(
-        &fs::read(tmp.path().join("m/roots")).unwrap(),
-        0x12
-    ));
+    assert!(uniform(&fs::read(tmp.path().join("m/roots")).unwrap(), 0x12));
     // The last data block and the backup superblock in one write.
     let data = dev.layout().region(RegionKind::Data);
     assert_eq!(data.end(), SIZE - BS);
@@ -182,10 +156,7 @@ fn gaps_read_zeros_and_refuse_writes() {
     let dev = DirDevice::create(&tmp.path().join("m"), SIZE).unwrap();
     let ring = dev.layout().region(RegionKind::RootRing);
     let journal = dev.layout().region(RegionKind::Journal);
-    assert!(
-        ring.end() < journal.start,
-        "this layout has a gap after the ring"
-    );
+    assert!(ring.end() < journal.start, "this layout has a gap after the ring");
     assert!(uniform(&read(&dev, ring.end(), 1), 0));
     let e = dev.write_at(ring.end(), &blocks(1, 1)).unwrap_err();
     assert!(matches!(e, DeviceError::Io { op: "write", .. }), "{e}");
@@ -193,10 +164,7 @@ fn gaps_read_zeros_and_refuse_writes() {
     // A write straddling a region and a gap is refused whole.
     let e = dev.write_at(ring.end() - BS, &blocks(1, 2)).unwrap_err();
     assert!(matches!(e, DeviceError::Io { .. }));
-    assert!(
-        uniform(&read(&dev, ring.end() - BS, 1), 0),
-        "nothing written"
-    );
+    assert!(uniform(&read(&dev, ring.end() - BS, 1), 0), "nothing written");
 }
 
 #[test]
@@ -204,26 +172,11 @@ fn the_contract_is_enforced() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = DirDevice::create(&tmp.path().join("m"), SIZE).unwrap();
     let mut b = AlignedBuf::zeroed(2 * BS as usize);
-    assert!(matches!(
-        dev.read_at(512, &mut b[..4096]),
-        Err(DeviceError::Misaligned { .. })
-    ));
-    assert!(matches!(
-        dev.read_at(0, &mut b[1..4097]),
-        Err(DeviceError::Misaligned { .. })
-    ));
-    assert!(matches!(
-        dev.write_at(SIZE, &b[..4096]),
-        Err(DeviceError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        dev.discard(SIZE, BS),
-        Err(DeviceError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        dev.discard(1, BS),
-        Err(DeviceError::Misaligned { .. })
-    ));
+    assert!(matches!(dev.read_at(512, &mut b[..4096]), Err(DeviceError::Misaligned { .. })));
+    assert!(matches!(dev.read_at(0, &mut b[1..4097]), Err(DeviceError::Misaligned { .. })));
+    assert!(matches!(dev.write_at(SIZE, &b[..4096]), Err(DeviceError::OutOfRange { .. })));
+    assert!(matches!(dev.discard(SIZE, BS), Err(DeviceError::OutOfRange { .. })));
+    assert!(matches!(dev.discard(1, BS), Err(DeviceError::Misaligned { .. })));
     let id = dev.identity();
     let md = fs::metadata(tmp.path().join("m")).unwrap();
     assert_eq!(id.kind, DeviceKind::Dir);
@@ -238,12 +191,9 @@ fn reopen_sees_everything_synced() {
     let dev = member(&path);
     let l = dev.layout().clone();
     let ino = dev.identity().ino;
-    dev.write_at(l.root_slot_offset(0), &blocks(0x31, 1))
-        .unwrap();
-    dev.write_at(l.region(RegionKind::Journal).start, &blocks(0x41, 8))
-        .unwrap();
-    dev.write_at(l.data_offset(256), &blocks(0x61, 256))
-        .unwrap();
+    dev.write_at(l.root_slot_offset(0), &blocks(0x31, 1)).unwrap();
+    dev.write_at(l.region(RegionKind::Journal).start, &blocks(0x41, 8)).unwrap();
+    dev.write_at(l.data_offset(256), &blocks(0x61, 256)).unwrap();
     dev.sync().unwrap();
     drop(dev);
 
@@ -251,17 +201,11 @@ fn reopen_sees_everything_synced() {
     assert_eq!(dev.layout(), &l, "layout comes from the superblock");
     assert_eq!(dev.identity().ino, ino);
     assert!(uniform(&read(&dev, l.root_slot_offset(0), 1), 0x31));
-    assert!(uniform(
-        &read(&dev, l.region(RegionKind::Journal).start + 7 * BS, 1),
-        0x48
-    ));
+    assert!(uniform(&read(&dev, l.region(RegionKind::Journal).start + 7 * BS, 1), 0x48));
     let d = read(&dev, l.data_offset(255), 258);
     assert!(uniform(&d[..4096], 0));
     assert!(uniform(&d[4096..8192], 0x61));
-    assert!(uniform(
-        &d[256 * 4096..257 * 4096],
-        0x61u8.wrapping_add(255)
-    ));
+    assert!(uniform(&d[256 * 4096..257 * 4096], 0x61u8.wrapping_add(255)));
     assert!(uniform(&d[257 * 4096..], 0));
     assert_eq!(dev.fragment_files(), vec![(256, 256)]);
 
@@ -270,14 +214,8 @@ fn reopen_sees_everything_synced() {
     let ro = DirDevice::open(&path, true).unwrap();
     assert!(ro.is_read_only());
     assert!(uniform(&read(&ro, l.root_slot_offset(0), 1), 0x31));
-    assert!(matches!(
-        ro.write_at(l.data_offset(0), &blocks(1, 1)),
-        Err(DeviceError::Io { .. })
-    ));
-    assert!(matches!(
-        ro.discard(l.data_offset(256), 256 * BS),
-        Err(DeviceError::Io { .. })
-    ));
+    assert!(matches!(ro.write_at(l.data_offset(0), &blocks(1, 1)), Err(DeviceError::Io { .. })));
+    assert!(matches!(ro.discard(l.data_offset(256), 256 * BS), Err(DeviceError::Io { .. })));
     ro.sync().unwrap();
     assert_eq!(ro.fragment_files(), vec![(256, 256)]);
 }
@@ -294,16 +232,8 @@ fn an_unfinished_fragment_write_leaves_no_half_file() {
     // The crash: a write to block 7 got as far as its temporary file (half
     // of it), and one over block 5 too.
     let frags = path.join(FRAGMENTS_DIR);
-    fs::write(
-        frags.join(format!(".tmp-{}.0", fragment_file_name(7))),
-        vec![0xEEu8; 4096 + 100],
-    )
-    .unwrap();
-    fs::write(
-        frags.join(format!(".tmp-{}.1", fragment_file_name(5))),
-        vec![0xEEu8; 8192],
-    )
-    .unwrap();
+    fs::write(frags.join(format!(".tmp-{}.0", fragment_file_name(7))), vec![0xEEu8; 4096 + 100]).unwrap();
+    fs::write(frags.join(format!(".tmp-{}.1", fragment_file_name(5))), vec![0xEEu8; 8192]).unwrap();
 
     // A read-only open ignores them and deletes nothing.
     let ro = DirDevice::open(&path, true).unwrap();
@@ -312,11 +242,7 @@ fn an_unfinished_fragment_write_leaves_no_half_file() {
     drop(ro);
 
     let dev = DirDevice::open(&path, false).unwrap();
-    assert_eq!(
-        frag_files(&path),
-        vec![fragment_file_name(5)],
-        "temporary files deleted"
-    );
+    assert_eq!(frag_files(&path), vec![fragment_file_name(5)], "temporary files deleted");
     assert_eq!(dev.fragment_files(), vec![(5, 2)]);
     let d = read(&dev, l.data_offset(5), 4);
     assert!(uniform(&d[..4096], 0x55) && uniform(&d[4096..8192], 0x56));
@@ -346,10 +272,7 @@ fn an_overlapping_write_replaces_what_it_covers() {
     };
     expect(&read(&dev, l.data_offset(0), 14));
     assert_eq!(dev.fragment_files(), vec![(0, 14), (20, 2)]);
-    assert_eq!(
-        frag_files(&path),
-        vec![fragment_file_name(0), fragment_file_name(20)]
-    );
+    assert_eq!(frag_files(&path), vec![fragment_file_name(0), fragment_file_name(20)]);
 
     // A shorter write at the same start keeps the rest.
     dev.write_at(l.data_offset(0), &blocks(0xC0, 1)).unwrap();
@@ -423,23 +346,16 @@ fn discard_deletes_the_files_it_covers() {
     assert_eq!(dev.fragment_files(), vec![(0, 4)]);
     assert_eq!(frag_files(&path), vec![fragment_file_name(0)]);
     let d = read(&dev, l.data_offset(0), 12);
-    assert!(
-        uniform(&d[3 * 4096..4 * 4096], 0x13),
-        "a partly covered file stays"
-    );
+    assert!(uniform(&d[3 * 4096..4 * 4096], 0x13), "a partly covered file stays");
     assert!(uniform(&d[4 * 4096..], 0));
     // Discarding the metadata regions or the whole device deletes only fragments.
-    dev.write_at(l.root_slot_offset(0), &blocks(0x31, 1))
-        .unwrap();
+    dev.write_at(l.root_slot_offset(0), &blocks(0x31, 1)).unwrap();
     dev.discard(0, SIZE).unwrap();
     assert!(dev.fragment_files().is_empty());
     assert!(uniform(&read(&dev, l.root_slot_offset(0), 1), 0x31));
     dev.sync().unwrap();
     drop(dev);
-    assert!(DirDevice::open(&path, false)
-        .unwrap()
-        .fragment_files()
-        .is_empty());
+    assert!(DirDevice::open(&path, false).unwrap().fragment_files().is_empty());
 }
 
 #[test]
@@ -451,20 +367,12 @@ fn garbage_superblocks_are_a_clear_error() {
     let e = DirDevice::open(&path, false).unwrap_err();
     assert!(matches!(e, DeviceError::Unsupported { .. }), "{e}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("no valid superblock") && msg.contains("primary") && msg.contains("backup"),
-        "{msg}"
-    );
+    assert!(msg.contains("no valid superblock") && msg.contains("primary") && msg.contains("backup"), "{msg}");
 
     // Garbage in both copies.
-    let noise: Vec<u8> = (0..8192u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let noise: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     fs::write(path.join(SUPERBLOCK_FILE), &noise).unwrap();
-    assert!(matches!(
-        DirDevice::open(&path, true),
-        Err(DeviceError::Unsupported { .. })
-    ));
+    assert!(matches!(DirDevice::open(&path, true), Err(DeviceError::Unsupported { .. })));
     // Magic right, the rest garbage.
     let mut fake = noise.clone();
     fake[..8].copy_from_slice(b"DYNFS_SB");
@@ -474,10 +382,7 @@ fn garbage_superblocks_are_a_clear_error() {
     assert!(e.to_string().contains("superblock"), "{e}");
     // Truncated, then missing.
     fs::write(path.join(SUPERBLOCK_FILE), b"DYNFS_SB").unwrap();
-    assert!(matches!(
-        DirDevice::open(&path, false),
-        Err(DeviceError::Unsupported { .. })
-    ));
+    assert!(matches!(DirDevice::open(&path, false), Err(DeviceError::Unsupported { .. })));
     fs::remove_file(path.join(SUPERBLOCK_FILE)).unwrap();
     let e = DirDevice::open(&path, false).unwrap_err();
     assert!(e.to_string().contains("no superblock file"), "{e}");
@@ -500,10 +405,7 @@ fn one_good_superblock_copy_is_enough() {
     assert_eq!(dev.layout(), &l);
     drop(dev);
     // A damaged region file length is refused, not trusted.
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(path.join("roots"))
-        .unwrap();
+    let f = fs::OpenOptions::new().write(true).open(path.join("roots")).unwrap();
     f.set_len(l.region(RegionKind::RootRing).len + BS).unwrap();
     let e = DirDevice::open(&path, false).unwrap_err();
     assert!(e.to_string().contains("roots"), "{e}");
@@ -521,16 +423,10 @@ fn create_wants_an_empty_or_new_directory() {
     assert!(e.to_string().contains("not empty"), "{e}");
     let file = tmp.path().join("file");
     fs::write(&file, b"x").unwrap();
-    assert!(matches!(
-        DirDevice::create(&file, SIZE),
-        Err(DeviceError::Unsupported { .. })
-    ));
+    assert!(matches!(DirDevice::create(&file, SIZE), Err(DeviceError::Unsupported { .. })));
     let e = DirDevice::create(&tmp.path().join("tiny"), 1 << 20).unwrap_err();
     assert!(e.to_string().contains("minimum"), "{e}");
-    assert!(
-        !tmp.path().join("tiny").exists(),
-        "nothing created for a refused size"
-    );
+    assert!(!tmp.path().join("tiny").exists(), "nothing created for a refused size");
     // A missing parent is an error, not a silent mkdir -p.
     assert!(DirDevice::create(&tmp.path().join("a/b"), SIZE).is_err());
 }
@@ -547,8 +443,7 @@ fn parallel_fragment_writes() {
             s.spawn(move || {
                 for i in 0..16u64 {
                     let block = (i * 4 + t) * 8;
-                    dev.write_at(l.data_offset(block), &blocks((t * 16 + i) as u8, 8))
-                        .unwrap();
+                    dev.write_at(l.data_offset(block), &blocks((t * 16 + i) as u8, 8)).unwrap();
                 }
             });
         }

@@ -4,9 +4,7 @@
 //! and a torn write leaves each block old or new (sector tearing only when
 //! asked for).
 
-use dynamicfs::device::{
-    AlignedBuf, CrashOptions, Device, DeviceError, Fault, FaultyDevice, IoKind, IoOp, MemDevice,
-};
+use dynamicfs::device::{AlignedBuf, CrashOptions, Device, DeviceError, Fault, FaultyDevice, IoKind, IoOp, MemDevice};
 use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -45,20 +43,11 @@ fn synced_writes_survive_every_crash_image() {
     assert_eq!(dev.pending_writes(), 2);
     for seed in 0..500 {
         let img = dev.crash_image(seed);
-        assert!(
-            uniform(block_of(&img, 2), 0x12),
-            "seed {seed}: synced block 2 lost"
-        );
-        assert!(
-            uniform(block_of(&img, 3), 0x13),
-            "seed {seed}: synced block 3 lost"
-        );
+        assert!(uniform(block_of(&img, 2), 0x12), "seed {seed}: synced block 2 lost");
+        assert!(uniform(block_of(&img, 3), 0x13), "seed {seed}: synced block 3 lost");
         for (b, old, new) in [(0, 0x10, 0x80), (1, 0x11, 0x81), (10, 0x00, 0x90)] {
             let blk = block_of(&img, b);
-            assert!(
-                uniform(blk, old) || uniform(blk, new),
-                "seed {seed}: block {b} is neither old nor new"
-            );
+            assert!(uniform(blk, old) || uniform(blk, new), "seed {seed}: block {b} is neither old nor new");
         }
     }
     // The durable image is exactly the synced state.
@@ -87,25 +76,18 @@ fn unsynced_writes_may_or_may_not_survive() {
             lost += 1;
         }
     }
-    assert!(
-        kept > 20 && lost > 20,
-        "kept {kept}, lost {lost}: both outcomes must occur"
-    );
+    assert!(kept > 20 && lost > 20, "kept {kept}, lost {lost}: both outcomes must occur");
 }
 
 #[test]
 fn crash_images_are_deterministic_per_seed() {
     let dev = faulty(1 << 20);
     for i in 0..16u64 {
-        dev.write_at(i * 2 * BS as u64, &blocks(i as u8 * 8 + 1, 3))
-            .unwrap();
+        dev.write_at(i * 2 * BS as u64, &blocks(i as u8 * 8 + 1, 3)).unwrap();
     }
     let a = dev.crash_image(42);
     assert_eq!(a, dev.crash_image(42));
-    assert!(
-        (0..8).any(|s| dev.crash_image(s) != a),
-        "different seeds give different images"
-    );
+    assert!((0..8).any(|s| dev.crash_image(s) != a), "different seeds give different images");
 }
 
 #[test]
@@ -123,10 +105,7 @@ fn torn_writes_leave_each_block_old_or_new() {
             if uniform(blk, 0xA0 + b as u8) {
                 news += 1;
             } else {
-                assert!(
-                    uniform(blk, 0x20 + b as u8),
-                    "seed {seed}: block {b} is neither old nor new"
-                );
+                assert!(uniform(blk, 0x20 + b as u8), "seed {seed}: block {b} is neither old nor new");
             }
         }
         match news {
@@ -135,10 +114,7 @@ fn torn_writes_leave_each_block_old_or_new() {
             _ => torn += 1,
         }
     }
-    assert!(
-        none > 0 && whole > 0 && torn > 0,
-        "none {none}, whole {whole}, torn {torn}"
-    );
+    assert!(none > 0 && whole > 0 && torn > 0, "none {none}, whole {whole}, torn {torn}");
 }
 
 #[test]
@@ -149,10 +125,7 @@ fn sector_tearing_is_off_by_default_and_sector_granular_when_on() {
     dev.write_at(0, &blocks(0x20, 4)).unwrap();
     dev.sync().unwrap();
     dev.write_at(0, &blocks(0xA0, 4)).unwrap();
-    dev.set_crash_options(CrashOptions {
-        tear_sectors: true,
-        sector_size: 512,
-    });
+    dev.set_crash_options(CrashOptions { tear_sectors: true, sector_size: 512 });
     let mut mixed_blocks = 0;
     for seed in 0..300 {
         let img = dev.crash_image(seed);
@@ -161,19 +134,13 @@ fn sector_tearing_is_off_by_default_and_sector_granular_when_on() {
             let blk = block_of(&img, b);
             let (old, new) = (0x20 + b as u8, 0xA0 + b as u8);
             for s in blk.chunks_exact(512) {
-                assert!(
-                    uniform(s, old) || uniform(s, new),
-                    "seed {seed}: a sector of block {b} is neither"
-                );
+                assert!(uniform(s, old) || uniform(s, new), "seed {seed}: a sector of block {b} is neither");
             }
             if !uniform(blk, old) && !uniform(blk, new) {
                 mixed_here += 1;
             }
         }
-        assert!(
-            mixed_here <= 1,
-            "seed {seed}: at most one sector-torn block per torn write"
-        );
+        assert!(mixed_here <= 1, "seed {seed}: at most one sector-torn block per torn write");
         mixed_blocks += mixed_here;
     }
     assert!(mixed_blocks > 0, "some block must be torn inside");
@@ -192,19 +159,10 @@ fn countdown_cuts_the_power_during_the_nth_write() {
     assert!(dev.is_crashed());
     // Everything after fails too.
     let mut r = AlignedBuf::zeroed(BS);
-    assert!(matches!(
-        dev.read_at(0, &mut r),
-        Err(DeviceError::Crashed { .. })
-    ));
+    assert!(matches!(dev.read_at(0, &mut r), Err(DeviceError::Crashed { .. })));
     assert!(matches!(dev.sync(), Err(DeviceError::Crashed { .. })));
-    assert!(matches!(
-        dev.write_at(0, &r),
-        Err(DeviceError::Crashed { .. })
-    ));
-    assert!(matches!(
-        dev.discard(0, BS as u64),
-        Err(DeviceError::Crashed { .. })
-    ));
+    assert!(matches!(dev.write_at(0, &r), Err(DeviceError::Crashed { .. })));
+    assert!(matches!(dev.discard(0, BS as u64), Err(DeviceError::Crashed { .. })));
     // The write in flight may or may not have landed; synced ones did.
     let (mut kept, mut lost) = (0, 0);
     for seed in 0..100 {
@@ -265,21 +223,13 @@ fn injected_errors_name_the_device_and_have_no_effect() {
     assert!(uniform(&r, 0), "the failed write changed nothing");
 
     // A hook failing reads of one block; a failed sync keeps writes pending.
-    dev.set_fault_hook(Box::new(|op: &IoOp| {
-        (op.kind == IoKind::Read && op.offset == 0).then_some(Fault::Error)
-    }));
-    assert!(matches!(
-        dev.read_at(0, &mut r),
-        Err(DeviceError::Injected { op: "read", .. })
-    ));
+    dev.set_fault_hook(Box::new(|op: &IoOp| (op.kind == IoKind::Read && op.offset == 0).then_some(Fault::Error)));
+    assert!(matches!(dev.read_at(0, &mut r), Err(DeviceError::Injected { op: "read", .. })));
     dev.read_at(BS as u64, &mut r).unwrap();
     dev.clear_fault_hook();
     dev.read_at(0, &mut r).unwrap();
     dev.fail_nth(1, IoKind::Sync);
-    assert!(matches!(
-        dev.sync(),
-        Err(DeviceError::Injected { op: "sync", .. })
-    ));
+    assert!(matches!(dev.sync(), Err(DeviceError::Injected { op: "sync", .. })));
     assert_eq!(dev.pending_writes(), 2);
     dev.sync().unwrap();
     assert_eq!(dev.pending_writes(), 0);
@@ -308,42 +258,14 @@ fn hook_sees_ops_with_per_kind_indices_and_counters_count() {
     dev.discard(0, BS as u64).unwrap();
     let ops = seen.lock().unwrap().clone();
     let want = [
-        IoOp {
-            kind: IoKind::Write,
-            offset: 0,
-            len: 2 * BS as u64,
-            index: 0,
-        },
-        IoOp {
-            kind: IoKind::Read,
-            offset: 0,
-            len: 2 * BS as u64,
-            index: 0,
-        },
-        IoOp {
-            kind: IoKind::Read,
-            offset: 0,
-            len: BS as u64,
-            index: 1,
-        },
-        IoOp {
-            kind: IoKind::Sync,
-            offset: 0,
-            len: 0,
-            index: 0,
-        },
-        IoOp {
-            kind: IoKind::Discard,
-            offset: 0,
-            len: BS as u64,
-            index: 0,
-        },
+        IoOp { kind: IoKind::Write, offset: 0, len: 2 * BS as u64, index: 0 },
+        IoOp { kind: IoKind::Read, offset: 0, len: 2 * BS as u64, index: 0 },
+        IoOp { kind: IoKind::Read, offset: 0, len: BS as u64, index: 1 },
+        IoOp { kind: IoKind::Sync, offset: 0, len: 0, index: 0 },
+        IoOp { kind: IoKind::Discard, offset: 0, len: BS as u64, index: 0 },
     ];
     assert_eq!(ops, want);
-    assert_eq!(
-        (dev.reads(), dev.writes(), dev.syncs(), dev.discards()),
-        (2, 1, 1, 1)
-    );
+    assert_eq!((dev.reads(), dev.writes(), dev.syncs(), dev.discards()), (2, 1, 1, 1));
 }
 
 #[test]
@@ -364,11 +286,7 @@ fn bit_flips_show_on_read() {
     dev.flip_bit(BS as u64 + 7, 0).unwrap();
     dev.read_at(BS as u64, &mut r).unwrap();
     assert_eq!(r[7], 0x41);
-    assert_eq!(
-        dev.durable_image()[BS + 7],
-        0x01 ^ 0x01,
-        "durable block 1 held 0x01, flipped to 0x00"
-    );
+    assert_eq!(dev.durable_image()[BS + 7], 0x01 ^ 0x01, "durable block 1 held 0x01, flipped to 0x00");
     // A flip on the way (FlipBitOnRead) leaves the media alone.
     dev.set_fault_hook(Box::new(|op: &IoOp| {
         (op.kind == IoKind::Read).then_some(Fault::FlipBitOnRead { byte: 10, bit: 7 })
@@ -393,11 +311,7 @@ fn dropped_writes_and_lost_flushes() {
     let mut r = AlignedBuf::zeroed(BS);
     dev.read_at(0, &mut r).unwrap();
     assert!(uniform(&r, 1), "a dropped write leaves the old data");
-    assert_eq!(
-        dev.pending_writes(),
-        1,
-        "a dropped sync leaves writes pending"
-    );
+    assert_eq!(dev.pending_writes(), 1, "a dropped sync leaves writes pending");
     assert!(uniform(block_of(&dev.durable_image(), 0), 0));
     dev.clear_fault_hook();
     dev.sync().unwrap();
@@ -408,18 +322,9 @@ fn dropped_writes_and_lost_flushes() {
 fn contract_is_kept() {
     let dev = faulty(1 << 20);
     let b = AlignedBuf::zeroed(2 * BS);
-    assert!(matches!(
-        dev.write_at(512, &b[..BS]),
-        Err(DeviceError::Misaligned { .. })
-    ));
-    assert!(matches!(
-        dev.write_at(1 << 20, &b[..BS]),
-        Err(DeviceError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        dev.discard(0, 100),
-        Err(DeviceError::Misaligned { .. })
-    ));
+    assert!(matches!(dev.write_at(512, &b[..BS]), Err(DeviceError::Misaligned { .. })));
+    assert!(matches!(dev.write_at(1 << 20, &b[..BS]), Err(DeviceError::OutOfRange { .. })));
+    assert!(matches!(dev.discard(0, 100), Err(DeviceError::Misaligned { .. })));
     assert_eq!(dev.pending_writes(), 0);
     assert_eq!(dev.size(), 1 << 20);
     assert_eq!(dev.block_size(), BS as u32);
@@ -434,8 +339,7 @@ fn parallel_writers_then_sync_make_everything_durable() {
             let dev = dev.clone();
             s.spawn(move || {
                 for i in 0..32u64 {
-                    dev.write_at((i * 4 + t) * BS as u64, &blocks(t as u8 + 1, 1))
-                        .unwrap();
+                    dev.write_at((i * 4 + t) * BS as u64, &blocks(t as u8 + 1, 1)).unwrap();
                 }
             });
         }

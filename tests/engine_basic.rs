@@ -2,9 +2,9 @@
 //! fsynced read back exactly after reopen, under every policy; the namespace
 //! API gives the errors a Linux filesystem gives.
 
+use dfs_format::Policy;
 use dynamicfs::device::{Device, MemDevice};
 use dynamicfs::engine::{EngineError, FileKind, Pool, PoolOptions, RenameFlags, SetAttr, ROOT_INO};
-use dfs_format::Policy;
 use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
@@ -98,7 +98,10 @@ fn namespace_errors_are_linux_errors() {
     assert_eq!(pool.lookup(ROOT_INO, b"g").unwrap().0, f);
     pool.link(f, ROOT_INO, b"h").unwrap();
     assert_eq!(pool.getattr(f).unwrap().nlink, 2);
-    assert!(matches!(pool.setxattr(f, b"user.dfs.policy", b"erasure:0+2", Default::default()), Err(EngineError::Invalid(_))));
+    assert!(matches!(
+        pool.setxattr(f, b"user.dfs.policy", b"erasure:0+2", Default::default()),
+        Err(EngineError::Invalid(_))
+    ));
     pool.setxattr(f, b"user.dfs.policy", b"replication:3", Default::default()).unwrap();
     assert_eq!(pool.getxattr(f, b"user.dfs.policy").unwrap(), b"replication:3");
     assert!(matches!(pool.getxattr(f, b"user.x"), Err(EngineError::NoData)));

@@ -98,15 +98,7 @@ impl Rng {
 /// Mixed run lengths: 90% 1..=16 blocks, 10% 17..=64; mean about 11.7.
 fn mixed_sizes(n: usize) -> Vec<u64> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    (0..n)
-        .map(|_| {
-            if rng.below(10) == 0 {
-                17 + rng.below(48)
-            } else {
-                1 + rng.below(16)
-            }
-        })
-        .collect()
+    (0..n).map(|_| if rng.below(10) == 0 { 17 + rng.below(48) } else { 1 + rng.below(16) }).collect()
 }
 
 fn fresh() -> Allocator {
@@ -114,10 +106,7 @@ fn fresh() -> Allocator {
 }
 
 fn allocate_all(a: &mut Allocator, sizes: &[u64]) -> Vec<Run> {
-    sizes
-        .iter()
-        .map(|&n| a.allocate(n).expect("space"))
-        .collect()
+    sizes.iter().map(|&n| a.allocate(n).expect("space")).collect()
 }
 
 /// 1 Mi mixed runs allocated, every other one freed; returns the kept runs.
@@ -146,9 +135,7 @@ fn half_fragmented() -> (Allocator, Vec<Run>) {
 }
 
 fn save(a: &Allocator) -> Vec<Vec<u8>> {
-    (0..a.chunk_count())
-        .map(|c| a.chunk_bytes(c).expect("chunk"))
-        .collect()
+    (0..a.chunk_count()).map(|c| a.chunk_bytes(c).expect("chunk")).collect()
 }
 
 fn load(chunks: &[Vec<u8>]) -> Allocator {
@@ -164,11 +151,7 @@ struct Timing {
 
 impl Timing {
     fn sorted(&self) -> Vec<f64> {
-        let mut ns: Vec<f64> = self
-            .runs
-            .iter()
-            .map(|d| d.as_nanos() as f64 / self.ops as f64)
-            .collect();
+        let mut ns: Vec<f64> = self.runs.iter().map(|d| d.as_nanos() as f64 / self.ops as f64).collect();
         ns.sort_by(f64::total_cmp);
         ns
     }
@@ -180,12 +163,7 @@ impl Timing {
 
 /// Runs `setup` then times `body` on its output, `REPEATS` times. What
 /// `body` returns is dropped after the clock stops.
-fn measure<S, T>(
-    name: &'static str,
-    ops: u64,
-    mut setup: impl FnMut() -> S,
-    mut body: impl FnMut(S) -> T,
-) -> Timing {
+fn measure<S, T>(name: &'static str, ops: u64, mut setup: impl FnMut() -> S, mut body: impl FnMut(S) -> T) -> Timing {
     let runs = (0..REPEATS)
         .map(|_| {
             let state = setup();
@@ -201,21 +179,9 @@ fn measure<S, T>(
 
 /// On a fresh allocator, times allocating runs of `sizes` then freeing them
 /// all in a random order, `REPEATS` times.
-fn alloc_then_free(
-    names: (&'static str, &'static str),
-    sizes: &[u64],
-    seed: u64,
-) -> (Timing, Timing) {
-    let mut alloc = Timing {
-        name: names.0,
-        ops: sizes.len() as u64,
-        runs: Vec::new(),
-    };
-    let mut free = Timing {
-        name: names.1,
-        ops: sizes.len() as u64,
-        runs: Vec::new(),
-    };
+fn alloc_then_free(names: (&'static str, &'static str), sizes: &[u64], seed: u64) -> (Timing, Timing) {
+    let mut alloc = Timing { name: names.0, ops: sizes.len() as u64, runs: Vec::new() };
+    let mut free = Timing { name: names.1, ops: sizes.len() as u64, runs: Vec::new() };
     let mut rng = Rng(seed);
     for _ in 0..REPEATS {
         let mut a = fresh();
@@ -248,12 +214,7 @@ fn memory(name: &'static str, build: impl FnOnce() -> Allocator) -> Memory {
     let before = live();
     let a = build();
     let measured = live().saturating_sub(before);
-    Memory {
-        name,
-        measured,
-        estimate: a.heap_bytes(),
-        free_runs: a.free_run_count(),
-    }
+    Memory { name, measured, estimate: a.heap_bytes(), free_runs: a.free_run_count() }
 }
 
 fn per_block(bytes: usize) -> f64 {
@@ -267,43 +228,31 @@ fn main() {
 
     let mut timings = Vec::new();
     let ones = vec![1; RUNS];
-    let (alloc_single, free_single) =
-        alloc_then_free(("alloc single", "free single (random order)"), &ones, 7);
-    let (alloc_mixed, free_mixed) =
-        alloc_then_free(("alloc mixed", "free mixed (random order)"), &sizes, 11);
+    let (alloc_single, free_single) = alloc_then_free(("alloc single", "free single (random order)"), &ones, 7);
+    let (alloc_mixed, free_mixed) = alloc_then_free(("alloc mixed", "free mixed (random order)"), &sizes, 11);
     timings.extend([alloc_single, free_single, alloc_mixed, free_mixed]);
     // Into a half-fragmented region: the free tail first (the cursor is
     // there), then the holes, where next-fit scans and best fit work.
     let refill = mixed_sizes(RUNS / 2);
-    timings.push(measure(
-        "alloc mixed, fragmented",
-        (RUNS / 2) as u64,
-        half_fragmented,
-        |(mut a, _)| {
-            for &n in &refill {
-                black_box(a.allocate(n).expect("space"));
-            }
-            a
-        },
-    ));
+    timings.push(measure("alloc mixed, fragmented", (RUNS / 2) as u64, half_fragmented, |(mut a, _)| {
+        for &n in &refill {
+            black_box(a.allocate(n).expect("space"));
+        }
+        a
+    }));
     // The engine's real path: deferred frees by commit, released per sync
     // (one release per 1000 frees).
-    timings.push(measure(
-        "free_deferred + release",
-        (RUNS / 2) as u64,
-        half_fragmented,
-        |(mut a, kept)| {
-            for (i, r) in kept.into_iter().enumerate() {
-                let seq = i as u64 / 1000;
-                a.free_deferred(r, seq).expect("free");
-                if i % 1000 == 999 {
-                    a.release_durable(seq);
-                }
+    timings.push(measure("free_deferred + release", (RUNS / 2) as u64, half_fragmented, |(mut a, kept)| {
+        for (i, r) in kept.into_iter().enumerate() {
+            let seq = i as u64 / 1000;
+            a.free_deferred(r, seq).expect("free");
+            if i % 1000 == 999 {
+                a.release_durable(seq);
             }
-            a.release_durable(u64::MAX);
-            a
-        },
-    ));
+        }
+        a.release_durable(u64::MAX);
+        a
+    }));
     let chunk_count = fresh().chunk_count();
     let save_t = measure(
         "save (all chunks)",
@@ -315,12 +264,7 @@ fn main() {
         },
     );
     let image = save(&half_fragmented().0);
-    let load_t = measure(
-        "load (half-fragmented)",
-        chunk_count,
-        || (),
-        |()| load(&image),
-    );
+    let load_t = measure("load (half-fragmented)", chunk_count, || (), |()| load(&image));
     // Every other block used: 8 Mi one-block holes.
     let worst_image: Vec<Vec<u8>> = (0..chunk_count)
         .map(|c| {
@@ -339,11 +283,7 @@ fn main() {
     let before = live();
     let t = Instant::now();
     let worst = load(&worst_image);
-    let load_worst_t = Timing {
-        name: "load (worst: 8 Mi holes)",
-        ops: chunk_count,
-        runs: vec![t.elapsed()],
-    };
+    let load_worst_t = Timing { name: "load (worst: 8 Mi holes)", ops: chunk_count, runs: vec![t.elapsed()] };
     let worst_mem = Memory {
         name: "worst (every other block)",
         measured: live().saturating_sub(before),
@@ -371,25 +311,12 @@ fn main() {
         mixed_blocks as f64 / RUNS as f64
     );
     println!();
-    println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>12}",
-        "phase", "ns/op", "min", "max", "ops"
-    );
+    println!("{:<28} {:>10} {:>10} {:>10} {:>12}", "phase", "ns/op", "min", "max", "ops");
     for t in timings.iter().chain([&save_t, &load_t, &load_worst_t]) {
         let s = t.sorted();
-        println!(
-            "{:<28} {:>10.1} {:>10.1} {:>10.1} {:>12}",
-            t.name,
-            t.median_ns(),
-            s[0],
-            s[s.len() - 1],
-            t.ops
-        );
+        println!("{:<28} {:>10.1} {:>10.1} {:>10.1} {:>12}", t.name, t.median_ns(), s[0], s[s.len() - 1], t.ops);
     }
-    println!(
-        "(save/load ops are chunks of {} bytes; the worst-case load is 1 run)",
-        BITS_PER_CHUNK / 8
-    );
+    println!("(save/load ops are chunks of {} bytes; the worst-case load is 1 run)", BITS_PER_CHUNK / 8);
     println!();
     println!(
         "{:<28} {:>12} {:>12} {:>10} {:>10} {:>10}",
@@ -409,18 +336,11 @@ fn main() {
     println!("wall time {:.1} s", started.elapsed().as_secs_f64());
 
     let ns = |name: &str| {
-        timings
-            .iter()
-            .chain([&save_t, &load_t, &load_worst_t])
-            .find(|t| t.name == name)
-            .map_or(0.0, Timing::median_ns)
+        timings.iter().chain([&save_t, &load_t, &load_worst_t]).find(|t| t.name == name).map_or(0.0, Timing::median_ns)
     };
     let ms = |t: &Timing| t.median_ns() * t.ops as f64 / 1e6;
     let bpb = |f: fn(&Memory) -> usize| {
-        mems.iter()
-            .map(|m| format!("\"{}\":{:.4}", json_key(m.name), per_block(f(m))))
-            .collect::<Vec<_>>()
-            .join(",")
+        mems.iter().map(|m| format!("\"{}\":{:.4}", json_key(m.name), per_block(f(m)))).collect::<Vec<_>>().join(",")
     };
     println!(
         "{{\"bench\":\"dfs-alloc\",\"total_blocks\":{TOTAL},\"bits_per_chunk\":{BITS_PER_CHUNK},\

@@ -39,11 +39,7 @@ impl Bitmap {
     }
 
     fn word(&self, w: u64) -> u64 {
-        usize::try_from(w)
-            .ok()
-            .and_then(|w| self.words.get(w))
-            .copied()
-            .unwrap_or(0)
+        usize::try_from(w).ok().and_then(|w| self.words.get(w)).copied().unwrap_or(0)
     }
 
     fn word_mut(&mut self, w: u64) -> Option<&mut u64> {
@@ -122,10 +118,7 @@ impl Bitmap {
             }
             full + 1
         };
-        self.words
-            .iter()
-            .skip(usize::try_from(first_whole).unwrap_or(usize::MAX))
-            .any(|&w| w != 0)
+        self.words.iter().skip(usize::try_from(first_whole).unwrap_or(usize::MAX)).any(|&w| w != 0)
     }
 
     /// Number of set bits.

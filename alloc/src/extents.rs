@@ -53,27 +53,17 @@ impl FreeIndex {
 
     /// Smallest extent of at least `n` blocks (lowest start among equals).
     pub(crate) fn best_fit(&self, n: u64) -> Option<(u64, u64)> {
-        self.by_size
-            .range((n, 0)..)
-            .next()
-            .map(|&(len, start)| (start, len))
+        self.by_size.range((n, 0)..).next().map(|&(len, start)| (start, len))
     }
 
     /// The extent holding `block`, if `block` is free.
     pub(crate) fn containing(&self, block: u64) -> Option<(u64, u64)> {
-        self.by_start
-            .range(..=block)
-            .next_back()
-            .filter(|&(&s, &l)| block - s < l)
-            .map(|(&s, &l)| (s, l))
+        self.by_start.range(..=block).next_back().filter(|&(&s, &l)| block - s < l).map(|(&s, &l)| (s, l))
     }
 
     /// Extents in address order starting at `from`, wrapping to the start.
     pub(crate) fn iter_wrapping(&self, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.by_start
-            .range(from..)
-            .chain(self.by_start.range(..from))
-            .map(|(&s, &l)| (s, l))
+        self.by_start.range(from..).chain(self.by_start.range(..from)).map(|(&s, &l)| (s, l))
     }
 
     /// Length of the extent starting at `start`, if there is one.
@@ -99,11 +89,7 @@ impl FreeIndex {
         let mut sizes: Vec<(u64, u64)> = by_start.iter().map(|(&s, &l)| (l, s)).collect();
         sizes.sort_unstable();
         let free = by_start.values().sum();
-        Self {
-            by_start,
-            by_size: sizes.into_iter().collect(),
-            free,
-        }
+        Self { by_start, by_size: sizes.into_iter().collect(), free }
     }
 
     /// Adds an extent that touches no other.
@@ -128,11 +114,7 @@ impl FreeIndex {
     pub(crate) fn insert_merge(&mut self, start: u64, len: u64, prev_free: bool, next_free: bool) {
         let end = start + len;
         // The successor, starting right at `end`, is absorbed.
-        let next_len = if next_free {
-            self.by_start.remove(&end)
-        } else {
-            None
-        };
+        let next_len = if next_free { self.by_start.remove(&end) } else { None };
         if let Some(nl) = next_len {
             self.by_size.remove(&(nl, end));
         }

@@ -290,11 +290,7 @@ impl Allocator {
 
     /// Geometry checks and all-zero structures, index empty, nothing dirty.
     fn empty(total_blocks: u64, bits_per_chunk: u32) -> Result<Self, AllocError> {
-        let invalid = |reason| AllocError::InvalidGeometry {
-            total_blocks,
-            bits_per_chunk,
-            reason,
-        };
+        let invalid = |reason| AllocError::InvalidGeometry { total_blocks, bits_per_chunk, reason };
         if bits_per_chunk == 0 {
             return Err(invalid("bits_per_chunk must not be 0"));
         }
@@ -306,9 +302,7 @@ impl Allocator {
         let chunks = total_blocks.div_ceil(u64::from(bits_per_chunk));
         let dirty_words = usize::try_from(chunks.div_ceil(64)).map_err(|_| too_large.clone())?;
         let mut dirty = Vec::new();
-        dirty
-            .try_reserve_exact(dirty_words)
-            .map_err(|_| too_large)?;
+        dirty.try_reserve_exact(dirty_words).map_err(|_| too_large)?;
         dirty.resize(dirty_words, 0);
         Ok(Self {
             bits_per_chunk,
@@ -334,25 +328,16 @@ impl Allocator {
         }
         let largest_free = self.free.largest();
         if n > largest_free {
-            return Err(AllocError::NoSpace {
-                wanted: n,
-                largest_free,
-            });
+            return Err(AllocError::NoSpace { wanted: n, largest_free });
         }
-        let from = self
-            .free
-            .containing(self.cursor)
-            .map_or(self.cursor, |(s, _)| s);
+        let from = self.free.containing(self.cursor).map_or(self.cursor, |(s, _)| s);
         let extent = self
             .free
             .iter_wrapping(from)
             .take(NEXT_FIT_SCAN)
             .find(|&(_, len)| len >= n)
             .or_else(|| self.free.best_fit(n))
-            .ok_or(AllocError::NoSpace {
-                wanted: n,
-                largest_free,
-            })?;
+            .ok_or(AllocError::NoSpace { wanted: n, largest_free })?;
         Ok(self.take(extent, extent.0, n))
     }
 
@@ -390,10 +375,7 @@ impl Allocator {
         }
         // All bits clear, so one free extent holds the whole run.
         let Some(extent) = self.free.containing(run.start) else {
-            return Err(AllocError::DoubleAllocation {
-                run,
-                block: run.start,
-            });
+            return Err(AllocError::DoubleAllocation { run, block: run.start });
         };
         self.free.carve(extent, run.start, run.len);
         self.bitmap.set_range(run.start, end);
@@ -420,12 +402,8 @@ impl Allocator {
     /// `durable_seq >= commit_seq`. Same checks as [`free`](Self::free).
     pub fn free_deferred(&mut self, run: Run, commit_seq: u64) -> Result<(), AllocError> {
         self.check_freeable(run)?;
-        self.pending_by_start
-            .insert(run.start, (run.len, commit_seq));
-        self.pending_by_seq
-            .entry(commit_seq)
-            .or_default()
-            .push(run.start);
+        self.pending_by_start.insert(run.start, (run.len, commit_seq));
+        self.pending_by_seq.entry(commit_seq).or_default().push(run.start);
         self.pending_blocks += run.len;
         Ok(())
     }
@@ -458,8 +436,7 @@ impl Allocator {
         let prev_free = start > 0 && !self.bitmap.get(start - 1);
         let next_free = end < self.total_blocks() && !self.bitmap.get(end);
         self.bitmap.clear_range(start, end);
-        self.free
-            .insert_merge(start, end - start, prev_free, next_free);
+        self.free.insert_merge(start, end - start, prev_free, next_free);
         self.mark_dirty(start, end);
     }
 
@@ -470,10 +447,7 @@ impl Allocator {
         }
         match run.start.checked_add(run.len) {
             Some(end) if end <= self.total_blocks() => Ok(end),
-            _ => Err(AllocError::OutOfRange {
-                run,
-                total_blocks: self.total_blocks(),
-            }),
+            _ => Err(AllocError::OutOfRange { run, total_blocks: self.total_blocks() }),
         }
     }
 
@@ -484,26 +458,12 @@ impl Allocator {
             return Err(AllocError::DoubleFree { run, block });
         }
         let pending = |(&s, &(l, seq)): (&u64, &(u64, u64))| (s, l, seq);
-        let hit = match self
-            .pending_by_start
-            .range(..=run.start)
-            .next_back()
-            .map(pending)
-        {
+        let hit = match self.pending_by_start.range(..=run.start).next_back().map(pending) {
             Some((s, l, seq)) if run.start - s < l => Some((run.start, seq)),
-            _ => self
-                .pending_by_start
-                .range(run.start..end)
-                .next()
-                .map(pending)
-                .map(|(s, _, seq)| (s, seq)),
+            _ => self.pending_by_start.range(run.start..end).next().map(pending).map(|(s, _, seq)| (s, seq)),
         };
         match hit {
-            Some((block, commit_seq)) => Err(AllocError::PendingFree {
-                run,
-                block,
-                commit_seq,
-            }),
+            Some((block, commit_seq)) => Err(AllocError::PendingFree { run, block, commit_seq }),
             None => Ok(end),
         }
     }
@@ -557,10 +517,7 @@ impl Allocator {
     /// The state of one block; [`AllocError::BlockOutOfRange`] past the end.
     pub fn block_state(&self, block: u64) -> Result<BlockState, AllocError> {
         if block >= self.total_blocks() {
-            return Err(AllocError::BlockOutOfRange {
-                block,
-                total_blocks: self.total_blocks(),
-            });
+            return Err(AllocError::BlockOutOfRange { block, total_blocks: self.total_blocks() });
         }
         if !self.bitmap.get(block) {
             return Ok(BlockState::Free);
@@ -574,9 +531,7 @@ impl Allocator {
     /// Maximal runs of 1 bits (used or pending free), in address order:
     /// the used set as persisted.
     pub fn used_runs(&self) -> impl Iterator<Item = Run> + '_ {
-        self.bitmap
-            .runs(true)
-            .map(|(start, end)| Run::new(start, end - start))
+        self.bitmap.runs(true).map(|(start, end)| Run::new(start, end - start))
     }
 
     /// Maximal free runs in address order, from the free-extent index.
@@ -586,9 +541,7 @@ impl Allocator {
 
     /// Pending frees in address order, each with its commit sequence.
     pub fn pending_runs(&self) -> impl Iterator<Item = (Run, u64)> + '_ {
-        self.pending_by_start
-            .iter()
-            .map(|(&start, &(len, seq))| (Run::new(start, len), seq))
+        self.pending_by_start.iter().map(|(&start, &(len, seq))| (Run::new(start, len), seq))
     }
 
     /// Estimated heap bytes held: the bitmap words and the dirty set
@@ -650,9 +603,7 @@ impl Allocator {
         }
         let bpc = u64::from(self.bits_per_chunk);
         for chunk in start / bpc..=(end - 1) / bpc {
-            let word = usize::try_from(chunk / 64)
-                .ok()
-                .and_then(|w| self.dirty.get_mut(w));
+            let word = usize::try_from(chunk / 64).ok().and_then(|w| self.dirty.get_mut(w));
             if let Some(word) = word {
                 *word |= 1 << (chunk % 64);
             }
@@ -678,11 +629,7 @@ impl Allocator {
             return Err(AllocError::NoSuchChunk { chunk, chunk_count });
         }
         if out.len() != self.bytes_per_chunk() {
-            return Err(AllocError::ChunkLength {
-                chunk,
-                expected: self.bytes_per_chunk(),
-                actual: out.len(),
-            });
+            return Err(AllocError::ChunkLength { chunk, expected: self.bytes_per_chunk(), actual: out.len() });
         }
         let first_byte = chunk * u64::from(self.bits_per_chunk / 8);
         self.bitmap.read_bytes(first_byte, out);
@@ -696,11 +643,7 @@ impl Allocator {
     /// never a panic: [`AllocError::ChunkLength`],
     /// [`AllocError::MissingChunks`], [`AllocError::TooManyChunks`],
     /// [`AllocError::BitPastEnd`], or a geometry error as in `new`.
-    pub fn load<'a, I>(
-        total_blocks: u64,
-        bits_per_chunk: u32,
-        chunks: I,
-    ) -> Result<Self, AllocError>
+    pub fn load<'a, I>(total_blocks: u64, bits_per_chunk: u32, chunks: I) -> Result<Self, AllocError>
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
@@ -710,17 +653,10 @@ impl Allocator {
         let mut chunks = chunks.into_iter();
         for chunk in 0..expected {
             let Some(bytes) = chunks.next() else {
-                return Err(AllocError::MissingChunks {
-                    expected,
-                    actual: chunk,
-                });
+                return Err(AllocError::MissingChunks { expected, actual: chunk });
             };
             if bytes.len() != chunk_len {
-                return Err(AllocError::ChunkLength {
-                    chunk,
-                    expected: chunk_len,
-                    actual: bytes.len(),
-                });
+                return Err(AllocError::ChunkLength { chunk, expected: chunk_len, actual: bytes.len() });
             }
             let first_byte = chunk * u64::from(bits_per_chunk / 8);
             check_tail(chunk, first_byte, bytes, total_blocks)?;
@@ -751,52 +687,33 @@ impl Allocator {
         for (start, len) in self.free.iter() {
             match zero_runs.next() {
                 Some((s, e)) if s == start && e - s == len => {}
-                other => {
-                    return Err(format!(
-                        "free index has {}, bitmap has zero run {other:?}",
-                        Run::new(start, len)
-                    ))
-                }
+                other => return Err(format!("free index has {}, bitmap has zero run {other:?}", Run::new(start, len))),
             }
         }
         if let Some(run) = zero_runs.next() {
-            return Err(format!(
-                "bitmap zero run {run:?} missing from the free index"
-            ));
+            return Err(format!("bitmap zero run {run:?} missing from the free index"));
         }
         // Index by size == index by start.
         if self.free.iter_by_size().count() != self.free.len()
-            || self
-                .free
-                .iter_by_size()
-                .any(|(len, start)| self.free.len_at(start) != Some(len))
+            || self.free.iter_by_size().any(|(len, start)| self.free.len_at(start) != Some(len))
         {
             return Err("free index by size disagrees with free index by start".into());
         }
         let free_sum: u64 = self.free.iter().map(|(_, l)| l).sum();
         if free_sum != self.free_blocks() {
-            return Err(format!(
-                "free counter {} != sum of free runs {free_sum}",
-                self.free_blocks()
-            ));
+            return Err(format!("free counter {} != sum of free runs {free_sum}", self.free_blocks()));
         }
         // Pending: disjoint, all ones, listed by sequence, counted.
         let mut prev_end = 0;
         let mut pending_sum = 0;
         for (run, seq) in self.pending_runs() {
             if run.start < prev_end || run.len == 0 || run.end() > total {
-                return Err(format!(
-                    "pending run {run} overlaps, is empty or out of range"
-                ));
+                return Err(format!("pending run {run} overlaps, is empty or out of range"));
             }
             if let Some(b) = self.bitmap.find_in(run.start, run.end(), false) {
                 return Err(format!("pending run {run} has free block {b}"));
             }
-            if !self
-                .pending_by_seq
-                .get(&seq)
-                .is_some_and(|starts| starts.contains(&run.start))
-            {
+            if !self.pending_by_seq.get(&seq).is_some_and(|starts| starts.contains(&run.start)) {
                 return Err(format!("pending run {run} not listed under commit {seq}"));
             }
             prev_end = run.end();
@@ -804,23 +721,14 @@ impl Allocator {
         }
         let listed: usize = self.pending_by_seq.values().map(Vec::len).sum();
         if listed != self.pending_by_start.len() {
-            return Err(format!(
-                "{listed} pending runs by sequence, {} by start",
-                self.pending_by_start.len()
-            ));
+            return Err(format!("{listed} pending runs by sequence, {} by start", self.pending_by_start.len()));
         }
         if pending_sum != self.pending_blocks {
-            return Err(format!(
-                "pending counter {} != sum of pending runs {pending_sum}",
-                self.pending_blocks
-            ));
+            return Err(format!("pending counter {} != sum of pending runs {pending_sum}", self.pending_blocks));
         }
         let ones = self.bitmap.count_ones();
         if ones + self.free_blocks() != total {
-            return Err(format!(
-                "{ones} used bits + {} free blocks != {total} blocks",
-                self.free_blocks()
-            ));
+            return Err(format!("{ones} used bits + {} free blocks != {total} blocks", self.free_blocks()));
         }
         if self.cursor > total {
             return Err(format!("cursor {} past the end {total}", self.cursor));
@@ -831,12 +739,7 @@ impl Allocator {
 
 /// Rejects a set bit in `bytes` (starting at image byte `first_byte`) that
 /// stands for a block at or past `total_blocks`.
-fn check_tail(
-    chunk: u64,
-    first_byte: u64,
-    bytes: &[u8],
-    total_blocks: u64,
-) -> Result<(), AllocError> {
+fn check_tail(chunk: u64, first_byte: u64, bytes: &[u8], total_blocks: u64) -> Result<(), AllocError> {
     // Index of the first byte holding a bit >= total_blocks.
     let first_bad_byte = total_blocks / 8;
     let skip = first_bad_byte.saturating_sub(first_byte);

@@ -7,24 +7,15 @@ use dfs_alloc::{AllocError, Allocator};
 use proptest::prelude::*;
 
 fn geometry() -> impl Strategy<Value = (u64, u32)> {
-    (
-        0u64..400,
-        prop::sample::select(vec![0u32, 4, 8, 16, 24, 64, 72, 256]),
-    )
+    (0u64..400, prop::sample::select(vec![0u32, 4, 8, 16, 24, 64, 72, 256]))
 }
 
 /// Checks a successful load: invariants hold, save gives the input back.
 fn check_loaded(a: &Allocator, chunks: &[Vec<u8>]) {
     a.check_invariants().unwrap();
-    let saved: Vec<Vec<u8>> = (0..a.chunk_count())
-        .map(|c| a.chunk_bytes(c).unwrap())
-        .collect();
+    let saved: Vec<Vec<u8>> = (0..a.chunk_count()).map(|c| a.chunk_bytes(c).unwrap()).collect();
     assert_eq!(saved, chunks);
-    let ones: u64 = chunks
-        .iter()
-        .flatten()
-        .map(|b| u64::from(b.count_ones()))
-        .sum();
+    let ones: u64 = chunks.iter().flatten().map(|b| u64::from(b.count_ones())).sum();
     assert_eq!(a.used_blocks(), ones);
     assert_eq!(a.used_blocks() + a.free_blocks(), a.total_blocks());
     assert_eq!(a.dirty_chunks().count(), 0);

@@ -107,20 +107,13 @@ impl Model {
             return Err(AllocError::EmptyRun { run });
         }
         if run.start + run.len > self.total {
-            return Err(AllocError::OutOfRange {
-                run,
-                total_blocks: self.total,
-            });
+            return Err(AllocError::OutOfRange { run, total_blocks: self.total });
         }
         if let Some(block) = (run.start..run.end()).find(|&b| self.is_free(b)) {
             return Err(AllocError::DoubleFree { run, block });
         }
         if let Some(block) = (run.start..run.end()).find(|b| self.pending.contains_key(b)) {
-            return Err(AllocError::PendingFree {
-                run,
-                block,
-                commit_seq: self.pending[&block],
-            });
+            return Err(AllocError::PendingFree { run, block, commit_seq: self.pending[&block] });
         }
         Ok(())
     }
@@ -136,18 +129,11 @@ impl Model {
 }
 
 fn save(a: &Allocator) -> Vec<Vec<u8>> {
-    (0..a.chunk_count())
-        .map(|c| a.chunk_bytes(c).unwrap())
-        .collect()
+    (0..a.chunk_count()).map(|c| a.chunk_bytes(c).unwrap()).collect()
 }
 
 fn load(a: &Allocator, disk: &[Vec<u8>]) -> Allocator {
-    Allocator::load(
-        a.total_blocks(),
-        a.bits_per_chunk(),
-        disk.iter().map(Vec::as_slice),
-    )
-    .unwrap()
+    Allocator::load(a.total_blocks(), a.bits_per_chunk(), disk.iter().map(Vec::as_slice)).unwrap()
 }
 
 fn persist(a: &mut Allocator, disk: &mut [Vec<u8>]) {
@@ -155,11 +141,7 @@ fn persist(a: &mut Allocator, disk: &mut [Vec<u8>]) {
         disk[c as usize] = a.chunk_bytes(c).unwrap();
     }
     a.clear_dirty();
-    assert_eq!(
-        disk,
-        save(a).as_slice(),
-        "a changed chunk was not marked dirty"
-    );
+    assert_eq!(disk, save(a).as_slice(), "a changed chunk was not marked dirty");
     let b = load(a, disk);
     b.check_invariants().unwrap();
     assert_eq!(&b, a);
@@ -192,11 +174,7 @@ fn check(a: &Allocator, m: &Model, per_block: bool) {
 /// Runs `ops`; the per-block comparison runs after every `full_every`-th.
 fn run_ops(total: u64, bits_per_chunk: u32, ops: Vec<Op>, full_every: usize) {
     let mut a = Allocator::new(total, bits_per_chunk).unwrap();
-    let mut m = Model {
-        total,
-        used: BTreeSet::new(),
-        pending: BTreeMap::new(),
-    };
+    let mut m = Model { total, used: BTreeSet::new(), pending: BTreeMap::new() };
     // Garbage on the "disk": `new` must mark every chunk dirty.
     let mut disk = vec![vec![0xa5; a.bytes_per_chunk()]; a.chunk_count() as usize];
     for (i, op) in ops.into_iter().enumerate() {
@@ -211,13 +189,7 @@ fn run_ops(total: u64, bits_per_chunk: u32, ops: Vec<Op>, full_every: usize) {
                     Err(e) if n == 0 => assert_eq!(e, AllocError::ZeroLength),
                     Err(e) => {
                         assert!(n > largest_free, "{e} with {largest_free} free in a row");
-                        assert_eq!(
-                            e,
-                            AllocError::NoSpace {
-                                wanted: n,
-                                largest_free
-                            }
-                        );
+                        assert_eq!(e, AllocError::NoSpace { wanted: n, largest_free });
                     }
                 }
             }
@@ -231,18 +203,12 @@ fn run_ops(total: u64, bits_per_chunk: u32, ops: Vec<Op>, full_every: usize) {
                     None => assert_eq!(want, 0),
                 }
             }
-            Op::FreeUsed {
-                pick,
-                len,
-                deferred,
-            } => {
+            Op::FreeUsed { pick, len, deferred } => {
                 if m.used.is_empty() {
                     continue;
                 }
                 let start = *m.used.iter().nth(pick % m.used.len()).unwrap();
-                let n = (start..start + len)
-                    .take_while(|b| m.used.contains(b))
-                    .count() as u64;
+                let n = (start..start + len).take_while(|b| m.used.contains(b)).count() as u64;
                 let run = Run::new(start, n);
                 match deferred {
                     Some(seq) => a.free_deferred(run, seq).unwrap(),
@@ -251,12 +217,7 @@ fn run_ops(total: u64, bits_per_chunk: u32, ops: Vec<Op>, full_every: usize) {
                 m.apply_free(run, deferred);
             }
             Op::Release(seq) => {
-                let gone: Vec<u64> = m
-                    .pending
-                    .iter()
-                    .filter(|&(_, &s)| s <= seq)
-                    .map(|(&b, _)| b)
-                    .collect();
+                let gone: Vec<u64> = m.pending.iter().filter(|&(_, &s)| s <= seq).map(|(&b, _)| b).collect();
                 gone.iter().for_each(|b| {
                     m.pending.remove(b);
                 });
@@ -267,10 +228,7 @@ fn run_ops(total: u64, bits_per_chunk: u32, ops: Vec<Op>, full_every: usize) {
                 let want = if len == 0 {
                     Err(AllocError::EmptyRun { run })
                 } else if start + len > total {
-                    Err(AllocError::OutOfRange {
-                        run,
-                        total_blocks: total,
-                    })
+                    Err(AllocError::OutOfRange { run, total_blocks: total })
                 } else if let Some(block) = (start..start + len).find(|&b| !m.is_free(b)) {
                     Err(AllocError::DoubleAllocation { run, block })
                 } else {
@@ -281,11 +239,7 @@ fn run_ops(total: u64, bits_per_chunk: u32, ops: Vec<Op>, full_every: usize) {
                     m.take(run);
                 }
             }
-            Op::FreeAny {
-                start,
-                len,
-                deferred,
-            } => {
+            Op::FreeAny { start, len, deferred } => {
                 let run = Run::new(start, len);
                 let want = m.expect_free(run);
                 let got = match deferred {
@@ -366,18 +320,10 @@ fn regression_release_marks_chunks_dirty() {
         8,
         vec![
             Op::AllocateUpTo(1),
-            Op::FreeUsed {
-                pick: 0,
-                len: 1,
-                deferred: Some(0),
-            },
+            Op::FreeUsed { pick: 0, len: 1, deferred: Some(0) },
             Op::Persist,
             Op::Release(0),
-            Op::FreeUsed {
-                pick: 0,
-                len: 1,
-                deferred: None,
-            },
+            Op::FreeUsed { pick: 0, len: 1, deferred: None },
             Op::Persist,
         ],
         1,

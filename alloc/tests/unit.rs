@@ -3,17 +3,11 @@
 use dfs_alloc::{AllocError, Allocator, BlockState, Run, NEXT_FIT_SCAN};
 
 fn save(a: &Allocator) -> Vec<Vec<u8>> {
-    (0..a.chunk_count())
-        .map(|c| a.chunk_bytes(c).unwrap())
-        .collect()
+    (0..a.chunk_count()).map(|c| a.chunk_bytes(c).unwrap()).collect()
 }
 
 fn load(a: &Allocator, chunks: &[Vec<u8>]) -> Result<Allocator, AllocError> {
-    Allocator::load(
-        a.total_blocks(),
-        a.bits_per_chunk(),
-        chunks.iter().map(Vec::as_slice),
-    )
+    Allocator::load(a.total_blocks(), a.bits_per_chunk(), chunks.iter().map(Vec::as_slice))
 }
 
 fn ok(a: &Allocator) {
@@ -23,15 +17,9 @@ fn ok(a: &Allocator) {
 #[test]
 fn geometry_is_checked() {
     for bpc in [0, 1, 7, 12, 4097] {
-        assert!(matches!(
-            Allocator::new(100, bpc),
-            Err(AllocError::InvalidGeometry { .. })
-        ));
+        assert!(matches!(Allocator::new(100, bpc), Err(AllocError::InvalidGeometry { .. })));
     }
-    assert!(matches!(
-        Allocator::new(u64::MAX, 4096 * 8),
-        Err(AllocError::TooLarge { .. })
-    ));
+    assert!(matches!(Allocator::new(u64::MAX, 4096 * 8), Err(AllocError::TooLarge { .. })));
 }
 
 #[test]
@@ -40,13 +28,7 @@ fn empty_region_is_usable_and_full() {
     ok(&a);
     assert_eq!(a.chunk_count(), 0);
     assert_eq!(a.dirty_chunks().count(), 0);
-    assert_eq!(
-        a.allocate(1),
-        Err(AllocError::NoSpace {
-            wanted: 1,
-            largest_free: 0
-        })
-    );
+    assert_eq!(a.allocate(1), Err(AllocError::NoSpace { wanted: 1, largest_free: 0 }));
     assert_eq!(a.allocate_up_to(5), None);
     let b = Allocator::load(0, 64, std::iter::empty()).unwrap();
     assert_eq!(a, b);
@@ -57,13 +39,7 @@ fn zero_length_requests_are_errors() {
     let mut a = Allocator::new(100, 64).unwrap();
     assert_eq!(a.allocate(0), Err(AllocError::ZeroLength));
     assert_eq!(a.allocate_up_to(0), None);
-    assert_eq!(
-        a.allocate(u64::MAX),
-        Err(AllocError::NoSpace {
-            wanted: u64::MAX,
-            largest_free: 100
-        })
-    );
+    assert_eq!(a.allocate(u64::MAX), Err(AllocError::NoSpace { wanted: u64::MAX, largest_free: 100 }));
     let run = Run::new(3, 0);
     assert_eq!(a.mark_used(run), Err(AllocError::EmptyRun { run }));
     assert_eq!(a.free(run), Err(AllocError::EmptyRun { run }));
@@ -79,13 +55,7 @@ fn exactly_full_then_no_space_then_free_restores() {
     assert_eq!(all, Run::new(0, 130));
     assert_eq!((a.free_blocks(), a.used_blocks()), (0, 130));
     assert_eq!(a.largest_free_run(), 0);
-    assert_eq!(
-        a.allocate(1),
-        Err(AllocError::NoSpace {
-            wanted: 1,
-            largest_free: 0
-        })
-    );
+    assert_eq!(a.allocate(1), Err(AllocError::NoSpace { wanted: 1, largest_free: 0 }));
     assert_eq!(a.allocate_up_to(1), None);
     ok(&a);
     a.free(all).unwrap();
@@ -101,13 +71,7 @@ fn no_space_names_the_largest_free_run() {
     a.free(Run::new(10, 7)).unwrap();
     a.free(Run::new(50, 12)).unwrap();
     let err = a.allocate(13).unwrap_err();
-    assert_eq!(
-        err,
-        AllocError::NoSpace {
-            wanted: 13,
-            largest_free: 12
-        }
-    );
+    assert_eq!(err, AllocError::NoSpace { wanted: 13, largest_free: 12 });
     assert!(err.to_string().contains("12"));
     // allocate_up_to takes the largest run when max does not fit.
     assert_eq!(a.allocate_up_to(13), Some(Run::new(50, 12)));
@@ -184,56 +148,27 @@ fn free_reuses_merged_neighbours() {
 fn mark_used_and_free_check_every_block() {
     let mut a = Allocator::new(100, 64).unwrap();
     a.mark_used(Run::new(40, 10)).unwrap();
-    assert_eq!(
-        a.mark_used(Run::new(30, 15)),
-        Err(AllocError::DoubleAllocation {
-            run: Run::new(30, 15),
-            block: 40
-        })
-    );
+    assert_eq!(a.mark_used(Run::new(30, 15)), Err(AllocError::DoubleAllocation { run: Run::new(30, 15), block: 40 }));
     let err = a.free(Run::new(45, 10)).unwrap_err();
-    assert_eq!(
-        err,
-        AllocError::DoubleFree {
-            run: Run::new(45, 10),
-            block: 50
-        }
-    );
+    assert_eq!(err, AllocError::DoubleFree { run: Run::new(45, 10), block: 50 });
     assert!(err.to_string().contains("45+10 (blocks 45..55)"), "{err}");
     assert_eq!(a.used_blocks(), 10);
-    assert_eq!(
-        a.free_runs().collect::<Vec<_>>(),
-        vec![Run::new(0, 40), Run::new(50, 50)]
-    );
+    assert_eq!(a.free_runs().collect::<Vec<_>>(), vec![Run::new(0, 40), Run::new(50, 50)]);
     ok(&a);
 }
 
 #[test]
 fn out_of_range_is_an_error_not_a_panic() {
     let mut a = Allocator::new(100, 64).unwrap();
-    for run in [
-        Run::new(95, 6),
-        Run::new(100, 1),
-        Run::new(u64::MAX, 1),
-        Run::new(1, u64::MAX),
-    ] {
-        let want = AllocError::OutOfRange {
-            run,
-            total_blocks: 100,
-        };
+    for run in [Run::new(95, 6), Run::new(100, 1), Run::new(u64::MAX, 1), Run::new(1, u64::MAX)] {
+        let want = AllocError::OutOfRange { run, total_blocks: 100 };
         assert_eq!(a.mark_used(run), Err(want.clone()));
         assert_eq!(a.free(run), Err(want.clone()));
         assert_eq!(a.free_deferred(run, 1), Err(want));
     }
     assert!(!a.is_used(100));
     assert!(!a.is_used(u64::MAX));
-    assert_eq!(
-        a.block_state(100),
-        Err(AllocError::BlockOutOfRange {
-            block: 100,
-            total_blocks: 100
-        })
-    );
+    assert_eq!(a.block_state(100), Err(AllocError::BlockOutOfRange { block: 100, total_blocks: 100 }));
     assert!(Run::new(u64::MAX, 5).to_string().contains(".."));
     ok(&a);
 }
@@ -249,33 +184,19 @@ fn deferred_free_waits_for_durability() {
     assert_eq!(a.pending_free_blocks(), 32);
     assert_eq!(a.used_blocks(), 32);
     assert!(a.is_used(0));
-    assert_eq!(
-        a.block_state(5),
-        Ok(BlockState::PendingFree { commit_seq: 42 })
-    );
+    assert_eq!(a.block_state(5), Ok(BlockState::PendingFree { commit_seq: 42 }));
     assert_eq!(a.block_state(40), Ok(BlockState::Used));
     assert!(a.allocate(1).is_err());
     assert_eq!(a.dirty_chunks().count(), 0);
     assert_eq!(a.chunk_bytes(0).unwrap(), vec![0xff; 8]);
     // Freeing it again, at once or deferred, is a double free.
     let again = Run::new(16, 32);
-    assert_eq!(
-        a.free(again),
-        Err(AllocError::PendingFree {
-            run: again,
-            block: 16,
-            commit_seq: 42
-        })
-    );
+    assert_eq!(a.free(again), Err(AllocError::PendingFree { run: again, block: 16, commit_seq: 42 }));
     let overlap = Run::new(32, 8);
     a.free_deferred(overlap, 43).unwrap();
     assert_eq!(
         a.free_deferred(Run::new(30, 4), 44),
-        Err(AllocError::PendingFree {
-            run: Run::new(30, 4),
-            block: 30,
-            commit_seq: 42
-        })
+        Err(AllocError::PendingFree { run: Run::new(30, 4), block: 30, commit_seq: 42 })
     );
     ok(&a);
     // Commit 41 durable: nothing yet.
@@ -310,10 +231,7 @@ fn deferred_free_of_an_already_durable_seq_waits_for_the_next_release() {
 fn dirty_chunks_follow_changes() {
     let mut a = Allocator::new(100, 16).unwrap();
     assert_eq!(a.chunk_count(), 7);
-    assert_eq!(
-        a.dirty_chunks().collect::<Vec<_>>(),
-        (0..7).collect::<Vec<_>>()
-    );
+    assert_eq!(a.dirty_chunks().collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
     a.clear_dirty();
     assert_eq!(a.dirty_chunks().count(), 0);
     a.mark_used(Run::new(15, 18)).unwrap(); // blocks 15..33: chunks 0, 1, 2
@@ -335,10 +253,7 @@ fn many_chunks_dirty_across_words() {
     assert_eq!(a.dirty_chunks().count(), 200);
     a.clear_dirty();
     a.mark_used(Run::new(64 * 8, 70 * 8)).unwrap();
-    assert_eq!(
-        a.dirty_chunks().collect::<Vec<_>>(),
-        (64..134).collect::<Vec<_>>()
-    );
+    assert_eq!(a.dirty_chunks().collect::<Vec<_>>(), (64..134).collect::<Vec<_>>());
 }
 
 #[test]
@@ -356,43 +271,17 @@ fn last_partial_chunk_round_trips_and_rejects_tail_bits() {
     assert_eq!(chunks[1], [0, 0, 0, 0, 0b1000, 0, 0, 0]);
     let b = load(&a, &chunks).unwrap();
     assert_eq!(a, b);
-    assert_eq!(
-        b.used_runs().collect::<Vec<_>>(),
-        vec![Run::new(0, 3), Run::new(99, 1)]
-    );
+    assert_eq!(b.used_runs().collect::<Vec<_>>(), vec![Run::new(0, 3), Run::new(99, 1)]);
     ok(&b);
     // Block 100 does not exist.
     let mut bad = chunks.clone();
     bad[1][4] |= 0b1_0000;
-    assert_eq!(
-        load(&a, &bad),
-        Err(AllocError::BitPastEnd {
-            chunk: 1,
-            block: 100,
-            total_blocks: 100
-        })
-    );
+    assert_eq!(load(&a, &bad), Err(AllocError::BitPastEnd { chunk: 1, block: 100, total_blocks: 100 }));
     let mut bad = chunks.clone();
     bad[1][7] = 0x80;
-    assert!(matches!(
-        load(&a, &bad),
-        Err(AllocError::BitPastEnd { block: 127, .. })
-    ));
-    assert_eq!(
-        a.chunk_bytes(2),
-        Err(AllocError::NoSuchChunk {
-            chunk: 2,
-            chunk_count: 2
-        })
-    );
-    assert!(matches!(
-        a.copy_chunk(0, &mut [0; 7]),
-        Err(AllocError::ChunkLength {
-            expected: 8,
-            actual: 7,
-            ..
-        })
-    ));
+    assert!(matches!(load(&a, &bad), Err(AllocError::BitPastEnd { block: 127, .. })));
+    assert_eq!(a.chunk_bytes(2), Err(AllocError::NoSuchChunk { chunk: 2, chunk_count: 2 }));
+    assert!(matches!(a.copy_chunk(0, &mut [0; 7]), Err(AllocError::ChunkLength { expected: 8, actual: 7, .. })));
 }
 
 #[test]
@@ -407,10 +296,7 @@ fn unaligned_chunks_round_trip() {
     assert!(chunks.iter().all(|c| c.len() == 3));
     let b = load(&a, &chunks).unwrap();
     assert_eq!(a, b);
-    assert_eq!(
-        a.used_runs().collect::<Vec<_>>(),
-        b.used_runs().collect::<Vec<_>>()
-    );
+    assert_eq!(a.used_runs().collect::<Vec<_>>(), b.used_runs().collect::<Vec<_>>());
     ok(&b);
     // Block 199 = chunk 8 (blocks 192..216) bit 7.
     assert_eq!(chunks[8], [0x80, 0, 0]);
@@ -420,29 +306,13 @@ fn unaligned_chunks_round_trip() {
 fn load_rejects_wrong_shapes() {
     let a = Allocator::new(100, 64).unwrap();
     let chunks = save(&a);
-    assert_eq!(
-        load(&a, &chunks[..1]),
-        Err(AllocError::MissingChunks {
-            expected: 2,
-            actual: 1
-        })
-    );
+    assert_eq!(load(&a, &chunks[..1]), Err(AllocError::MissingChunks { expected: 2, actual: 1 }));
     let mut more = chunks.clone();
     more.push(vec![0; 8]);
-    assert_eq!(
-        load(&a, &more),
-        Err(AllocError::TooManyChunks { expected: 2 })
-    );
+    assert_eq!(load(&a, &more), Err(AllocError::TooManyChunks { expected: 2 }));
     let mut short = chunks.clone();
     short[1].pop();
-    assert_eq!(
-        load(&a, &short),
-        Err(AllocError::ChunkLength {
-            chunk: 1,
-            expected: 8,
-            actual: 7
-        })
-    );
+    assert_eq!(load(&a, &short), Err(AllocError::ChunkLength { chunk: 1, expected: 8, actual: 7 }));
     assert!(matches!(
         Allocator::load(100, 60, chunks.iter().map(Vec::as_slice)),
         Err(AllocError::InvalidGeometry { .. })

@@ -27,11 +27,7 @@ fn check_block_size(block_size: u32) -> Result<()> {
     if crate::valid_block_size(block_size) {
         Ok(())
     } else {
-        Err(FormatError::invalid(
-            WHAT,
-            "block size",
-            format!("{block_size}"),
-        ))
+        Err(FormatError::invalid(WHAT, "block size", format!("{block_size}")))
     }
 }
 
@@ -71,11 +67,7 @@ impl BitmapBlockHeader {
         check_block_size(block_size)?;
         let want = block_size as usize - BITMAP_HEADER_LEN;
         if bits.len() != want {
-            return Err(FormatError::invalid(
-                WHAT,
-                "bits",
-                format!("{} bytes, need {want}", bits.len()),
-            ));
+            return Err(FormatError::invalid(WHAT, "bits", format!("{} bytes, need {want}", bits.len())));
         }
         let used: u64 = bits.iter().map(|b| b.count_ones() as u64).sum();
         let mut raw = RawBitmapHeaderV1 {
@@ -100,56 +92,29 @@ impl BitmapBlockHeader {
     pub fn decode_block(block: &[u8], block_size: u32) -> Result<(BitmapBlockHeader, &[u8])> {
         check_block_size(block_size)?;
         if block.len() < block_size as usize {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: block_size as usize,
-                got: block.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: block_size as usize, got: block.len() });
         }
         let block = &block[..block_size as usize];
         let Ok((raw, bits)) = RawBitmapHeaderV1::read_from_prefix(block) else {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: BITMAP_HEADER_LEN,
-                got: block.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: BITMAP_HEADER_LEN, got: block.len() });
         };
         if raw.magic != BITMAP_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: WHAT,
-                found: raw.magic.to_vec(),
-            });
+            return Err(FormatError::BadMagic { what: WHAT, found: raw.magic.to_vec() });
         }
         let version = raw.version.get();
         if version == 0 || version > FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: WHAT,
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(FormatError::UnsupportedVersion { what: WHAT, found: version, supported: FORMAT_VERSION });
         }
         let computed = crc32_parts(&[&raw.as_bytes()[..BITMAP_HEADER_LEN - 4], bits]);
         if computed != raw.crc32.get() {
-            return Err(FormatError::BadChecksum {
-                what: WHAT,
-                stored: raw.crc32.get(),
-                computed,
-            });
+            return Err(FormatError::BadChecksum { what: WHAT, stored: raw.crc32.get(), computed });
         }
         if raw.block_size.get() != block_size {
-            return Err(FormatError::invalid(
-                WHAT,
-                "block_size",
-                format!("{}", raw.block_size.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "block_size", format!("{}", raw.block_size.get())));
         }
         let used: u64 = bits.iter().map(|b| b.count_ones() as u64).sum();
         if used != raw.used_bits.get() {
-            return Err(FormatError::invalid(
-                WHAT,
-                "used_bits",
-                format!("{} stored, {used} set", raw.used_bits.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "used_bits", format!("{} stored, {used} set", raw.used_bits.get())));
         }
         Ok((
             BitmapBlockHeader {

@@ -114,40 +114,21 @@ impl FragmentHeader {
     /// Decode and validate untrusted bytes.
     pub fn decode(bytes: &[u8]) -> Result<FragmentHeader> {
         let Ok((raw, _)) = RawFragmentHeaderV1::read_from_prefix(bytes) else {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: FRAGMENT_HEADER_LEN,
-                got: bytes.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: FRAGMENT_HEADER_LEN, got: bytes.len() });
         };
         if raw.magic != FRAGMENT_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: WHAT,
-                found: raw.magic.to_vec(),
-            });
+            return Err(FormatError::BadMagic { what: WHAT, found: raw.magic.to_vec() });
         }
         let version = raw.version.get();
         if version == 0 || version > FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: WHAT,
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(FormatError::UnsupportedVersion { what: WHAT, found: version, supported: FORMAT_VERSION });
         }
         let computed = crc32(&raw.as_bytes()[..FRAGMENT_HEADER_LEN - 4]);
         if computed != raw.crc32.get() {
-            return Err(FormatError::BadChecksum {
-                what: WHAT,
-                stored: raw.crc32.get(),
-                computed,
-            });
+            return Err(FormatError::BadChecksum { what: WHAT, stored: raw.crc32.get(), computed });
         }
         if raw.struct_len.get() as usize != FRAGMENT_HEADER_LEN {
-            return Err(FormatError::invalid(
-                WHAT,
-                "struct_len",
-                format!("{}", raw.struct_len.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "struct_len", format!("{}", raw.struct_len.get())));
         }
         let kind = match raw.kind {
             1 => FragmentKind::Extent,
@@ -157,11 +138,7 @@ impl FragmentHeader {
         let policy = Policy::decode(raw.policy)?;
         let (index, count) = (raw.fragment_index.get(), raw.fragment_count.get());
         if count as u32 != policy.fragment_count() || index >= count {
-            return Err(FormatError::invalid(
-                WHAT,
-                "fragment_index",
-                format!("{index} of {count} under {policy}"),
-            ));
+            return Err(FormatError::invalid(WHAT, "fragment_index", format!("{index} of {count} under {policy}")));
         }
         let (payload_len, extent_len) = (raw.payload_len.get(), raw.extent_len.get());
         let max = match kind {
@@ -169,11 +146,7 @@ impl FragmentHeader {
             FragmentKind::Checkpoint => MAX_OBJECT_PAYLOAD,
         };
         if extent_len == 0 || extent_len > max || payload_len == 0 || payload_len > max {
-            return Err(FormatError::invalid(
-                WHAT,
-                "length",
-                format!("payload {payload_len}, extent {extent_len}"),
-            ));
+            return Err(FormatError::invalid(WHAT, "length", format!("payload {payload_len}, extent {extent_len}")));
         }
         Ok(FragmentHeader {
             kind,

@@ -138,32 +138,17 @@ impl JournalRecordHeader {
     /// Decode and verify a header (not its payload; see [`verify_payload`]).
     pub fn decode(bytes: &[u8], block_size: u32) -> Result<JournalRecordHeader> {
         if !crate::valid_block_size(block_size) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "block size",
-                format!("{block_size}"),
-            ));
+            return Err(FormatError::invalid(WHAT, "block size", format!("{block_size}")));
         }
         let Ok((raw, _)) = RawJournalHeaderV1::read_from_prefix(bytes) else {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: JOURNAL_HEADER_LEN,
-                got: bytes.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: JOURNAL_HEADER_LEN, got: bytes.len() });
         };
         if raw.magic != JOURNAL_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: WHAT,
-                found: raw.magic.to_vec(),
-            });
+            return Err(FormatError::BadMagic { what: WHAT, found: raw.magic.to_vec() });
         }
         let computed = crc32(&raw.as_bytes()[..JOURNAL_HEADER_LEN - 4]);
         if computed != raw.header_crc32.get() {
-            return Err(FormatError::BadChecksum {
-                what: WHAT,
-                stored: raw.header_crc32.get(),
-                computed,
-            });
+            return Err(FormatError::BadChecksum { what: WHAT, stored: raw.header_crc32.get(), computed });
         }
         let version = raw.version.get();
         if version == 0 || version as u32 > crate::FORMAT_VERSION {
@@ -180,18 +165,10 @@ impl JournalRecordHeader {
         };
         let payload_len = raw.payload_len.get();
         if payload_len > MAX_JOURNAL_PAYLOAD || (kind == RecordKind::Wrap && payload_len != 0) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "payload_len",
-                format!("{payload_len}"),
-            ));
+            return Err(FormatError::invalid(WHAT, "payload_len", format!("{payload_len}")));
         }
         if raw.block_count.get() != record_blocks(payload_len, block_size) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "block_count",
-                format!("{}", raw.block_count.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "block_count", format!("{}", raw.block_count.get())));
         }
         Ok(JournalRecordHeader {
             version,
@@ -218,11 +195,7 @@ impl JournalRecordHeader {
         }
         let computed = crc32_parts(&[payload]);
         if computed != self.payload_crc32 {
-            return Err(FormatError::BadChecksum {
-                what: "journal payload",
-                stored: self.payload_crc32,
-                computed,
-            });
+            return Err(FormatError::BadChecksum { what: "journal payload", stored: self.payload_crc32, computed });
         }
         Ok(())
     }

@@ -109,11 +109,7 @@ impl Layout {
     /// `block_size` bytes. `size` is rounded down to whole blocks.
     pub fn compute(size: u64, block_size: u32) -> Result<Layout> {
         if !valid_block_size(block_size) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "block size",
-                format!("{block_size}"),
-            ));
+            return Err(FormatError::invalid(WHAT, "block size", format!("{block_size}")));
         }
         let bs = block_size as u64;
         let size = size / bs * bs;
@@ -124,23 +120,11 @@ impl Layout {
                 format!("{size} bytes is below the minimum member size of {MIN_MEMBER_SIZE} bytes"),
             ));
         }
-        let ring = Region {
-            kind: RegionKind::RootRing,
-            start: bs,
-            len: ROOT_SLOTS * bs,
-        };
+        let ring = Region { kind: RegionKind::RootRing, start: bs, len: ROOT_SLOTS * bs };
         let journal_start = align_up(ring.end(), MIB);
         let journal_len = align_up((size / 64).clamp(MIN_JOURNAL, MAX_JOURNAL), MIB);
-        let journal = Region {
-            kind: RegionKind::Journal,
-            start: journal_start,
-            len: journal_len,
-        };
-        let backup = Region {
-            kind: RegionKind::SuperblockBackup,
-            start: size - bs,
-            len: bs,
-        };
+        let journal = Region { kind: RegionKind::Journal, start: journal_start, len: journal_len };
+        let backup = Region { kind: RegionKind::SuperblockBackup, start: size - bs, len: bs };
         // The bitmap must cover the data region that follows it; iterate to a fixed point.
         let bitmap_start = journal.end();
         let per_block = bits_per_bitmap_block(block_size);
@@ -148,35 +132,15 @@ impl Layout {
         loop {
             let data_start = align_up(bitmap_start + bitmap_blocks * bs, MIB);
             if data_start >= backup.start {
-                return Err(FormatError::invalid(
-                    WHAT,
-                    "size",
-                    format!("{size} bytes leaves no data region"),
-                ));
+                return Err(FormatError::invalid(WHAT, "size", format!("{size} bytes leaves no data region")));
             }
             let data_blocks = (backup.start - data_start) / bs;
             let need = data_blocks.div_ceil(per_block).max(1);
             if need <= bitmap_blocks {
-                let bitmap = Region {
-                    kind: RegionKind::Bitmap,
-                    start: bitmap_start,
-                    len: bitmap_blocks * bs,
-                };
-                let data = Region {
-                    kind: RegionKind::Data,
-                    start: data_start,
-                    len: data_blocks * bs,
-                };
-                let sb = Region {
-                    kind: RegionKind::SuperblockPrimary,
-                    start: 0,
-                    len: bs,
-                };
-                let layout = Layout {
-                    block_size,
-                    size,
-                    regions: [sb, ring, journal, bitmap, data, backup],
-                };
+                let bitmap = Region { kind: RegionKind::Bitmap, start: bitmap_start, len: bitmap_blocks * bs };
+                let data = Region { kind: RegionKind::Data, start: data_start, len: data_blocks * bs };
+                let sb = Region { kind: RegionKind::SuperblockPrimary, start: 0, len: bs };
+                let layout = Layout { block_size, size, regions: [sb, ring, journal, bitmap, data, backup] };
                 layout.validate()?;
                 return Ok(layout);
             }
@@ -214,67 +178,42 @@ impl Layout {
     /// superblocks at the ends, and a bitmap large enough for the data.
     pub fn validate(&self) -> Result<()> {
         if !valid_block_size(self.block_size) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "block size",
-                format!("{}", self.block_size),
-            ));
+            return Err(FormatError::invalid(WHAT, "block size", format!("{}", self.block_size)));
         }
         let bs = self.block_size as u64;
         if self.size == 0 || !self.size.is_multiple_of(bs) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "size",
-                format!("{} is not a multiple of {bs}", self.size),
-            ));
+            return Err(FormatError::invalid(WHAT, "size", format!("{} is not a multiple of {bs}", self.size)));
         }
         let mut prev_end = 0u64;
         for (i, r) in self.regions.iter().enumerate() {
             if r.kind as usize != i + 1 {
-                return Err(FormatError::invalid(
-                    WHAT,
-                    "region order",
-                    format!("slot {i} holds {:?}", r.kind),
-                ));
+                return Err(FormatError::invalid(WHAT, "region order", format!("slot {i} holds {:?}", r.kind)));
             }
             if r.len == 0 || r.start % bs != 0 || r.len % bs != 0 {
                 return Err(FormatError::invalid(
                     WHAT,
                     r.kind.name(),
-                    format!(
-                        "start {} len {} not whole non-empty blocks of {bs}",
-                        r.start, r.len
-                    ),
+                    format!("start {} len {} not whole non-empty blocks of {bs}", r.start, r.len),
                 ));
             }
-            let end = r.start.checked_add(r.len).ok_or_else(|| {
-                FormatError::invalid(WHAT, r.kind.name(), "start + len overflows")
-            })?;
+            let end = r
+                .start
+                .checked_add(r.len)
+                .ok_or_else(|| FormatError::invalid(WHAT, r.kind.name(), "start + len overflows"))?;
             if r.start < prev_end || end > self.size {
                 return Err(FormatError::invalid(
                     WHAT,
                     r.kind.name(),
-                    format!(
-                        "[{}, {end}) overlaps the previous region or leaves the member",
-                        r.start
-                    ),
+                    format!("[{}, {end}) overlaps the previous region or leaves the member", r.start),
                 ));
             }
             prev_end = end;
         }
         if self.regions[0].start != 0 || self.regions[0].len != bs {
-            return Err(FormatError::invalid(
-                WHAT,
-                "superblock",
-                "primary is not block 0",
-            ));
+            return Err(FormatError::invalid(WHAT, "superblock", "primary is not block 0"));
         }
         if self.regions[5].start != self.size - bs || self.regions[5].len != bs {
-            return Err(FormatError::invalid(
-                WHAT,
-                "superblock_backup",
-                "backup is not the last block",
-            ));
+            return Err(FormatError::invalid(WHAT, "superblock_backup", "backup is not the last block"));
         }
         let bitmap_blocks = self.regions[3].len / bs;
         let covered = bitmap_blocks.saturating_mul(bits_per_bitmap_block(self.block_size));
@@ -282,10 +221,7 @@ impl Layout {
             return Err(FormatError::invalid(
                 WHAT,
                 "bitmap",
-                format!(
-                    "{bitmap_blocks} blocks cover {covered} data blocks, need {}",
-                    self.data_blocks()
-                ),
+                format!("{bitmap_blocks} blocks cover {covered} data blocks, need {}", self.data_blocks()),
             ));
         }
         Ok(())
@@ -298,22 +234,15 @@ mod tests {
 
     #[test]
     fn small_and_large_members() {
-        for (size, bs) in [
-            (32u64 << 20, 4096u32),
-            (256 << 20, 4096),
-            (4 << 30, 4096),
-            (1 << 40, 4096),
-            (64 << 20, 65536),
-        ] {
+        for (size, bs) in
+            [(32u64 << 20, 4096u32), (256 << 20, 4096), (4 << 30, 4096), (1 << 40, 4096), (64 << 20, 65536)]
+        {
             let l = Layout::compute(size, bs).unwrap();
             l.validate().unwrap();
             assert_eq!(l.size, size);
             assert_eq!(l.region(RegionKind::Data).start % MIB, 0);
             assert_eq!(l.region(RegionKind::Journal).start % MIB, 0);
-            assert!(
-                l.data_blocks() * bs as u64 > size / 2,
-                "data is most of the member"
-            );
+            assert!(l.data_blocks() * bs as u64 > size / 2, "data is most of the member");
         }
     }
 

@@ -62,13 +62,7 @@ impl Policy {
         let p = match b {
             [1, copies, 0, 0] => Policy::Replication { copies },
             [2, data, parity, 0] => Policy::Erasure { data, parity },
-            _ => {
-                return Err(FormatError::invalid(
-                    WHAT,
-                    "encoding",
-                    format!("bytes {b:02x?}"),
-                ))
-            }
+            _ => return Err(FormatError::invalid(WHAT, "encoding", format!("bytes {b:02x?}"))),
         };
         p.validate()?;
         Ok(p)
@@ -78,25 +72,13 @@ impl Policy {
     pub fn validate(&self) -> Result<()> {
         match *self {
             Policy::Replication { copies } if copies == 0 || copies > MAX_COPIES => {
-                Err(FormatError::invalid(
-                    WHAT,
-                    "copies",
-                    format!("{copies} (must be 1..={MAX_COPIES})"),
-                ))
+                Err(FormatError::invalid(WHAT, "copies", format!("{copies} (must be 1..={MAX_COPIES})")))
             }
             Policy::Erasure { data, .. } if data == 0 || data > MAX_DATA_SHARDS => {
-                Err(FormatError::invalid(
-                    WHAT,
-                    "data shards",
-                    format!("{data} (must be 1..={MAX_DATA_SHARDS})"),
-                ))
+                Err(FormatError::invalid(WHAT, "data shards", format!("{data} (must be 1..={MAX_DATA_SHARDS})")))
             }
             Policy::Erasure { parity, .. } if parity == 0 || parity > MAX_PARITY_SHARDS => {
-                Err(FormatError::invalid(
-                    WHAT,
-                    "parity shards",
-                    format!("{parity} (must be 1..={MAX_PARITY_SHARDS})"),
-                ))
+                Err(FormatError::invalid(WHAT, "parity shards", format!("{parity} (must be 1..={MAX_PARITY_SHARDS})")))
             }
             _ => Ok(()),
         }
@@ -114,14 +96,9 @@ impl fmt::Display for Policy {
 
 fn parse_count(s: &str, field: &'static str) -> Result<u8> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) || s.len() > 3 {
-        return Err(FormatError::invalid(
-            WHAT,
-            field,
-            format!("{s:?} is not a small number"),
-        ));
+        return Err(FormatError::invalid(WHAT, field, format!("{s:?} is not a small number")));
     }
-    s.parse::<u8>()
-        .map_err(|_| FormatError::invalid(WHAT, field, format!("{s:?} is out of range")))
+    s.parse::<u8>().map_err(|_| FormatError::invalid(WHAT, field, format!("{s:?} is out of range")))
 }
 
 impl FromStr for Policy {
@@ -130,24 +107,15 @@ impl FromStr for Policy {
     /// Strict parse of `replication:N` or `erasure:K+M` (no spaces, no signs).
     fn from_str(s: &str) -> Result<Policy> {
         let (kind, rest) = s.split_once(':').ok_or_else(|| {
-            FormatError::invalid(
-                WHAT,
-                "text",
-                format!("{s:?}: expected replication:N or erasure:K+M"),
-            )
+            FormatError::invalid(WHAT, "text", format!("{s:?}: expected replication:N or erasure:K+M"))
         })?;
         let p = match kind {
-            "replication" => Policy::Replication {
-                copies: parse_count(rest, "copies")?,
-            },
+            "replication" => Policy::Replication { copies: parse_count(rest, "copies")? },
             "erasure" => {
-                let (k, m) = rest.split_once('+').ok_or_else(|| {
-                    FormatError::invalid(WHAT, "text", format!("{s:?}: expected erasure:K+M"))
-                })?;
-                Policy::Erasure {
-                    data: parse_count(k, "data shards")?,
-                    parity: parse_count(m, "parity shards")?,
-                }
+                let (k, m) = rest
+                    .split_once('+')
+                    .ok_or_else(|| FormatError::invalid(WHAT, "text", format!("{s:?}: expected erasure:K+M")))?;
+                Policy::Erasure { data: parse_count(k, "data shards")?, parity: parse_count(m, "parity shards")? }
             }
             _ => {
                 return Err(FormatError::invalid(
@@ -168,12 +136,7 @@ mod tests {
 
     #[test]
     fn parse_and_display() {
-        for s in [
-            "replication:1",
-            "replication:3",
-            "erasure:4+2",
-            "erasure:10+4",
-        ] {
+        for s in ["replication:1", "replication:3", "erasure:4+2", "erasure:10+4"] {
             let p: Policy = s.parse().unwrap();
             assert_eq!(p.to_string(), s);
             assert_eq!(Policy::decode(p.encode()).unwrap(), p);
@@ -207,22 +170,8 @@ mod tests {
     #[test]
     fn counts() {
         let p = Policy::Erasure { data: 4, parity: 2 };
-        assert_eq!(
-            (
-                p.fragment_count(),
-                p.fragments_needed(),
-                p.tolerated_losses()
-            ),
-            (6, 4, 2)
-        );
+        assert_eq!((p.fragment_count(), p.fragments_needed(), p.tolerated_losses()), (6, 4, 2));
         let r = Policy::Replication { copies: 3 };
-        assert_eq!(
-            (
-                r.fragment_count(),
-                r.fragments_needed(),
-                r.tolerated_losses()
-            ),
-            (3, 1, 2)
-        );
+        assert_eq!((r.fragment_count(), r.fragments_needed(), r.tolerated_losses()), (3, 1, 2));
     }
 }

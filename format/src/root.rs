@@ -18,19 +18,7 @@ pub const CHECKPOINT_COPIES: usize = 3;
 const WHAT: &str = "root record";
 
 /// Where one copy of the checkpoint object lives (24 bytes on disk).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct RawLocatorV1 {
     pub member_index: U32,
@@ -160,56 +148,29 @@ impl RootRecord {
     /// `BadMagic` (never written), which callers treat as empty.
     pub fn decode(bytes: &[u8]) -> Result<RootRecord> {
         let Ok((raw, _)) = RawRootRecordV1::read_from_prefix(bytes) else {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: ROOT_RECORD_LEN,
-                got: bytes.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: ROOT_RECORD_LEN, got: bytes.len() });
         };
         if raw.magic != ROOT_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: WHAT,
-                found: raw.magic.to_vec(),
-            });
+            return Err(FormatError::BadMagic { what: WHAT, found: raw.magic.to_vec() });
         }
         let version = raw.version.get();
         if version == 0 || version > FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: WHAT,
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(FormatError::UnsupportedVersion { what: WHAT, found: version, supported: FORMAT_VERSION });
         }
         let computed = crc32(&raw.as_bytes()[..ROOT_RECORD_LEN - 4]);
         if computed != raw.crc32.get() {
-            return Err(FormatError::BadChecksum {
-                what: WHAT,
-                stored: raw.crc32.get(),
-                computed,
-            });
+            return Err(FormatError::BadChecksum { what: WHAT, stored: raw.crc32.get(), computed });
         }
         if raw.struct_len.get() as usize != ROOT_RECORD_LEN {
-            return Err(FormatError::invalid(
-                WHAT,
-                "struct_len",
-                format!("{}", raw.struct_len.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "struct_len", format!("{}", raw.struct_len.get())));
         }
         let n = raw.checkpoint_copies.get() as usize;
         if n > CHECKPOINT_COPIES {
-            return Err(FormatError::invalid(
-                WHAT,
-                "checkpoint_copies",
-                format!("{n}"),
-            ));
+            return Err(FormatError::invalid(WHAT, "checkpoint_copies", format!("{n}")));
         }
         let checkpoint = if n == 0 {
             if raw.checkpoint_id != [0; 16] || raw.checkpoint_len.get() != 0 {
-                return Err(FormatError::invalid(
-                    WHAT,
-                    "checkpoint",
-                    "no copies but an id or length",
-                ));
+                return Err(FormatError::invalid(WHAT, "checkpoint", "no copies but an id or length"));
             }
             None
         } else {
@@ -222,11 +183,7 @@ impl RootRecord {
                 })
                 .collect::<Vec<_>>();
             if copies.iter().any(|c| c.len < raw.checkpoint_len.get()) {
-                return Err(FormatError::invalid(
-                    WHAT,
-                    "locator",
-                    "a copy is shorter than the checkpoint",
-                ));
+                return Err(FormatError::invalid(WHAT, "locator", "a copy is shorter than the checkpoint"));
             }
             Some(CheckpointRef {
                 id: uuid::Uuid::from_bytes(raw.checkpoint_id),
@@ -244,11 +201,7 @@ impl RootRecord {
             ));
         }
         if raw.journal_offset.get() >= journal_len || raw.journal_offset.get() % jbs as u64 != 0 {
-            return Err(FormatError::invalid(
-                WHAT,
-                "journal_offset",
-                format!("{}", raw.journal_offset.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "journal_offset", format!("{}", raw.journal_offset.get())));
         }
         Ok(RootRecord {
             pool_uuid: uuid::Uuid::from_bytes(raw.pool_uuid),
@@ -266,12 +219,6 @@ impl RootRecord {
 
 /// Pick the winning root among decoded candidates of one pool: the highest
 /// generation. Candidates of another pool are ignored.
-pub fn best_root<'a>(
-    pool: uuid::Uuid,
-    candidates: impl IntoIterator<Item = &'a RootRecord>,
-) -> Option<&'a RootRecord> {
-    candidates
-        .into_iter()
-        .filter(|r| r.pool_uuid == pool)
-        .max_by_key(|r| r.generation)
+pub fn best_root<'a>(pool: uuid::Uuid, candidates: impl IntoIterator<Item = &'a RootRecord>) -> Option<&'a RootRecord> {
+    candidates.into_iter().filter(|r| r.pool_uuid == pool).max_by_key(|r| r.generation)
 }

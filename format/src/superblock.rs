@@ -124,13 +124,9 @@ impl Superblock {
         let mut label = [0u8; LABEL_LEN];
         let l = truncate_label(&self.label);
         label[..l.len()].copy_from_slice(l.as_bytes());
-        let mut regions = [RawRegionV1 {
-            kind: 0.into(),
-            flags: 0.into(),
-            start: 0.into(),
-            len: 0.into(),
-            reserved: 0.into(),
-        }; REGION_SLOTS];
+        let mut regions =
+            [RawRegionV1 { kind: 0.into(), flags: 0.into(), start: 0.into(), len: 0.into(), reserved: 0.into() };
+                REGION_SLOTS];
         for (raw, r) in regions.iter_mut().zip(self.layout.regions.iter()) {
             raw.kind = (r.kind as u32).into();
             raw.start = r.start.into();
@@ -172,54 +168,28 @@ impl Superblock {
     /// Returns the superblock and which copy it says it is.
     pub fn decode(bytes: &[u8]) -> Result<(Superblock, SuperblockCopy)> {
         if bytes.len() < 8 {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: SUPERBLOCK_LEN,
-                got: bytes.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: SUPERBLOCK_LEN, got: bytes.len() });
         }
         if bytes[..8] != SUPERBLOCK_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: WHAT,
-                found: bytes[..8].to_vec(),
-            });
+            return Err(FormatError::BadMagic { what: WHAT, found: bytes[..8].to_vec() });
         }
         let Ok((raw, _)) = RawSuperblockV1::read_from_prefix(bytes) else {
-            return Err(FormatError::TooShort {
-                what: WHAT,
-                need: SUPERBLOCK_LEN,
-                got: bytes.len(),
-            });
+            return Err(FormatError::TooShort { what: WHAT, need: SUPERBLOCK_LEN, got: bytes.len() });
         };
         let version = raw.version.get();
         if version == 0 || version > FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: WHAT,
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(FormatError::UnsupportedVersion { what: WHAT, found: version, supported: FORMAT_VERSION });
         }
         let computed = crc32(&raw.as_bytes()[..SUPERBLOCK_LEN - 4]);
         if computed != raw.crc32.get() {
-            return Err(FormatError::BadChecksum {
-                what: WHAT,
-                stored: raw.crc32.get(),
-                computed,
-            });
+            return Err(FormatError::BadChecksum { what: WHAT, stored: raw.crc32.get(), computed });
         }
         if raw.struct_len.get() as usize != SUPERBLOCK_LEN {
-            return Err(FormatError::invalid(
-                WHAT,
-                "struct_len",
-                format!("{}", raw.struct_len.get()),
-            ));
+            return Err(FormatError::invalid(WHAT, "struct_len", format!("{}", raw.struct_len.get())));
         }
         let unknown = raw.incompat.get() & !features::INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(FormatError::UnknownIncompat {
-                what: WHAT,
-                bits: unknown,
-            });
+            return Err(FormatError::UnknownIncompat { what: WHAT, bits: unknown });
         }
         let copy = match raw.copy {
             0 => SuperblockCopy::Primary,
@@ -231,43 +201,19 @@ impl Superblock {
             return Err(FormatError::invalid(WHAT, "block_size", format!("{bs}")));
         }
         if raw.region_count as usize != RegionKind::ALL.len() {
-            return Err(FormatError::invalid(
-                WHAT,
-                "region_count",
-                format!("{}", raw.region_count),
-            ));
+            return Err(FormatError::invalid(WHAT, "region_count", format!("{}", raw.region_count)));
         }
-        let mut regions = [Region {
-            kind: RegionKind::SuperblockPrimary,
-            start: 0,
-            len: 0,
-        }; 6];
+        let mut regions = [Region { kind: RegionKind::SuperblockPrimary, start: 0, len: 0 }; 6];
         for (i, r) in raw.regions[..6].iter().enumerate() {
             let kind = RegionKind::from_u32(r.kind.get()).ok_or_else(|| {
-                FormatError::invalid(
-                    WHAT,
-                    "region kind",
-                    format!("entry {i} has kind {}", r.kind.get()),
-                )
+                FormatError::invalid(WHAT, "region kind", format!("entry {i} has kind {}", r.kind.get()))
             })?;
-            regions[i] = Region {
-                kind,
-                start: r.start.get(),
-                len: r.len.get(),
-            };
+            regions[i] = Region { kind, start: r.start.get(), len: r.len.get() };
         }
         if raw.regions[6..].iter().any(|r| r.kind.get() != 0) {
-            return Err(FormatError::invalid(
-                WHAT,
-                "region table",
-                "unused entries are not zero",
-            ));
+            return Err(FormatError::invalid(WHAT, "region table", "unused entries are not zero"));
         }
-        let layout = Layout {
-            block_size: bs,
-            size: raw.size.get(),
-            regions,
-        };
+        let layout = Layout { block_size: bs, size: raw.size.get(), regions };
         layout.validate()?;
         let label_end = raw.label.iter().position(|&b| b == 0).unwrap_or(LABEL_LEN);
         let label = std::str::from_utf8(&raw.label[..label_end])
@@ -287,11 +233,7 @@ impl Superblock {
             label,
         };
         if sb.pool_uuid.is_nil() || sb.member_uuid.is_nil() {
-            return Err(FormatError::invalid(
-                WHAT,
-                "uuid",
-                "pool or member UUID is nil",
-            ));
+            return Err(FormatError::invalid(WHAT, "uuid", "pool or member UUID is nil"));
         }
         Ok((sb, copy))
     }
@@ -341,11 +283,7 @@ pub fn choose_superblock(primary: &[u8], backup: Option<&[u8]>) -> Result<Superb
         if c == SuperblockCopy::Primary {
             Ok(sb)
         } else {
-            Err(FormatError::invalid(
-                WHAT,
-                "copy",
-                "block 0 holds a backup copy",
-            ))
+            Err(FormatError::invalid(WHAT, "copy", "block 0 holds a backup copy"))
         }
     });
     let b = match backup {
@@ -353,30 +291,16 @@ pub fn choose_superblock(primary: &[u8], backup: Option<&[u8]>) -> Result<Superb
             if c == SuperblockCopy::Backup {
                 Ok(sb)
             } else {
-                Err(FormatError::invalid(
-                    WHAT,
-                    "copy",
-                    "last block holds a primary copy",
-                ))
+                Err(FormatError::invalid(WHAT, "copy", "last block holds a primary copy"))
             }
         }),
-        None => Err(FormatError::TooShort {
-            what: "backup superblock",
-            need: SUPERBLOCK_LEN,
-            got: 0,
-        }),
+        None => Err(FormatError::TooShort { what: "backup superblock", need: SUPERBLOCK_LEN, got: 0 }),
     };
     match (p, b) {
         (Ok(p), Ok(b)) => {
-            let same = p.pool_uuid == b.pool_uuid
-                && p.member_uuid == b.member_uuid
-                && p.layout == b.layout;
+            let same = p.pool_uuid == b.pool_uuid && p.member_uuid == b.member_uuid && p.layout == b.layout;
             if !same {
-                let err = FormatError::invalid(
-                    WHAT,
-                    "backup",
-                    "backup names another pool, member or layout",
-                );
+                let err = FormatError::invalid(WHAT, "backup", "backup names another pool, member or layout");
                 return Ok(SuperblockChoice {
                     superblock: p,
                     from: SuperblockCopy::Primary,
@@ -388,10 +312,7 @@ pub fn choose_superblock(primary: &[u8], backup: Option<&[u8]>) -> Result<Superb
                 let err = FormatError::invalid(
                     WHAT,
                     "update_seq",
-                    format!(
-                        "primary {} older than backup {}",
-                        p.update_seq, b.update_seq
-                    ),
+                    format!("primary {} older than backup {}", p.update_seq, b.update_seq),
                 );
                 Ok(SuperblockChoice {
                     superblock: b,
@@ -403,10 +324,7 @@ pub fn choose_superblock(primary: &[u8], backup: Option<&[u8]>) -> Result<Superb
                 let err = FormatError::invalid(
                     WHAT,
                     "update_seq",
-                    format!(
-                        "backup {} older than primary {}",
-                        b.update_seq, p.update_seq
-                    ),
+                    format!("backup {} older than primary {}", b.update_seq, p.update_seq),
                 );
                 Ok(SuperblockChoice {
                     superblock: p,

@@ -49,26 +49,13 @@ fn root() -> RootRecord {
             id: Uuid::from_u128(42),
             len: 5000,
             blake3: [0xab; 32],
-            copies: vec![CheckpointLocator {
-                member_index: 1,
-                offset: 1 << 24,
-                len: 8192,
-            }],
+            copies: vec![CheckpointLocator { member_index: 1, offset: 1 << 24, len: 8192 }],
         }),
     }
 }
 
 fn journal() -> JournalRecordHeader {
-    JournalRecordHeader::new(
-        RecordKind::Transaction,
-        1,
-        100,
-        POOL,
-        b"payload",
-        0xdead_beef,
-        7,
-        BS,
-    )
+    JournalRecordHeader::new(RecordKind::Transaction, 1, 100, POOL, b"payload", 0xdead_beef, 7, BS)
 }
 
 fn fragment() -> FragmentHeader {
@@ -91,14 +78,7 @@ fn fragment() -> FragmentHeader {
 fn bitmap_block() -> Vec<u8> {
     let mut bits = vec![0u8; BS as usize - 64];
     bits[0] = 0b1011;
-    BitmapBlockHeader {
-        pool_uuid: POOL,
-        index: 0,
-        generation: 9,
-        used_bits: 3,
-    }
-    .encode_block(BS, &bits)
-    .unwrap()
+    BitmapBlockHeader { pool_uuid: POOL, index: 0, generation: 9, used_bits: 3 }.encode_block(BS, &bits).unwrap()
 }
 
 /// Recompute the CRC-32 in the last 4 bytes of a struct (over all before it).
@@ -129,23 +109,11 @@ type Decode = fn(&[u8]) -> Result<(), FormatError>;
 
 fn decoders() -> [(&'static str, Vec<u8>, Decode); 5] {
     [
-        (
-            "superblock",
-            superblock().encode(SuperblockCopy::Primary).to_vec(),
-            |b| Superblock::decode(b).map(|_| ()),
-        ),
-        ("root", root().encode().to_vec(), |b| {
-            RootRecord::decode(b).map(|_| ())
-        }),
-        ("journal", journal().encode().to_vec(), |b| {
-            JournalRecordHeader::decode(b, BS).map(|_| ())
-        }),
-        ("fragment", fragment().encode().to_vec(), |b| {
-            FragmentHeader::decode(b).map(|_| ())
-        }),
-        ("bitmap", bitmap_block(), |b| {
-            BitmapBlockHeader::decode_block(b, BS).map(|_| ())
-        }),
+        ("superblock", superblock().encode(SuperblockCopy::Primary).to_vec(), |b| Superblock::decode(b).map(|_| ())),
+        ("root", root().encode().to_vec(), |b| RootRecord::decode(b).map(|_| ())),
+        ("journal", journal().encode().to_vec(), |b| JournalRecordHeader::decode(b, BS).map(|_| ())),
+        ("fragment", fragment().encode().to_vec(), |b| FragmentHeader::decode(b).map(|_| ())),
+        ("bitmap", bitmap_block(), |b| BitmapBlockHeader::decode_block(b, BS).map(|_| ())),
     ]
 }
 
@@ -161,10 +129,7 @@ fn short_buffer_is_too_short() {
     for (name, bytes, decode) in decoders() {
         for n in [0, 3, 8, 63, bytes.len() - 1] {
             let e = decode(&bytes[..n]).unwrap_err();
-            assert!(
-                matches!(e, FormatError::TooShort { got, .. } if got == n),
-                "{name} cut to {n}: {e:?}"
-            );
+            assert!(matches!(e, FormatError::TooShort { got, .. } if got == n), "{name} cut to {n}: {e:?}");
         }
     }
 }
@@ -178,10 +143,7 @@ fn wrong_magic_is_bad_magic() {
         assert!(matches!(e, FormatError::BadMagic { .. }), "{name}: {e:?}");
         // An all-zero block (a never-written root slot, a trimmed block) too.
         let e = decode(&vec![0; bytes.len()]).unwrap_err();
-        assert!(
-            matches!(e, FormatError::BadMagic { .. }),
-            "{name} zeroed: {e:?}"
-        );
+        assert!(matches!(e, FormatError::BadMagic { .. }), "{name} zeroed: {e:?}");
     }
 }
 
@@ -193,10 +155,7 @@ fn flipped_byte_is_bad_checksum() {
             let mut b = bytes.clone();
             b[at] ^= 0x01;
             let e = decode(&b).unwrap_err();
-            assert!(
-                matches!(e, FormatError::BadChecksum { .. }),
-                "{name} byte {at}: {e:?}"
-            );
+            assert!(matches!(e, FormatError::BadChecksum { .. }), "{name} byte {at}: {e:?}");
         }
     }
 }
@@ -218,17 +177,7 @@ fn version_2_is_unsupported() {
             }
         }
         let e = decode(&b).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                FormatError::UnsupportedVersion {
-                    found: 2,
-                    supported: 1,
-                    ..
-                }
-            ),
-            "{name}: {e:?}"
-        );
+        assert!(matches!(e, FormatError::UnsupportedVersion { found: 2, supported: 1, .. }), "{name}: {e:?}");
     }
 }
 
@@ -237,10 +186,7 @@ fn version_0_is_unsupported() {
     let mut b = superblock().encode(SuperblockCopy::Primary);
     put_u32(&mut b, 8, 0);
     reseal(&mut b);
-    assert!(matches!(
-        Superblock::decode(&b),
-        Err(FormatError::UnsupportedVersion { found: 0, .. })
-    ));
+    assert!(matches!(Superblock::decode(&b), Err(FormatError::UnsupportedVersion { found: 0, .. })));
 }
 
 #[test]
@@ -248,13 +194,7 @@ fn unknown_incompat_refuses() {
     let mut b = superblock().encode(SuperblockCopy::Primary);
     put_u64(&mut b, 32, 1 << 5);
     reseal(&mut b);
-    assert_eq!(
-        Superblock::decode(&b).unwrap_err(),
-        FormatError::UnknownIncompat {
-            what: "superblock",
-            bits: 1 << 5
-        }
-    );
+    assert_eq!(Superblock::decode(&b).unwrap_err(), FormatError::UnknownIncompat { what: "superblock", bits: 1 << 5 });
 }
 
 #[test]
@@ -280,10 +220,7 @@ fn unknown_compat_is_ignored() {
 #[test]
 fn impossible_fields_are_invalid() {
     let invalid = |e: FormatError, field: &str| {
-        assert!(
-            matches!(&e, FormatError::Invalid { field: f, .. } if *f == field),
-            "want Invalid {field}: {e:?}"
-        )
+        assert!(matches!(&e, FormatError::Invalid { field: f, .. } if *f == field), "want Invalid {field}: {e:?}")
     };
     // Superblock: a block size that is not a power of two.
     let mut b = superblock().encode(SuperblockCopy::Primary);
@@ -319,10 +256,7 @@ fn impossible_fields_are_invalid() {
     let mut b = journal().encode();
     put_u32(&mut b, 44, 2);
     reseal(&mut b);
-    invalid(
-        JournalRecordHeader::decode(&b, BS).unwrap_err(),
-        "block_count",
-    );
+    invalid(JournalRecordHeader::decode(&b, BS).unwrap_err(), "block_count");
     // Fragment: index outside the policy's fragment count.
     let mut b = fragment().encode();
     b[48..50].copy_from_slice(&3u16.to_le_bytes());
@@ -337,10 +271,7 @@ fn impossible_fields_are_invalid() {
     let mut b = bitmap_block();
     put_u64(&mut b, 48, 4);
     reseal_bitmap(&mut b);
-    invalid(
-        BitmapBlockHeader::decode_block(&b, BS).unwrap_err(),
-        "used_bits",
-    );
+    invalid(BitmapBlockHeader::decode_block(&b, BS).unwrap_err(), "used_bits");
     // Bitmap: decoded with another block size than it was written with.
     let mut big = bitmap_block();
     big.resize(2 * BS as usize, 0);
@@ -352,11 +283,7 @@ fn impossible_fields_are_invalid() {
 #[test]
 fn both_copies_good_primary_wins_without_repair() {
     let sb = superblock();
-    let c = choose_superblock(
-        &sb.encode(SuperblockCopy::Primary),
-        Some(&sb.encode(SuperblockCopy::Backup)),
-    )
-    .unwrap();
+    let c = choose_superblock(&sb.encode(SuperblockCopy::Primary), Some(&sb.encode(SuperblockCopy::Backup))).unwrap();
     assert_eq!(c.from, SuperblockCopy::Primary);
     assert_eq!(c.superblock, sb);
     assert!(!c.needs_repair());
@@ -368,10 +295,7 @@ fn primary_garbage_backup_wins() {
     let c = choose_superblock(&[0x5a; 4096], Some(&sb.encode(SuperblockCopy::Backup))).unwrap();
     assert_eq!(c.from, SuperblockCopy::Backup);
     assert_eq!(c.superblock, sb);
-    assert!(matches!(
-        c.primary_error,
-        Some(FormatError::BadMagic { .. })
-    ));
+    assert!(matches!(c.primary_error, Some(FormatError::BadMagic { .. })));
     assert!(c.backup_error.is_none());
     assert!(c.needs_repair());
 
@@ -380,10 +304,7 @@ fn primary_garbage_backup_wins() {
     p[200] ^= 0x80;
     let c = choose_superblock(&p, Some(&sb.encode(SuperblockCopy::Backup))).unwrap();
     assert_eq!(c.from, SuperblockCopy::Backup);
-    assert!(matches!(
-        c.primary_error,
-        Some(FormatError::BadChecksum { .. })
-    ));
+    assert!(matches!(c.primary_error, Some(FormatError::BadChecksum { .. })));
 }
 
 #[test]
@@ -391,21 +312,11 @@ fn stale_backup_primary_wins() {
     let sb = superblock();
     let mut old = sb.clone();
     old.update_seq -= 1;
-    let c = choose_superblock(
-        &sb.encode(SuperblockCopy::Primary),
-        Some(&old.encode(SuperblockCopy::Backup)),
-    )
-    .unwrap();
+    let c = choose_superblock(&sb.encode(SuperblockCopy::Primary), Some(&old.encode(SuperblockCopy::Backup))).unwrap();
     assert_eq!(c.from, SuperblockCopy::Primary);
     assert_eq!(c.superblock.update_seq, sb.update_seq);
     assert!(c.primary_error.is_none());
-    assert!(matches!(
-        c.backup_error,
-        Some(FormatError::Invalid {
-            field: "update_seq",
-            ..
-        })
-    ));
+    assert!(matches!(c.backup_error, Some(FormatError::Invalid { field: "update_seq", .. })));
 }
 
 #[test]
@@ -416,11 +327,7 @@ fn newer_backup_wins() {
     let mut new = sb.clone();
     new.update_seq += 1;
     new.label = "renamed".into();
-    let c = choose_superblock(
-        &sb.encode(SuperblockCopy::Primary),
-        Some(&new.encode(SuperblockCopy::Backup)),
-    )
-    .unwrap();
+    let c = choose_superblock(&sb.encode(SuperblockCopy::Primary), Some(&new.encode(SuperblockCopy::Backup))).unwrap();
     assert_eq!(c.from, SuperblockCopy::Backup);
     assert_eq!(c.superblock, new);
     assert!(c.primary_error.is_some());
@@ -433,11 +340,8 @@ fn backup_of_another_member_is_rejected() {
     let mut other = sb.clone();
     other.member_uuid = Uuid::from_u128(3);
     other.update_seq += 10;
-    let c = choose_superblock(
-        &sb.encode(SuperblockCopy::Primary),
-        Some(&other.encode(SuperblockCopy::Backup)),
-    )
-    .unwrap();
+    let c =
+        choose_superblock(&sb.encode(SuperblockCopy::Primary), Some(&other.encode(SuperblockCopy::Backup))).unwrap();
     assert_eq!(c.from, SuperblockCopy::Primary);
     assert_eq!(c.superblock, sb);
     assert!(c.backup_error.is_some());

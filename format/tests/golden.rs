@@ -81,32 +81,15 @@ fn golden_root() -> RootRecord {
             len: 10_000,
             blake3: bytes_pattern(0xc0),
             copies: vec![
-                CheckpointLocator {
-                    member_index: 0,
-                    offset: (6 << 20) + 4096,
-                    len: 12_288,
-                },
-                CheckpointLocator {
-                    member_index: 2,
-                    offset: (6 << 20) + 40_960,
-                    len: 12_288,
-                },
+                CheckpointLocator { member_index: 0, offset: (6 << 20) + 4096, len: 12_288 },
+                CheckpointLocator { member_index: 2, offset: (6 << 20) + 40_960, len: 12_288 },
             ],
         }),
     }
 }
 
 fn golden_journal() -> JournalRecordHeader {
-    JournalRecordHeader::new(
-        RecordKind::Transaction,
-        1,
-        4242,
-        POOL,
-        JOURNAL_PAYLOAD,
-        0x0bad_c0de,
-        T0 + 2_000,
-        BS,
-    )
+    JournalRecordHeader::new(RecordKind::Transaction, 1, 4242, POOL, JOURNAL_PAYLOAD, 0x0bad_c0de, T0 + 2_000, BS)
 }
 
 fn golden_fragment() -> FragmentHeader {
@@ -136,21 +119,13 @@ fn golden_bits() -> Vec<u8> {
 }
 
 fn golden_bitmap_header() -> BitmapBlockHeader {
-    BitmapBlockHeader {
-        pool_uuid: POOL,
-        index: 0,
-        generation: 17,
-        used_bits: 134,
-    }
+    BitmapBlockHeader { pool_uuid: POOL, index: 0, generation: 17, used_bits: 134 }
 }
 
 // ---------------------------------------------------------------- hex files
 
 fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("golden")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden").join(name)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -170,8 +145,7 @@ fn from_hex(text: &str) -> Vec<u8> {
     digits
         .chunks(2)
         .map(|p| {
-            u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16)
-                .unwrap_or_else(|_| panic!("bad hex pair {p:?}"))
+            u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap_or_else(|_| panic!("bad hex pair {p:?}"))
         })
         .collect()
 }
@@ -186,22 +160,12 @@ fn golden(name: &str, encoded: &[u8]) -> Vec<u8> {
     }
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("tests/golden/{name}: {e}; run with DFS_BLESS=1 to create it"));
-    assert_eq!(
-        text,
-        text.to_lowercase(),
-        "tests/golden/{name} is not lowercase"
-    );
-    assert!(
-        text.lines().all(|l| l.len() <= 64),
-        "tests/golden/{name}: more than 32 bytes on a line"
-    );
+    assert_eq!(text, text.to_lowercase(), "tests/golden/{name} is not lowercase");
+    assert!(text.lines().all(|l| l.len() <= 64), "tests/golden/{name}: more than 32 bytes on a line");
     let committed = from_hex(&text);
     if committed != encoded {
-        let first = committed
-            .iter()
-            .zip(encoded)
-            .position(|(a, b)| a != b)
-            .unwrap_or(committed.len().min(encoded.len()));
+        let first =
+            committed.iter().zip(encoded).position(|(a, b)| a != b).unwrap_or(committed.len().min(encoded.len()));
         panic!(
             "tests/golden/{name}: the encoder no longer writes v1 bytes \
              (first difference at byte {first}; {} committed, {} encoded).\n\
@@ -240,10 +204,7 @@ fn superblock_v1() {
     assert_eq!(bytes[248..256], (1u64 << 20).to_le_bytes());
     assert_eq!(bytes[256..264], (4u64 << 20).to_le_bytes());
     assert!(bytes[368..508].iter().all(|&b| b == 0)); // unused entries, reserved1
-    assert_eq!(
-        bytes[508..512],
-        dfs_format::crc32(&bytes[..508]).to_le_bytes()
-    );
+    assert_eq!(bytes[508..512], dfs_format::crc32(&bytes[..508]).to_le_bytes());
     // The same struct as the backup copy differs only in `copy` and crc.
     let backup = sb.encode(SuperblockCopy::Backup);
     let differ: Vec<usize> = (0..512).filter(|&i| backup[i] != bytes[i]).collect();
@@ -265,10 +226,7 @@ fn root_v1() {
     assert_eq!(bytes[200..208], (4u64 << 20).to_le_bytes()); // journal_len
     assert_eq!(bytes[208..212], 4096u32.to_le_bytes()); // journal_block_size
     assert!(bytes[212..252].iter().all(|&b| b == 0)); // reserved
-    assert_eq!(
-        bytes[252..256],
-        dfs_format::crc32(&bytes[..252]).to_le_bytes()
-    );
+    assert_eq!(bytes[252..256], dfs_format::crc32(&bytes[..252]).to_le_bytes());
 }
 
 #[test]
@@ -303,10 +261,7 @@ fn fragment_v1() {
     assert_eq!(bytes[52..56], [2, 4, 2, 0]); // erasure:4+2
     assert_eq!(bytes[144], 1); // kind Extent
     assert!(bytes[145..252].iter().all(|&b| b == 0));
-    assert_eq!(
-        bytes[252..256],
-        dfs_format::crc32(&bytes[..252]).to_le_bytes()
-    );
+    assert_eq!(bytes[252..256], dfs_format::crc32(&bytes[..252]).to_le_bytes());
 }
 
 #[test]
@@ -352,46 +307,21 @@ struct LayoutExample {
 #[test]
 fn layout_examples_in_format_md() {
     const MIB: u64 = 1 << 20;
-    let row =
-        |size, bs, journal, bitmap_start, bitmap_blocks, data_start, data_blocks| LayoutExample {
-            size,
-            bs,
-            journal,
-            bitmap_start,
-            bitmap_blocks,
-            data_start,
-            data_blocks,
-        };
+    let row = |size, bs, journal, bitmap_start, bitmap_blocks, data_start, data_blocks| LayoutExample {
+        size,
+        bs,
+        journal,
+        bitmap_start,
+        bitmap_blocks,
+        data_start,
+        data_blocks,
+    };
     let rows = [
         row(32 * MIB, 4096, (MIB, 4 * MIB), 5 * MIB, 1, 6 * MIB, 6_655),
         row(64 * MIB, 4096, (MIB, 4 * MIB), 5 * MIB, 1, 6 * MIB, 14_847),
-        row(
-            1 << 30,
-            4096,
-            (MIB, 16 * MIB),
-            17 * MIB,
-            8,
-            18 * MIB,
-            257_535,
-        ),
-        row(
-            1 << 40,
-            4096,
-            (MIB, 256 * MIB),
-            257 * MIB,
-            8_320,
-            290 * MIB,
-            268_361_215,
-        ),
-        row(
-            1 << 30,
-            65536,
-            (9 * MIB, 16 * MIB),
-            25 * MIB,
-            1,
-            26 * MIB,
-            15_967,
-        ),
+        row(1 << 30, 4096, (MIB, 16 * MIB), 17 * MIB, 8, 18 * MIB, 257_535),
+        row(1 << 40, 4096, (MIB, 256 * MIB), 257 * MIB, 8_320, 290 * MIB, 268_361_215),
+        row(1 << 30, 65536, (9 * MIB, 16 * MIB), 25 * MIB, 1, 26 * MIB, 15_967),
     ];
     for e in rows {
         let (size, bs) = (e.size, e.bs);
@@ -402,16 +332,8 @@ fn layout_examples_in_format_md() {
         let j = l.region(RegionKind::Journal);
         assert_eq!((j.start, j.len), e.journal, "journal of {size}/{bs}");
         let bm = l.region(RegionKind::Bitmap);
-        assert_eq!(
-            (bm.start, bm.len / b),
-            (e.bitmap_start, e.bitmap_blocks),
-            "bitmap of {size}/{bs}"
-        );
-        assert_eq!(
-            l.region(RegionKind::Data).start,
-            e.data_start,
-            "data of {size}/{bs}"
-        );
+        assert_eq!((bm.start, bm.len / b), (e.bitmap_start, e.bitmap_blocks), "bitmap of {size}/{bs}");
+        assert_eq!(l.region(RegionKind::Data).start, e.data_start, "data of {size}/{bs}");
         assert_eq!(l.data_blocks(), e.data_blocks, "data blocks of {size}/{bs}");
         assert_eq!(l.region(RegionKind::SuperblockBackup).start, size - b);
     }

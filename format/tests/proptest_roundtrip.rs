@@ -14,9 +14,7 @@ use dfs_format::journal::{JournalRecordHeader, RecordKind};
 use dfs_format::layout::{Layout, MIN_MEMBER_SIZE};
 use dfs_format::policy::{Policy, MAX_COPIES, MAX_DATA_SHARDS, MAX_PARITY_SHARDS};
 use dfs_format::root::{CheckpointLocator, CheckpointRef, RootRecord};
-use dfs_format::superblock::{
-    choose_superblock, Superblock, SuperblockCopy, LABEL_LEN, SUPERBLOCK_LEN,
-};
+use dfs_format::superblock::{choose_superblock, Superblock, SuperblockCopy, LABEL_LEN, SUPERBLOCK_LEN};
 use dfs_format::{crc32, MAX_EXTENT_LEN};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -52,8 +50,7 @@ fn member_size() -> impl Strategy<Value = u64> {
 fn policy() -> impl Strategy<Value = Policy> {
     prop_oneof![
         (1..=MAX_COPIES).prop_map(|copies| Policy::Replication { copies }),
-        (1..=MAX_DATA_SHARDS, 1..=MAX_PARITY_SHARDS)
-            .prop_map(|(data, parity)| Policy::Erasure { data, parity }),
+        (1..=MAX_DATA_SHARDS, 1..=MAX_PARITY_SHARDS).prop_map(|(data, parity)| Policy::Erasure { data, parity }),
     ]
 }
 
@@ -593,16 +590,7 @@ fn regression_label_with_nul() {
 /// divided by the caller's block size: 0 panicked. It is now an error.
 #[test]
 fn regression_journal_block_size_zero() {
-    let h = JournalRecordHeader::new(
-        RecordKind::Transaction,
-        1,
-        0,
-        Uuid::nil(),
-        &[7; 778],
-        0,
-        0,
-        4096,
-    );
+    let h = JournalRecordHeader::new(RecordKind::Transaction, 1, 0, Uuid::nil(), &[7; 778], 0, 0, 4096);
     for bs in [0, 1, 64, 4095, 6000, 1 << 17] {
         assert!(JournalRecordHeader::decode(&h.encode(), bs).is_err());
         assert!(BitmapBlockHeader::decode_block(&[0; 8192], bs).is_err());

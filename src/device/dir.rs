@@ -115,11 +115,7 @@ pub fn fragment_file_name(block: u64) -> String {
 
 /// Parse a fragment file name (exactly 16 lowercase hex digits).
 pub fn parse_fragment_file_name(name: &str) -> Option<u64> {
-    if name.len() == 16
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if name.len() == 16 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         u64::from_str_radix(name, 16).ok()
     } else {
         None
@@ -171,20 +167,14 @@ impl DirDevice {
     /// whole 4096-byte blocks) with the layout mkfs gives a raw member of
     /// that size. The superblock copies are left zeroed for mkfs to write.
     pub fn create(path: &Path, size: u64) -> Result<DirDevice> {
-        let layout =
-            Layout::compute(size, DIR_BLOCK_SIZE).map_err(|e| DeviceError::Unsupported {
-                device: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let layout = Layout::compute(size, DIR_BLOCK_SIZE)
+            .map_err(|e| DeviceError::Unsupported { device: path.to_path_buf(), reason: e.to_string() })?;
         DirDevice::create_with_layout(path, &layout)
     }
 
     /// [`DirDevice::create`] with a given layout (block size must be 4096).
     pub fn create_with_layout(path: &Path, layout: &Layout) -> Result<DirDevice> {
-        let unsupported = |reason: String| DeviceError::Unsupported {
-            device: path.to_path_buf(),
-            reason,
-        };
+        let unsupported = |reason: String| DeviceError::Unsupported { device: path.to_path_buf(), reason };
         if layout.block_size != DIR_BLOCK_SIZE {
             return Err(unsupported(format!(
                 "a directory member has {DIR_BLOCK_SIZE}-byte blocks, not {}",
@@ -192,10 +182,7 @@ impl DirDevice {
             )));
         }
         layout.validate().map_err(|e| unsupported(e.to_string()))?;
-        let open_err = |source: io::Error| DeviceError::Open {
-            device: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source: io::Error| DeviceError::Open { device: path.to_path_buf(), source };
         match fs::symlink_metadata(path) {
             Ok(md) if md.is_dir() => {
                 if fs::read_dir(path).map_err(open_err)?.next().is_some() {
@@ -209,9 +196,7 @@ impl DirDevice {
                     Some(p) if !p.as_os_str().is_empty() => p,
                     _ => Path::new("."),
                 };
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(open_err)?;
+                File::open(parent).and_then(|d| d.sync_all()).map_err(open_err)?;
             }
             Err(e) => return Err(open_err(e)),
         }
@@ -219,17 +204,11 @@ impl DirDevice {
         sb.set_len(2 * BS).map_err(open_err)?;
         sb.sync_all().map_err(open_err)?;
         for name in [ROOTS_FILE, JOURNAL_FILE, BITMAP_FILE] {
-            File::create(path.join(name))
-                .and_then(|f| f.sync_all())
-                .map_err(open_err)?;
+            File::create(path.join(name)).and_then(|f| f.sync_all()).map_err(open_err)?;
         }
         fs::create_dir(path.join(FRAGMENTS_DIR)).map_err(open_err)?;
-        File::open(path.join(FRAGMENTS_DIR))
-            .and_then(|d| d.sync_all())
-            .map_err(open_err)?;
-        File::open(path)
-            .and_then(|d| d.sync_all())
-            .map_err(open_err)?;
+        File::open(path.join(FRAGMENTS_DIR)).and_then(|d| d.sync_all()).map_err(open_err)?;
+        File::open(path).and_then(|d| d.sync_all()).map_err(open_err)?;
         DirDevice::open_with(path, layout.clone(), false)
     }
 
@@ -237,14 +216,8 @@ impl DirDevice {
     /// superblock file. Deletes leftover `.tmp-*` files and stale fragment
     /// files (unless `read_only`).
     pub fn open(path: &Path, read_only: bool) -> Result<DirDevice> {
-        let open_err = |source: io::Error| DeviceError::Open {
-            device: path.to_path_buf(),
-            source,
-        };
-        let unsupported = |reason: String| DeviceError::Unsupported {
-            device: path.to_path_buf(),
-            reason,
-        };
+        let open_err = |source: io::Error| DeviceError::Open { device: path.to_path_buf(), source };
+        let unsupported = |reason: String| DeviceError::Unsupported { device: path.to_path_buf(), reason };
         let md = fs::metadata(path).map_err(open_err)?;
         if !md.is_dir() {
             return Err(unsupported("not a directory".into()));
@@ -253,9 +226,7 @@ impl DirDevice {
         let sb = match File::open(&sb_path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(unsupported(format!(
-                    "no {SUPERBLOCK_FILE} file: not a DynamicFS directory member"
-                )))
+                return Err(unsupported(format!("no {SUPERBLOCK_FILE} file: not a DynamicFS directory member")))
             }
             Err(e) => return Err(open_err(e)),
         };
@@ -286,21 +257,10 @@ impl DirDevice {
 
     fn open_with(path: &Path, layout: Layout, read_only: bool) -> Result<DirDevice> {
         let dir = path.to_path_buf();
-        let open_err = |source: io::Error| DeviceError::Open {
-            device: dir.clone(),
-            source,
-        };
-        let unsupported = |reason: String| DeviceError::Unsupported {
-            device: dir.clone(),
-            reason,
-        };
+        let open_err = |source: io::Error| DeviceError::Open { device: dir.clone(), source };
+        let unsupported = |reason: String| DeviceError::Unsupported { device: dir.clone(), reason };
         let md = fs::metadata(path).map_err(open_err)?;
-        let identity = DeviceIdentity {
-            kind: DeviceKind::Dir,
-            path: dir.clone(),
-            dev: md.dev(),
-            ino: md.ino(),
-        };
+        let identity = DeviceIdentity { kind: DeviceKind::Dir, path: dir.clone(), dev: md.dev(), ino: md.ino() };
         let limits = [
             2 * BS,
             layout.region(RegionKind::RootRing).len,
@@ -313,9 +273,7 @@ impl DirDevice {
             let file = match OpenOptions::new().read(true).write(!read_only).open(&p) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(unsupported(format!(
-                        "member directory is damaged: {name} is missing"
-                    )))
+                    return Err(unsupported(format!("member directory is damaged: {name} is missing")))
                 }
                 Err(e) => return Err(open_err(e)),
             };
@@ -325,19 +283,14 @@ impl DirDevice {
                     "member directory is damaged: {name} holds {len} bytes, its region only {limit}"
                 )));
             }
-            files.push(RegionFile {
-                file,
-                dirty: AtomicBool::new(false),
-            });
+            files.push(RegionFile { file, dirty: AtomicBool::new(false) });
         }
         let files: [RegionFile; 4] = files.try_into().expect("four region files");
         let frag_path = path.join(FRAGMENTS_DIR);
         let fragments_dir = match File::open(&frag_path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(unsupported(format!(
-                    "member directory is damaged: {FRAGMENTS_DIR}/ is missing"
-                )))
+                return Err(unsupported(format!("member directory is damaged: {FRAGMENTS_DIR}/ is missing")))
             }
             Err(e) => return Err(open_err(e)),
         };
@@ -380,12 +333,7 @@ impl DirDevice {
     /// The fragment files: (first data-region block, length in blocks), in
     /// block order.
     pub fn fragment_files(&self) -> Vec<(u64, u64)> {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(a, n)| (*a, *n))
-            .collect()
+        self.index.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(a, n)| (*a, *n)).collect()
     }
 
     fn lock_stale(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
@@ -410,12 +358,7 @@ impl DirDevice {
     }
 
     fn io_err(&self, op: &'static str, offset: u64, source: io::Error) -> DeviceError {
-        DeviceError::Io {
-            device: self.dir.clone(),
-            op,
-            offset,
-            source,
-        }
+        DeviceError::Io { device: self.dir.clone(), op, offset, source }
     }
 
     fn frag_path(&self, block: u64) -> PathBuf {
@@ -430,11 +373,8 @@ impl DirDevice {
             (0, BS, Some(Target::File { idx: SB, at: 0 })),
             (size - BS, size, Some(Target::File { idx: SB, at: BS })),
         ];
-        for (kind, idx) in [
-            (RegionKind::RootRing, ROOTS),
-            (RegionKind::Journal, JOURNAL),
-            (RegionKind::Bitmap, BITMAP),
-        ] {
+        for (kind, idx) in [(RegionKind::RootRing, ROOTS), (RegionKind::Journal, JOURNAL), (RegionKind::Bitmap, BITMAP)]
+        {
             let r = l.region(kind);
             spans.push((r.start, r.end(), Some(Target::File { idx, at: 0 })));
         }
@@ -461,10 +401,7 @@ impl DirDevice {
             }
             let n = e.min(end) - pos;
             let t = match t.expect("span target") {
-                Target::File { idx, at } => Target::File {
-                    idx,
-                    at: at + (pos - s),
-                },
+                Target::File { idx, at } => Target::File { idx, at: at + (pos - s) },
                 Target::Data { .. } => Target::Data { at: pos - s },
                 Target::Gap => Target::Gap,
             };
@@ -492,11 +429,9 @@ impl DirDevice {
                 continue;
             }
             let member_off = self.layout.data_offset(lo);
-            let file = File::open(self.frag_path(a))
-                .map_err(|err| self.io_err("read", member_off, err))?;
+            let file = File::open(self.frag_path(a)).map_err(|err| self.io_err("read", member_off, err))?;
             let dst = &mut buf[((lo - s) * BS) as usize..((hi - s) * BS) as usize];
-            read_full_at(&file, dst, (lo - a) * BS)
-                .map_err(|err| self.io_err("read", member_off, err))?;
+            read_full_at(&file, dst, (lo - a) * BS).map_err(|err| self.io_err("read", member_off, err))?;
         }
         Ok(())
     }
@@ -506,16 +441,9 @@ impl DirDevice {
     /// overlap and holds it while renaming).
     fn write_tmp(&self, block: u64, data: &[u8]) -> Result<PathBuf> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(FRAGMENTS_DIR)
-            .join(format!("{TMP_PREFIX}{}.{seq}", fragment_file_name(block)));
+        let tmp = self.dir.join(FRAGMENTS_DIR).join(format!("{TMP_PREFIX}{}.{seq}", fragment_file_name(block)));
         let res = (|| {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             f.write_all_at(data, 0)?;
             f.sync_all()
         })();
@@ -542,11 +470,7 @@ impl DirDevice {
         let e = s + data.len() as u64 / BS;
         let overlapping = |index: &BTreeMap<u64, u64>| -> Vec<(u64, u64)> {
             let first = index.range(..=s).next_back().map_or(s, |(a, _)| *a);
-            index
-                .range(first..e)
-                .filter(|(a, n)| **a + **n > s)
-                .map(|(a, n)| (*a, *n))
-                .collect()
+            index.range(first..e).filter(|(a, n)| **a + **n > s).map(|(a, n)| (*a, *n)).collect()
         };
         // Fast path: no overlap, so the slow part (write + fsync) runs
         // unlocked and writes to different ranges proceed in parallel.
@@ -574,9 +498,7 @@ impl DirDevice {
         self.install(&tmp, ms)?;
         // The rename must be durable before the deletions: a filesystem that
         // persisted a deletion but not the rename would lose the old bytes.
-        self.fragments_dir
-            .sync_all()
-            .map_err(|err| self.io_err("write", self.layout.data_offset(ms), err))?;
+        self.fragments_dir.sync_all().map_err(|err| self.io_err("write", self.layout.data_offset(ms), err))?;
         for (a, _) in &olds {
             index.remove(a);
         }
@@ -616,16 +538,8 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 /// Build the fragment index from `fragments/`: delete `.tmp-*` (crashed
 /// writes) and fragment files contained in an earlier-starting one (stale
 /// after a crashed merge), unless read-only; refuse any other damage.
-fn scan_fragments(
-    dir: &Path,
-    frag_path: &Path,
-    data_blocks: u64,
-    read_only: bool,
-) -> Result<BTreeMap<u64, u64>> {
-    let open_err = |source: io::Error| DeviceError::Open {
-        device: dir.to_path_buf(),
-        source,
-    };
+fn scan_fragments(dir: &Path, frag_path: &Path, data_blocks: u64, read_only: bool) -> Result<BTreeMap<u64, u64>> {
+    let open_err = |source: io::Error| DeviceError::Open { device: dir.to_path_buf(), source };
     let damaged = |reason: String| DeviceError::Unsupported {
         device: dir.to_path_buf(),
         reason: format!("member directory is damaged: {reason}"),
@@ -651,15 +565,10 @@ fn scan_fragments(
         };
         let len = entry.metadata().map_err(open_err)?.len();
         if len == 0 || !len.is_multiple_of(BS) {
-            return Err(damaged(format!(
-                "{FRAGMENTS_DIR}/{name} is {len} bytes, not whole blocks"
-            )));
+            return Err(damaged(format!("{FRAGMENTS_DIR}/{name} is {len} bytes, not whole blocks")));
         }
         let blocks = len / BS;
-        if block
-            .checked_add(blocks)
-            .is_none_or(|end| end > data_blocks)
-        {
+        if block.checked_add(blocks).is_none_or(|end| end > data_blocks) {
             return Err(damaged(format!(
                 "{FRAGMENTS_DIR}/{name} ({blocks} blocks) ends beyond the data region ({data_blocks} blocks)"
             )));
@@ -711,8 +620,9 @@ impl Device for DirDevice {
         for (off, len, target) in self.segments(offset, buf.len() as u64) {
             let part = &mut buf[done..done + len as usize];
             match target {
-                Target::File { idx, at } => read_full_at(&self.files[idx].file, part, at)
-                    .map_err(|e| self.io_err("read", off, e))?,
+                Target::File { idx, at } => {
+                    read_full_at(&self.files[idx].file, part, at).map_err(|e| self.io_err("read", off, e))?
+                }
                 Target::Data { at } => {
                     let index = self.index.read().unwrap_or_else(|e| e.into_inner());
                     self.read_data(&index, at / BS, part)?;
@@ -736,7 +646,10 @@ impl Device for DirDevice {
                 *off,
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("bytes [{off}, {}) lie between regions; no file of a directory member holds them", off + len),
+                    format!(
+                        "bytes [{off}, {}) lie between regions; no file of a directory member holds them",
+                        off + len
+                    ),
                 ),
             ));
         }
@@ -747,9 +660,7 @@ impl Device for DirDevice {
                 Target::File { idx, at } => {
                     let f = &self.files[idx];
                     f.dirty.store(true, Ordering::SeqCst);
-                    f.file
-                        .write_all_at(part, at)
-                        .map_err(|e| self.io_err("write", off, e))?;
+                    f.file.write_all_at(part, at).map_err(|e| self.io_err("write", off, e))?;
                 }
                 Target::Data { at } => self.write_data(at / BS, part)?,
                 Target::Gap => unreachable!("gaps refused above"),
@@ -775,11 +686,7 @@ impl Device for DirDevice {
             self.delete_stale()?;
         }
         if self.dirs_dirty.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self
-                .fragments_dir
-                .sync_all()
-                .and_then(|_| self.member_dir.sync_all())
-            {
+            if let Err(e) = self.fragments_dir.sync_all().and_then(|_| self.member_dir.sync_all()) {
                 self.dirs_dirty.store(true, Ordering::SeqCst);
                 return Err(self.io_err("sync", 0, e));
             }
@@ -791,23 +698,10 @@ impl Device for DirDevice {
     /// else (region files keep their bytes: discard is only a hint).
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         if !offset.is_multiple_of(BS) || !len.is_multiple_of(BS) {
-            return Err(DeviceError::Misaligned {
-                device: self.dir.clone(),
-                offset,
-                len,
-                block_size: DIR_BLOCK_SIZE,
-            });
+            return Err(DeviceError::Misaligned { device: self.dir.clone(), offset, len, block_size: DIR_BLOCK_SIZE });
         }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.layout.size)
-        {
-            return Err(DeviceError::OutOfRange {
-                device: self.dir.clone(),
-                offset,
-                len,
-                size: self.layout.size,
-            });
+        if offset.checked_add(len).is_none_or(|end| end > self.layout.size) {
+            return Err(DeviceError::OutOfRange { device: self.dir.clone(), offset, len, size: self.layout.size });
         }
         if self.read_only {
             return Err(self.read_only_err("discard", offset));
@@ -818,19 +712,13 @@ impl Device for DirDevice {
             };
             let (s, e) = (at / BS, at / BS + n / BS);
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            let doomed: Vec<u64> = index
-                .range(s..e)
-                .filter(|(a, n)| **a + **n <= e)
-                .map(|(a, _)| *a)
-                .collect();
+            let doomed: Vec<u64> = index.range(s..e).filter(|(a, n)| **a + **n <= e).map(|(a, _)| *a).collect();
             for a in doomed {
                 let path = self.frag_path(a);
                 match fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => {
-                        return Err(self.io_err("discard", self.layout.data_offset(a), err))
-                    }
+                    Err(err) => return Err(self.io_err("discard", self.layout.data_offset(a), err)),
                 }
                 index.remove(&a);
                 self.dirs_dirty.store(true, Ordering::SeqCst);

@@ -9,10 +9,20 @@ use std::path::PathBuf;
 pub enum DeviceError {
     /// The operating system reported an error.
     #[error("{}: {op} at byte {offset}: {source}", device.display())]
-    Io { device: PathBuf, op: &'static str, offset: u64, #[source] source: std::io::Error },
+    Io {
+        device: PathBuf,
+        op: &'static str,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
     /// Opening or probing failed.
     #[error("{}: cannot open: {source}", device.display())]
-    Open { device: PathBuf, #[source] source: std::io::Error },
+    Open {
+        device: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Another process holds the device (O_EXCL failed: mounted or in use).
     #[error("{}: device is in use (mounted, or held by another process)", device.display())]
     Busy { device: PathBuf },

@@ -169,10 +169,7 @@ pub struct CrashOptions {
 
 impl Default for CrashOptions {
     fn default() -> Self {
-        CrashOptions {
-            tear_sectors: false,
-            sector_size: 512,
-        }
+        CrashOptions { tear_sectors: false, sector_size: 512 }
     }
 }
 
@@ -232,11 +229,7 @@ impl FaultyDevice {
             inner,
             identity,
             name,
-            state: Mutex::new(State {
-                pending: Vec::new(),
-                countdown: None,
-                options: CrashOptions::default(),
-            }),
+            state: Mutex::new(State { pending: Vec::new(), countdown: None, options: CrashOptions::default() }),
             hook: RwLock::new(None),
             crashed: AtomicBool::new(false),
             reads: AtomicU64::new(0),
@@ -290,12 +283,7 @@ impl FaultyDevice {
     /// state, hooks and counters.
     pub fn flip_bit(&self, offset: u64, bit: u8) -> Result<()> {
         if offset >= self.inner.size() {
-            return Err(DeviceError::OutOfRange {
-                device: self.name.clone(),
-                offset,
-                len: 1,
-                size: self.inner.size(),
-            });
+            return Err(DeviceError::OutOfRange { device: self.name.clone(), offset, len: 1, size: self.inner.size() });
         }
         let mask = 1u8 << (bit & 7);
         let mut st = self.lock();
@@ -307,11 +295,7 @@ impl FaultyDevice {
         self.inner.write_at(block, &buf)?;
         // The durable byte is the `old` byte of the earliest pending write
         // covering it (or the live byte when none does).
-        if let Some(p) = st
-            .pending
-            .iter_mut()
-            .find(|p| p.offset <= offset && offset < p.offset + p.old.len() as u64)
-        {
+        if let Some(p) = st.pending.iter_mut().find(|p| p.offset <= offset && offset < p.offset + p.old.len() as u64) {
             p.old[(offset - p.offset) as usize] ^= mask;
         }
         Ok(())
@@ -375,8 +359,7 @@ impl FaultyDevice {
     /// When the inner device fails a read (never for a `MemDevice`); use
     /// [`FaultyDevice::try_crash_image`] to get the error instead.
     pub fn crash_image(&self, seed: u64) -> Vec<u8> {
-        self.try_crash_image(seed)
-            .unwrap_or_else(|e| panic!("crash_image: {e}"))
+        self.try_crash_image(seed).unwrap_or_else(|e| panic!("crash_image: {e}"))
     }
 
     /// [`FaultyDevice::crash_image`], returning the inner device's error.
@@ -393,9 +376,7 @@ impl FaultyDevice {
     /// As [`FaultyDevice::crash_image`].
     pub fn durable_image(&self) -> Vec<u8> {
         let st = self.lock();
-        self.crash_patch(&st, None)
-            .and_then(|p| self.image_with(&p))
-            .unwrap_or_else(|e| panic!("durable_image: {e}"))
+        self.crash_patch(&st, None).and_then(|p| self.image_with(&p)).unwrap_or_else(|e| panic!("durable_image: {e}"))
     }
 
     /// Restore power: write `crash_image(seed)` into the inner device (only
@@ -467,28 +448,15 @@ impl FaultyDevice {
             return Err(self.crashed_error());
         }
         let hook = self.hook.read().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(hook.and_then(|h| {
-            h(&IoOp {
-                kind,
-                offset,
-                len,
-                index,
-            })
-        }))
+        Ok(hook.and_then(|h| h(&IoOp { kind, offset, len, index })))
     }
 
     fn crashed_error(&self) -> DeviceError {
-        DeviceError::Crashed {
-            device: self.name.clone(),
-        }
+        DeviceError::Crashed { device: self.name.clone() }
     }
 
     fn injected(&self, kind: IoKind, offset: u64) -> DeviceError {
-        DeviceError::Injected {
-            device: self.name.clone(),
-            op: kind.name(),
-            offset,
-        }
+        DeviceError::Injected { device: self.name.clone(), op: kind.name(), offset }
     }
 
     /// Under the state lock: refuse after a power cut, and step the
@@ -518,34 +486,17 @@ impl FaultyDevice {
         let mut old = AlignedBuf::zeroed(buf.len());
         self.inner.read_at(offset, &mut old)?;
         let res = self.inner.write_at(offset, buf);
-        st.pending.push(Pending {
-            offset,
-            old: old.to_vec(),
-            new: buf.to_vec(),
-        });
+        st.pending.push(Pending { offset, old: old.to_vec(), new: buf.to_vec() });
         res
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let bs = self.inner.block_size() as u64;
         if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
-            return Err(DeviceError::Misaligned {
-                device: self.name.clone(),
-                offset,
-                len,
-                block_size: bs as u32,
-            });
+            return Err(DeviceError::Misaligned { device: self.name.clone(), offset, len, block_size: bs as u32 });
         }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.inner.size())
-        {
-            return Err(DeviceError::OutOfRange {
-                device: self.name.clone(),
-                offset,
-                len,
-                size: self.inner.size(),
-            });
+        if offset.checked_add(len).is_none_or(|end| end > self.inner.size()) {
+            return Err(DeviceError::OutOfRange { device: self.name.clone(), offset, len, size: self.inner.size() });
         }
         Ok(())
     }
@@ -569,9 +520,7 @@ impl FaultyDevice {
         // ...undone newest first gives the durable content...
         for p in st.pending.iter().rev() {
             for (i, old) in p.old.chunks_exact(bs).enumerate() {
-                map.get_mut(&(p.offset + (i * bs) as u64))
-                    .expect("touched block")
-                    .copy_from_slice(old);
+                map.get_mut(&(p.offset + (i * bs) as u64)).expect("touched block").copy_from_slice(old);
             }
         }
         // ...then each pending write, in order, dropped, whole or torn.
@@ -584,12 +533,9 @@ impl FaultyDevice {
             if fate == 0 {
                 continue; // dropped
             }
-            let sector_torn =
-                (fate == 2 && st.options.tear_sectors).then(|| rng.below(blocks as u64) as usize);
+            let sector_torn = (fate == 2 && st.options.tear_sectors).then(|| rng.below(blocks as u64) as usize);
             for (i, new) in p.new.chunks_exact(bs).enumerate() {
-                let cur = map
-                    .get_mut(&(p.offset + (i * bs) as u64))
-                    .expect("touched block");
+                let cur = map.get_mut(&(p.offset + (i * bs) as u64)).expect("touched block");
                 if fate == 1 {
                     cur.copy_from_slice(new);
                 } else if sector_torn == Some(i) {
@@ -709,11 +655,7 @@ impl Device for FaultyDevice {
                 let mut new = AlignedBuf::zeroed(len as usize);
                 self.inner.read_at(offset, &mut new)?;
                 if old[..] != new[..] {
-                    st.pending.push(Pending {
-                        offset,
-                        old: old.to_vec(),
-                        new: new.to_vec(),
-                    });
+                    st.pending.push(Pending { offset, old: old.to_vec(), new: new.to_vec() });
                 }
                 res
             }

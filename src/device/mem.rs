@@ -80,29 +80,16 @@ impl MemDevice {
         let chunk = CHUNK_SIZE.max(block_size as u64);
         let n = size.div_ceil(chunk);
         let chunks = (0..n).map(|_| RwLock::new(None)).collect();
-        let identity = DeviceIdentity {
-            kind: DeviceKind::Memory,
-            path,
-            dev: 0,
-            ino: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
-        };
-        MemDevice {
-            identity,
-            block_size,
-            size,
-            chunk,
-            chunks,
-        }
+        let identity =
+            DeviceIdentity { kind: DeviceKind::Memory, path, dev: 0, ino: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed) };
+        MemDevice { identity, block_size, size, chunk, chunks }
     }
 
     /// A copy of the whole image, consistent even while other threads write
     /// (every chunk is read-locked at once).
     pub fn snapshot(&self) -> Vec<u8> {
-        let guards: Vec<RwLockReadGuard<'_, Option<Box<[u8]>>>> = self
-            .chunks
-            .iter()
-            .map(|c| c.read().unwrap_or_else(|e| e.into_inner()))
-            .collect();
+        let guards: Vec<RwLockReadGuard<'_, Option<Box<[u8]>>>> =
+            self.chunks.iter().map(|c| c.read().unwrap_or_else(|e| e.into_inner())).collect();
         let mut out = vec![0u8; self.size as usize];
         for (i, g) in guards.iter().enumerate() {
             if let Some(data) = g.as_ref() {
@@ -117,12 +104,7 @@ impl MemDevice {
     pub fn allocated_bytes(&self) -> u64 {
         self.chunks
             .iter()
-            .filter_map(|c| {
-                c.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .map(|d| d.len() as u64)
-            })
+            .filter_map(|c| c.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|d| d.len() as u64))
             .sum()
     }
 
@@ -236,22 +218,13 @@ mod tests {
     fn contract_errors() {
         let dev = MemDevice::named("mem-x", 1 << 20, 4096);
         let mut b = AlignedBuf::zeroed(4096);
-        assert!(matches!(
-            dev.read_at(512, &mut b),
-            Err(DeviceError::Misaligned { .. })
-        ));
+        assert!(matches!(dev.read_at(512, &mut b), Err(DeviceError::Misaligned { .. })));
         let e = dev.write_at(1 << 20, &b).unwrap_err();
         assert!(matches!(e, DeviceError::OutOfRange { .. }));
         assert!(e.to_string().contains("mem-x"), "{e}");
         let mut odd = AlignedBuf::zeroed(8192);
-        assert!(matches!(
-            dev.read_at(0, &mut odd[1..4097]),
-            Err(DeviceError::Misaligned { .. })
-        ));
-        assert!(matches!(
-            dev.read_at(u64::MAX - 4095, &mut b),
-            Err(DeviceError::OutOfRange { .. })
-        ));
+        assert!(matches!(dev.read_at(0, &mut odd[1..4097]), Err(DeviceError::Misaligned { .. })));
+        assert!(matches!(dev.read_at(u64::MAX - 4095, &mut b), Err(DeviceError::OutOfRange { .. })));
     }
 
     #[test]
@@ -264,11 +237,7 @@ mod tests {
         assert_eq!(&img[8192..8197], b"hello");
         let copy = MemDevice::from_image(&img, 4096);
         assert_eq!(copy.snapshot(), img);
-        assert_ne!(
-            copy.identity(),
-            dev.identity(),
-            "two memory devices are two disks"
-        );
+        assert_ne!(copy.identity(), dev.identity(), "two memory devices are two disks");
     }
 
     #[test]

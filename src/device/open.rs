@@ -42,12 +42,9 @@ pub fn member_kind(path: &Path) -> Result<DeviceKind> {
 /// Open the member at `path`: a directory as a [`DirDevice`], a block device
 /// or a regular file as a [`RawDevice`].
 pub fn open_member_device(path: &Path, mode: OpenMode) -> Result<Arc<dyn Device>> {
-    match member_kind(path)? {
-        DeviceKind::Dir => Ok(Arc::new(DirDevice::open(path, mode.read_only)?)),
-        DeviceKind::Block | DeviceKind::File => Ok(Arc::new(RawDevice::open(
-            path,
-            RawOpenOptions { read_only: mode.read_only, exclusive: mode.exclusive },
-        )?)),
-        DeviceKind::Memory => unreachable!("member_kind never returns Memory"),
+    if member_kind(path)? == DeviceKind::Dir {
+        return Ok(Arc::new(DirDevice::open(path, mode.read_only)?));
     }
+    let opts = RawOpenOptions { read_only: mode.read_only, exclusive: mode.exclusive };
+    Ok(Arc::new(RawDevice::open(path, opts)?))
 }

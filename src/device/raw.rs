@@ -31,7 +31,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use super::uring::{run_one, BatchEngine, RawReq};
+use super::uring::{run_one, BatchEngine, RawReq, QUEUE_DEPTH};
 use super::{
     check_request, AlignedBuf, Device, DeviceError, DeviceIdentity, DeviceKind, ReadReq, Result, WriteReq, IO_ALIGN,
 };
@@ -75,6 +75,8 @@ pub struct RawDevice {
     physical_block_size: u32,
     read_only: bool,
     engine: BatchEngine,
+    /// Most requests of one batch in flight at once (1..=QUEUE_DEPTH).
+    queue_depth: u32,
 }
 
 impl std::fmt::Debug for RawDevice {
@@ -85,6 +87,7 @@ impl std::fmt::Debug for RawDevice {
             .field("size", &self.size)
             .field("read_only", &self.read_only)
             .field("io_path", &self.engine.name())
+            .field("queue_depth", &self.queue_depth)
             .finish()
     }
 }
@@ -214,7 +217,7 @@ impl RawDevice {
         }
 
         let force = io_path == IoPathChoice::Pread;
-        let (engine, why) = BatchEngine::new(&file, force);
+        let (engine, why) = BatchEngine::new(force);
         if let Some(why) = why {
             tracing::debug!(device = %identity, reason = %why, "batches use parallel pread/pwrite");
         }
@@ -228,6 +231,7 @@ impl RawDevice {
             physical_block_size: physical,
             read_only: opts.read_only,
             engine,
+            queue_depth: QUEUE_DEPTH,
         })
     }
 
@@ -246,6 +250,19 @@ impl RawDevice {
     /// Which path batches take: `"io_uring"` or `"pread"`.
     pub fn io_path(&self) -> &'static str {
         self.engine.name()
+    }
+
+    /// Most requests one batch keeps in flight at once (default and
+    /// maximum [`QUEUE_DEPTH`]). A larger batch is fed through this window:
+    /// each completion lets the next request in, so the device sees a
+    /// steady queue of this depth, as `fio --iodepth` gives it.
+    pub fn queue_depth(&self) -> u32 {
+        self.queue_depth
+    }
+
+    /// Set [`RawDevice::queue_depth`]; clamped to `1..=QUEUE_DEPTH`.
+    pub fn set_queue_depth(&mut self, depth: u32) {
+        self.queue_depth = depth.clamp(1, QUEUE_DEPTH);
     }
 
     /// Whether the device was opened read-only.
@@ -278,7 +295,10 @@ impl RawDevice {
         match reqs {
             [] => Ok(()),
             [one] => run_one(&self.file, one).map_err(|e| self.io_err(op, one_offset(one), e)),
-            _ => self.engine.run(&self.file, reqs).map_err(|(i, e)| self.io_err(op, one_offset(&reqs[i]), e)),
+            _ => self
+                .engine
+                .run(&self.file, reqs, self.queue_depth as usize)
+                .map_err(|(i, e)| self.io_err(op, one_offset(&reqs[i]), e)),
         }
     }
 }

@@ -158,11 +158,29 @@ impl JournalWriter {
         let mut writes: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut pos = self.head;
         if wrap {
-            let h = JournalRecordHeader::new(RecordKind::Wrap, PAYLOAD_VERSION, pos.seq, self.pool, &[], pos.prev_crc, now_ns, self.bs);
+            let h = JournalRecordHeader::new(
+                RecordKind::Wrap,
+                PAYLOAD_VERSION,
+                pos.seq,
+                self.pool,
+                &[],
+                pos.prev_crc,
+                now_ns,
+                self.bs,
+            );
             writes.push((pos.offset, AlignedBuf::from_slice_padded(&h.encode(), bs as usize)));
             pos = JournalPos { offset: 0, seq: pos.seq + 1, prev_crc: h.header_crc32 };
         }
-        let h = JournalRecordHeader::new(RecordKind::Transaction, PAYLOAD_VERSION, pos.seq, self.pool, payload, pos.prev_crc, now_ns, self.bs);
+        let h = JournalRecordHeader::new(
+            RecordKind::Transaction,
+            PAYLOAD_VERSION,
+            pos.seq,
+            self.pool,
+            payload,
+            pos.prev_crc,
+            now_ns,
+            self.bs,
+        );
         let mut buf = AlignedBuf::zeroed(need as usize);
         buf[..JOURNAL_HEADER_LEN].copy_from_slice(&h.encode());
         buf[JOURNAL_HEADER_LEN..JOURNAL_HEADER_LEN + payload.len()].copy_from_slice(payload);

@@ -143,7 +143,16 @@ impl Pool {
 
     /// Create a file, FIFO, socket or device node (mknod / create).
     #[allow(clippy::too_many_arguments)]
-    pub fn create(&self, parent: Ino, name: &[u8], kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32) -> Result<(Ino, Attrs)> {
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> Result<(Ino, Attrs)> {
         let body = match kind {
             FileKind::File => Body::File(BTreeMap::new()),
             FileKind::Dir => return self.mkdir(parent, name, perm, uid, gid),
@@ -167,7 +176,17 @@ impl Pool {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn new_inode(&self, parent: Ino, name: &[u8], kind: FileKind, perm: u16, uid: u32, gid: u32, rdev: u32, body: Body) -> Result<(Ino, Attrs)> {
+    fn new_inode(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        body: Body,
+    ) -> Result<(Ino, Attrs)> {
         self.writable()?;
         check_name(name)?;
         let now = now_ns();
@@ -244,7 +263,10 @@ impl Pool {
             return Err(EngineError::IsDir);
         }
         let pattrs = inode(&m, parent)?.attrs;
-        let mut ops = vec![Op::Unlink { dir: parent, name: name.into() }, Op::SetAttrs { ino: parent, attrs: touch(pattrs, now) }];
+        let mut ops = vec![
+            Op::Unlink { dir: parent, name: name.into() },
+            Op::SetAttrs { ino: parent, attrs: touch(pattrs, now) },
+        ];
         let dropped = Self::unlink_ops(&m, ino, now, &mut ops)?;
         self.apply_txn(&mut m, ops)?;
         if dropped {
@@ -272,7 +294,11 @@ impl Pool {
         let pnew = Attrs { nlink: pattrs.nlink - 1, ..touch(pattrs, now) };
         self.apply_txn(
             &mut m,
-            vec![Op::Unlink { dir: parent, name: name.into() }, Op::SetAttrs { ino: parent, attrs: pnew }, Op::DropInode { ino }],
+            vec![
+                Op::Unlink { dir: parent, name: name.into() },
+                Op::SetAttrs { ino: parent, attrs: pnew },
+                Op::DropInode { ino },
+            ],
         )?;
         Ok(())
     }
@@ -557,7 +583,10 @@ impl Pool {
                 XattrMode::Replace if !exists => return Err(EngineError::NoData),
                 _ => {}
             }
-            self.apply_txn(&mut m, vec![Op::SetPolicy { ino, policy: Some(p.encode()) }, Op::SetAttrs { ino, attrs: a }])?;
+            self.apply_txn(
+                &mut m,
+                vec![Op::SetPolicy { ino, policy: Some(p.encode()) }, Op::SetAttrs { ino, attrs: a }],
+            )?;
             return Ok(());
         }
         let exists = i.xattrs.as_ref().is_some_and(|x| x.contains_key(name));
@@ -589,7 +618,10 @@ impl Pool {
         if !i.xattrs.as_ref().is_some_and(|x| x.contains_key(name)) {
             return Err(EngineError::NoData);
         }
-        self.apply_txn(&mut m, vec![Op::SetXattr { ino, name: name.into(), value: None }, Op::SetAttrs { ino, attrs: a }])?;
+        self.apply_txn(
+            &mut m,
+            vec![Op::SetXattr { ino, name: name.into(), value: None }, Op::SetAttrs { ino, attrs: a }],
+        )?;
         Ok(())
     }
 
@@ -601,7 +633,13 @@ impl Pool {
         let (total, free) = online.fold((0u64, 0u64), |(t, f), v| (t + v.total_bytes, f + v.free_bytes));
         let p = Policy::decode(m.state.config.default_policy).unwrap_or(Policy::Replication { copies: 1 });
         let avail = (free as u128 * p.fragments_needed() as u128 / p.fragment_count() as u128) as u64;
-        Ok(StatFs { block_size: 4096, total_bytes: total, free_bytes: free, avail_bytes: avail, files: m.state.inodes.len() as u64 })
+        Ok(StatFs {
+            block_size: 4096,
+            total_bytes: total,
+            free_bytes: free,
+            avail_bytes: avail,
+            files: m.state.inodes.len() as u64,
+        })
     }
 
     /// A copy of the whole metadata state (tests, fsck, inspect).
@@ -637,7 +675,10 @@ impl Pool {
             }
             let expected = refs[mi].len() as u64 + ckpt.get(mi).copied().unwrap_or(0);
             if a.used_blocks() != expected {
-                problems.push(format!("member {mi}: {} blocks allocated, {expected} referenced (leak or double use)", a.used_blocks()));
+                problems.push(format!(
+                    "member {mi}: {} blocks allocated, {expected} referenced (leak or double use)",
+                    a.used_blocks()
+                ));
             }
         }
         problems

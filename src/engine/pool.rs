@@ -135,10 +135,7 @@ pub struct Pool {
 }
 
 pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn corrupted(msg: impl Into<String>) -> EngineError {
@@ -371,8 +368,11 @@ impl Pool {
         }
 
         let copies = journal_copies(&members, jlen);
-        let writer =
-            if opts.read_only { None } else { Some(JournalWriter::new(uuid, jlen, jbs, replay.end, root.journal_offset)) };
+        let writer = if opts.read_only {
+            None
+        } else {
+            Some(JournalWriter::new(uuid, jlen, jbs, replay.end, root.journal_offset))
+        };
         let ticket = orphan_ops.len() as u64;
         let pool = Pool {
             uuid,
@@ -599,7 +599,9 @@ impl Pool {
             }
         }
         if copies.is_empty() {
-            return Err(first_err.map(Into::into).unwrap_or_else(|| EngineError::Other("no checkpoint copy written".into())));
+            return Err(first_err
+                .map(Into::into)
+                .unwrap_or_else(|| EngineError::Other("no checkpoint copy written".into())));
         }
         let w = c.writer.as_ref().ok_or(EngineError::ReadOnly)?;
         let head = w.head();
@@ -664,7 +666,9 @@ impl Pool {
         let c = self.commit_lock();
         let mut out = vec![0u64; self.members.len()];
         for l in c.checkpoint.iter().flat_map(|c| c.copies.iter()) {
-            if let (Some(slot), Some(Some(m))) = (out.get_mut(l.member_index as usize), self.members.get(l.member_index as usize)) {
+            if let (Some(slot), Some(Some(m))) =
+                (out.get_mut(l.member_index as usize), self.members.get(l.member_index as usize))
+            {
                 *slot += l.len.div_ceil(m.layout.block_size as u64);
             }
         }
@@ -687,7 +691,11 @@ fn journal_copies(members: &[Option<Member>], jlen: u64) -> Vec<JournalCopy> {
         .flatten()
         .filter(|m| m.layout.region(RegionKind::Journal).len >= jlen)
         .take(METADATA_COPIES)
-        .map(|m| JournalCopy { member: m.index, device: m.dev.clone(), region_start: m.layout.region(RegionKind::Journal).start })
+        .map(|m| JournalCopy {
+            member: m.index,
+            device: m.dev.clone(),
+            region_start: m.layout.region(RegionKind::Journal).start,
+        })
         .collect()
 }
 

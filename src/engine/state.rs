@@ -371,7 +371,8 @@ impl State {
                 if Policy::decode(*policy).is_err() || frags.is_empty() {
                     return err("moveextent: bad policy or no fragments");
                 }
-                let e = self.extents.get_mut(id).ok_or_else(|| ApplyError(format!("moveextent: no extent {id:032x}")))?;
+                let e =
+                    self.extents.get_mut(id).ok_or_else(|| ApplyError(format!("moveextent: no extent {id:032x}")))?;
                 for f in e.frags.iter() {
                     if !frags.contains(f) {
                         freed.push(*f);
@@ -442,7 +443,10 @@ impl State {
                             None => problems.push(format!("file {ino}: extent {idx} ({id:032x}) missing")),
                             Some(e) => {
                                 if idx * EXTENT_SIZE + e.len as u64 > inode.attrs.size {
-                                    problems.push(format!("file {ino}: extent {idx} reaches past size {}", inode.attrs.size));
+                                    problems.push(format!(
+                                        "file {ino}: extent {idx} reaches past size {}",
+                                        inode.attrs.size
+                                    ));
                                 }
                             }
                         }
@@ -456,7 +460,16 @@ impl State {
         }
         for (ino, inode) in &self.inodes {
             let is_dir = inode.attrs.kind == FileKind::Dir;
-            let expected = links.get(ino).copied().unwrap_or(0) + if is_dir { if *ino == ROOT_INO { 2 } else { 1 } } else { 0 };
+            let expected = links.get(ino).copied().unwrap_or(0)
+                + if is_dir {
+                    if *ino == ROOT_INO {
+                        2
+                    } else {
+                        1
+                    }
+                } else {
+                    0
+                };
             if *ino != ROOT_INO && !links.contains_key(ino) {
                 problems.push(format!("inode {ino}: unreachable"));
             }

@@ -231,7 +231,11 @@ fn check(pool: &Pool, model: &Model, candidates: &[BTreeMap<String, Node>]) -> (
         let mf = &model.files[id];
         if !mf.modified {
             if got != &mf.synced {
-                problems.push(format!("{path}: fsynced content lost ({} bytes, expected {})", got.len(), mf.synced.len()));
+                problems.push(format!(
+                    "{path}: fsynced content lost ({} bytes, expected {})",
+                    got.len(),
+                    mf.synced.len()
+                ));
             }
             continue;
         }
@@ -369,7 +373,9 @@ fn step(
     in_progress: &mut Option<BTreeMap<String, Node>>,
 ) -> Result<(), String> {
     use EngineError as E;
-    let expected = |e: &E| matches!(e, E::Exists | E::NotFound | E::NotEmpty | E::NotDir | E::IsDir | E::Invalid(_) | E::NotPermitted);
+    let expected = |e: &E| {
+        matches!(e, E::Exists | E::NotFound | E::NotEmpty | E::NotDir | E::IsDir | E::Invalid(_) | E::NotPermitted)
+    };
     let dirs = model.dirs();
     let files = model.file_paths();
     let r: Result<(), E> = match rng.gen_range(0..100) {
