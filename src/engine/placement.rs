@@ -78,13 +78,7 @@ pub enum PlacementError {
         "{policy} needs {needed} distinct online members with at least {fragment_bytes} \
          bytes free; {eligible} qualify ({online} online)"
     )]
-    CannotSatisfy {
-        policy: Policy,
-        needed: u32,
-        eligible: u32,
-        online: u32,
-        fragment_bytes: u64,
-    },
+    CannotSatisfy { policy: Policy, needed: u32, eligible: u32, online: u32, fragment_bytes: u64 },
     /// The policy's numbers are outside the supported ranges.
     #[error("invalid policy {policy}: {source}")]
     InvalidPolicy {
@@ -103,20 +97,8 @@ type Result<T> = std::result::Result<T, PlacementError>;
 /// fragments of one extent, each fragment taking `fragment_bytes` on its
 /// member (payload plus header and block padding, as the caller accounts
 /// it). Element `i` of the result is the member index for fragment `i`.
-pub fn place(
-    policy: Policy,
-    members: &[MemberView],
-    fragment_bytes: u64,
-    rng: &mut impl Rng,
-) -> Result<Vec<u32>> {
-    place_more(
-        policy,
-        members,
-        fragment_bytes,
-        &[],
-        policy.fragment_count(),
-        rng,
-    )
+pub fn place(policy: Policy, members: &[MemberView], fragment_bytes: u64, rng: &mut impl Rng) -> Result<Vec<u32>> {
+    place_more(policy, members, fragment_bytes, &[], policy.fragment_count(), rng)
 }
 
 /// Choose `count` more members for fragments of an extent that already has
@@ -131,14 +113,10 @@ pub fn place_more(
     count: u32,
     rng: &mut impl Rng,
 ) -> Result<Vec<u32>> {
-    policy
-        .validate()
-        .map_err(|source| PlacementError::InvalidPolicy { policy, source })?;
+    policy.validate().map_err(|source| PlacementError::InvalidPolicy { policy, source })?;
     check_distinct(members)?;
-    let online = members
-        .iter()
-        .filter(|m| m.state == MemberState::Online && !existing.contains(&m.index))
-        .count() as u32;
+    let online =
+        members.iter().filter(|m| m.state == MemberState::Online && !existing.contains(&m.index)).count() as u32;
     let mut candidates: Vec<(u32, u64)> = members
         .iter()
         .filter(|m| m.can_take(fragment_bytes) && !existing.contains(&m.index))
@@ -164,10 +142,7 @@ pub fn place_more(
 pub fn can_satisfy(policy: Policy, members: &[MemberView]) -> bool {
     policy.validate().is_ok()
         && check_distinct(members).is_ok()
-        && members
-            .iter()
-            .filter(|m| m.state == MemberState::Online)
-            .count() as u64
+        && members.iter().filter(|m| m.state == MemberState::Online).count() as u64
             >= u64::from(policy.fragment_count())
 }
 
@@ -175,8 +150,7 @@ pub fn can_satisfy(policy: Policy, members: &[MemberView]) -> bool {
 pub fn can_place(policy: Policy, members: &[MemberView], fragment_bytes: u64) -> bool {
     policy.validate().is_ok()
         && check_distinct(members).is_ok()
-        && members.iter().filter(|m| m.can_take(fragment_bytes)).count() as u64
-            >= u64::from(policy.fragment_count())
+        && members.iter().filter(|m| m.can_take(fragment_bytes)).count() as u64 >= u64::from(policy.fragment_count())
 }
 
 fn check_distinct(members: &[MemberView]) -> Result<()> {

@@ -95,6 +95,16 @@ pub struct Counters {
     pub fragments_written: AtomicU64,
     pub fragments_read: AtomicU64,
     pub fragment_errors: AtomicU64,
+    /// Fragments rewritten by lazy repair (see `repair.rs`) and queued for commit.
+    pub repairs: AtomicU64,
+    /// Payload bytes of the verified fragments a repair rebuilt from.
+    pub repair_bytes_read: AtomicU64,
+    /// Bytes (header block + payload blocks) written by repairs.
+    pub repair_bytes_written: AtomicU64,
+    /// Repairs that could not be done (no room, no eligible member, IO error).
+    pub repair_failures: AtomicU64,
+    /// Reads that failed because an extent had too few good fragments.
+    pub extents_lost: AtomicU64,
 }
 
 /// State changed under the `meta` lock.
@@ -130,6 +140,13 @@ pub struct Pool {
     pub counters: Counters,
     pub(crate) opts: PoolOptions,
     _lock: Option<PoolLock>,
+    /// Set when a metadata write failed after its ops were taken from the
+    /// queue: memory and disk may now disagree, so every later change is
+    /// refused (EIO) rather than journaled on top of a hole. Reads go on;
+    /// the next open recovers the last durable state.
+    poisoned: std::sync::atomic::AtomicBool,
+    /// Lazy repair bookkeeping: repairs in flight, extents found lost.
+    pub(crate) repair: super::repair::RepairState,
     /// Problems found and repaired (or not) at open, for tools to report.
     pub open_report: Vec<String>,
 }
@@ -397,6 +414,8 @@ impl Pool {
             counters: Counters::default(),
             opts,
             _lock: lock,
+            poisoned: Default::default(),
+            repair: Default::default(),
             open_report: report,
         };
         if !pool.opts.read_only {
@@ -436,6 +455,7 @@ impl Pool {
         if self.opts.read_only {
             return Err(EngineError::ReadOnly);
         }
+        self.check_poisoned()?;
         for op in &ops {
             let freed = m.state.apply(op).map_err(|e| EngineError::Other(format!("internal: {e}")))?;
             m.pending_frees.extend(freed);
@@ -452,11 +472,30 @@ impl Pool {
         self.commit_upto(target)
     }
 
+    /// Refuse changes after a failed metadata write (see `poisoned`).
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(EngineError::Other(
+                "a metadata write failed earlier; the pool refuses changes until it is reopened".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn commit_upto(&self, target: u64) -> Result<()> {
         if self.opts.read_only {
             return Ok(());
         }
+        self.check_poisoned()?;
         let mut c = self.commit_lock();
+        let r = self.commit_locked(&mut c, target);
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn commit_locked(&self, c: &mut CommitState, target: u64) -> Result<()> {
         if c.durable_ticket >= target {
             return Ok(());
         }
@@ -485,7 +524,7 @@ impl Pool {
             }
             Err(JournalError::Full { .. }) => {
                 // The checkpoint captures the state, these ops included.
-                return self.checkpoint_locked_with(&mut c, frees);
+                return self.checkpoint_locked_with(c, frees);
             }
             Err(JournalError::Device(e)) => return Err(e.into()),
         }
@@ -493,7 +532,7 @@ impl Pool {
         self.release_frees(frees);
         let w = c.writer.as_ref().expect("writer");
         if w.used() as f64 > w.len() as f64 * self.opts.checkpoint_at {
-            self.checkpoint_locked(&mut c)?;
+            self.checkpoint_locked(c)?;
         }
         Ok(())
     }
@@ -528,8 +567,13 @@ impl Pool {
         if self.opts.read_only {
             return Err(EngineError::ReadOnly);
         }
+        self.check_poisoned()?;
         let mut c = self.commit_lock();
-        self.checkpoint_locked(&mut c)
+        let r = self.checkpoint_locked(&mut c);
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        r
     }
 
     fn checkpoint_locked(&self, c: &mut CommitState) -> Result<()> {

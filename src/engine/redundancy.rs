@@ -74,11 +74,7 @@ pub enum CodecError {
     ExtentLength { len: u64, max: u32 },
     /// The fragment slice must have one slot per fragment of the policy.
     #[error("{policy} has {expected} fragments but {got} were given")]
-    FragmentCount {
-        policy: Policy,
-        expected: u32,
-        got: usize,
-    },
+    FragmentCount { policy: Policy, expected: u32, got: usize },
     /// A present fragment has the wrong length for the policy and extent length.
     #[error("fragment {index} is {got} bytes, expected {expected}")]
     FragmentLength { index: u32, got: usize, expected: u32 },
@@ -87,18 +83,10 @@ pub enum CodecError {
     NotEnoughFragments { have: u32, need: u32 },
     /// A fragment index beyond the policy's fragment count.
     #[error("fragment index {index} is out of range for {policy} ({count} fragments)")]
-    FragmentIndex {
-        policy: Policy,
-        index: usize,
-        count: u32,
-    },
+    FragmentIndex { policy: Policy, index: usize, count: u32 },
     /// An output buffer given to an `*_into` function has the wrong length.
     #[error("output buffer {index} is {got} bytes, expected {expected}")]
-    OutputLength {
-        index: usize,
-        got: usize,
-        expected: usize,
-    },
+    OutputLength { index: usize, got: usize, expected: usize },
     /// The Reed-Solomon library refused (a bug here, not bad input).
     #[error("reed-solomon: {0}")]
     ReedSolomon(#[from] reed_solomon_simd::Error),
@@ -122,12 +110,7 @@ pub struct Fragment {
 impl Fragment {
     fn whole(index: u32, buf: Arc<Vec<u8>>) -> Fragment {
         let len = buf.len();
-        Fragment {
-            index,
-            buf,
-            start: 0,
-            len,
-        }
+        Fragment { index, buf, start: 0, len }
     }
 
     /// The payload bytes.
@@ -176,10 +159,7 @@ impl Eq for Fragment {}
 
 impl fmt::Debug for Fragment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Fragment")
-            .field("index", &self.index)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("Fragment").field("index", &self.index).field("len", &self.len).finish()
     }
 }
 
@@ -214,17 +194,12 @@ pub fn stored_len(policy: Policy, extent_len: u32) -> Result<u64> {
 }
 
 fn check_policy(policy: Policy) -> Result<()> {
-    policy
-        .validate()
-        .map_err(|source| CodecError::InvalidPolicy { policy, source })
+    policy.validate().map_err(|source| CodecError::InvalidPolicy { policy, source })
 }
 
 fn check_extent_len(len: u64) -> Result<()> {
     if len == 0 || len > u64::from(MAX_EXTENT_LEN) {
-        return Err(CodecError::ExtentLength {
-            len,
-            max: MAX_EXTENT_LEN,
-        });
+        return Err(CodecError::ExtentLength { len, max: MAX_EXTENT_LEN });
     }
     Ok(())
 }
@@ -256,28 +231,43 @@ pub fn encode_owned(policy: Policy, data: Vec<u8>) -> Result<Vec<Fragment>> {
 }
 
 fn replicas(policy: Policy, buf: Arc<Vec<u8>>) -> Vec<Fragment> {
-    (0..policy.fragment_count())
-        .map(|i| Fragment::whole(i, Arc::clone(&buf)))
-        .collect()
+    (0..policy.fragment_count()).map(|i| Fragment::whole(i, Arc::clone(&buf))).collect()
 }
 
 fn encode_erasure_shared(policy: Policy, data: &[u8]) -> Result<Vec<Fragment>> {
+    let Policy::Erasure { data: k, parity: m } = policy else {
+        return Ok(Vec::new());
+    };
+    let (k, m) = (k as usize, m as usize);
     let s = shard_len(policy, data.len() as u32) as usize;
-    let count = policy.fragment_count() as usize;
-    let mut buf = vec![0u8; count * s];
-    {
-        let mut outs: Vec<&mut [u8]> = buf.chunks_mut(s).collect();
-        encode_shards(policy, data, &mut outs)?;
+    // Built by appending, so each byte is written once (no zeroing pass).
+    let mut buf = Vec::with_capacity((k + m) * s);
+    for i in 0..k {
+        buf.extend_from_slice(extent_part(data, i, s));
+        buf.resize((i + 1) * s, 0);
+    }
+    let mut enc = take_encoder(k, m, s)?;
+    let result: Result<()> = (|| {
+        for shard in buf.chunks_exact(s) {
+            enc.add_original_shard(shard)?;
+        }
+        let encoded = enc.encode()?;
+        for r in encoded.recovery_iter() {
+            buf.extend_from_slice(r);
+        }
+        Ok(())
+    })();
+    put_encoder(enc);
+    result?;
+    if buf.len() != (k + m) * s {
+        return Err(reed_solomon_simd::Error::InvalidRecoveryShardIndex {
+            recovery_count: m,
+            index: (buf.len() / s).saturating_sub(k),
+        }
+        .into());
     }
     let buf = Arc::new(buf);
-    Ok((0..count)
-        .map(|i| Fragment {
-            index: i as u32,
-            buf: Arc::clone(&buf),
-            start: i * s,
-            len: s,
-        })
-        .collect())
+    Ok((0..k + m).map(|i| Fragment { index: i as u32, buf: Arc::clone(&buf), start: i * s, len: s }).collect())
 }
 
 /// Encode into caller-provided buffers (for instance the payload part of
@@ -288,19 +278,11 @@ pub fn encode_into(policy: Policy, data: &[u8], out: &mut [&mut [u8]]) -> Result
     check_extent_len(data.len() as u64)?;
     let count = policy.fragment_count() as usize;
     if out.len() != count {
-        return Err(CodecError::FragmentCount {
-            policy,
-            expected: policy.fragment_count(),
-            got: out.len(),
-        });
+        return Err(CodecError::FragmentCount { policy, expected: policy.fragment_count(), got: out.len() });
     }
     let s = shard_len(policy, data.len() as u32) as usize;
     if let Some((index, o)) = out.iter().enumerate().find(|(_, o)| o.len() != s) {
-        return Err(CodecError::OutputLength {
-            index,
-            got: o.len(),
-            expected: s,
-        });
+        return Err(CodecError::OutputLength { index, got: o.len(), expected: s });
     }
     match policy {
         Policy::Replication { .. } => {
@@ -340,12 +322,7 @@ fn extent_part(data: &[u8], i: usize, s: usize) -> &[u8] {
 
 /// Compute the M parity shards of K whole data shards (all `Some`) into
 /// `out` (M buffers of `s` bytes).
-fn reencode(
-    policy: Policy,
-    s: usize,
-    data_shards: &[Option<&[u8]>],
-    out: &mut [&mut [u8]],
-) -> Result<()> {
+fn reencode(policy: Policy, s: usize, data_shards: &[Option<&[u8]>], out: &mut [&mut [u8]]) -> Result<()> {
     let Policy::Erasure { data: k, parity: m } = policy else {
         return Ok(());
     };
@@ -363,10 +340,7 @@ fn reencode(
         for (j, p) in out.iter_mut().enumerate() {
             let r = encoded
                 .recovery(j)
-                .ok_or(reed_solomon_simd::Error::InvalidRecoveryShardIndex {
-                    recovery_count: m,
-                    index: j,
-                })?;
+                .ok_or(reed_solomon_simd::Error::InvalidRecoveryShardIndex { recovery_count: m, index: j })?;
             p.copy_from_slice(r);
         }
         Ok(())
@@ -419,21 +393,13 @@ fn check_fragments(policy: Policy, extent_len: u32, fragments: &[Option<&[u8]>])
     check_policy(policy)?;
     check_extent_len(u64::from(extent_len))?;
     if fragments.len() != policy.fragment_count() as usize {
-        return Err(CodecError::FragmentCount {
-            policy,
-            expected: policy.fragment_count(),
-            got: fragments.len(),
-        });
+        return Err(CodecError::FragmentCount { policy, expected: policy.fragment_count(), got: fragments.len() });
     }
     let s = shard_len(policy, extent_len);
     for (index, f) in fragments.iter().enumerate() {
         if let Some(f) = f {
             if f.len() != s as usize {
-                return Err(CodecError::FragmentLength {
-                    index: index as u32,
-                    got: f.len(),
-                    expected: s,
-                });
+                return Err(CodecError::FragmentLength { index: index as u32, got: f.len(), expected: s });
             }
         }
     }
@@ -448,22 +414,12 @@ fn check_fragments(policy: Policy, extent_len: u32, fragments: &[Option<&[u8]>])
 pub fn read_set(policy: Policy, usable: &[bool]) -> Result<Vec<usize>> {
     check_policy(policy)?;
     if usable.len() != policy.fragment_count() as usize {
-        return Err(CodecError::FragmentCount {
-            policy,
-            expected: policy.fragment_count(),
-            got: usable.len(),
-        });
+        return Err(CodecError::FragmentCount { policy, expected: policy.fragment_count(), got: usable.len() });
     }
     let need = policy.fragments_needed() as usize;
-    let picked: Vec<usize> = (0..usable.len())
-        .filter(|&i| usable[i])
-        .take(need)
-        .collect();
+    let picked: Vec<usize> = (0..usable.len()).filter(|&i| usable[i]).take(need).collect();
     if picked.len() < need {
-        return Err(CodecError::NotEnoughFragments {
-            have: picked.len() as u32,
-            need: need as u32,
-        });
+        return Err(CodecError::NotEnoughFragments { have: picked.len() as u32, need: need as u32 });
     }
     Ok(picked)
 }
@@ -480,19 +436,10 @@ pub fn decode(policy: Policy, extent_len: u32, fragments: &[Option<&[u8]>]) -> R
 }
 
 /// [`decode`] into a caller-provided buffer of exactly `extent_len` bytes.
-pub fn decode_into(
-    policy: Policy,
-    extent_len: u32,
-    fragments: &[Option<&[u8]>],
-    out: &mut [u8],
-) -> Result<()> {
+pub fn decode_into(policy: Policy, extent_len: u32, fragments: &[Option<&[u8]>], out: &mut [u8]) -> Result<()> {
     check_fragments(policy, extent_len, fragments)?;
     if out.len() != extent_len as usize {
-        return Err(CodecError::OutputLength {
-            index: 0,
-            got: out.len(),
-            expected: extent_len as usize,
-        });
+        return Err(CodecError::OutputLength { index: 0, got: out.len(), expected: extent_len as usize });
     }
     decode_checked(policy, extent_len, fragments, out)
 }
@@ -501,12 +448,7 @@ fn count_present(fragments: &[Option<&[u8]>]) -> u32 {
     fragments.iter().filter(|f| f.is_some()).count() as u32
 }
 
-fn decode_checked(
-    policy: Policy,
-    extent_len: u32,
-    fragments: &[Option<&[u8]>],
-    out: &mut [u8],
-) -> Result<()> {
+fn decode_checked(policy: Policy, extent_len: u32, fragments: &[Option<&[u8]>], out: &mut [u8]) -> Result<()> {
     match policy {
         Policy::Replication { .. } => {
             let Some(src) = fragments.iter().flatten().next() else {
@@ -555,10 +497,7 @@ fn with_restored(
     let (k, m) = (k as usize, m as usize);
     let have = count_present(fragments);
     if (have as usize) < k {
-        return Err(CodecError::NotEnoughFragments {
-            have,
-            need: k as u32,
-        });
+        return Err(CodecError::NotEnoughFragments { have, need: k as u32 });
     }
     let mut dec = take_decoder(k, m, s)?;
     let result = (|| {
@@ -582,12 +521,9 @@ fn with_restored(
         for (i, f) in fragments[..k].iter().enumerate() {
             let shard = match f {
                 Some(f) => *f,
-                None => restored.restored_original(i).ok_or(
-                    reed_solomon_simd::Error::InvalidOriginalShardIndex {
-                        original_count: k,
-                        index: i,
-                    },
-                )?,
+                None => restored
+                    .restored_original(i)
+                    .ok_or(reed_solomon_simd::Error::InvalidOriginalShardIndex { original_count: k, index: i })?,
             };
             visit(i, shard);
         }
@@ -611,11 +547,7 @@ pub fn reconstruct(
     let s = check_fragments(policy, extent_len, fragments)?;
     let count = policy.fragment_count();
     if let Some(&index) = wanted.iter().find(|&&w| w >= count as usize) {
-        return Err(CodecError::FragmentIndex {
-            policy,
-            index,
-            count,
-        });
+        return Err(CodecError::FragmentIndex { policy, index, count });
     }
     let copy_of = |w: usize| fragments[w].map(|f| Fragment::whole(w as u32, Arc::new(f.to_vec())));
     if let Some(done) = wanted.iter().map(|&w| copy_of(w)).collect::<Option<Vec<_>>>() {
@@ -627,19 +559,13 @@ pub fn reconstruct(
                 return Err(CodecError::NotEnoughFragments { have: 0, need: 1 });
             };
             let buf = Arc::new(src.to_vec());
-            Ok(wanted
-                .iter()
-                .map(|&w| Fragment::whole(w as u32, Arc::clone(&buf)))
-                .collect())
+            Ok(wanted.iter().map(|&w| Fragment::whole(w as u32, Arc::clone(&buf))).collect())
         }
         Policy::Erasure { data: k, .. } => {
             let k = k as usize;
             let have = count_present(fragments);
             if (have as usize) < k {
-                return Err(CodecError::NotEnoughFragments {
-                    have,
-                    need: k as u32,
-                });
+                return Err(CodecError::NotEnoughFragments { have, need: k as u32 });
             }
             let need_parity = wanted.iter().any(|&w| w >= k && fragments[w].is_none());
             // Restore the missing data shards that are wanted, or all of
@@ -652,13 +578,11 @@ pub fn reconstruct(
                     }
                 })?;
             }
-            let restored: Vec<Option<Arc<Vec<u8>>>> =
-                restored.into_iter().map(|r| r.map(Arc::new)).collect();
+            let restored: Vec<Option<Arc<Vec<u8>>>> = restored.into_iter().map(|r| r.map(Arc::new)).collect();
             let mut parity: Option<Arc<Vec<u8>>> = None;
             if need_parity {
-                let data_shards: Vec<Option<&[u8]>> = (0..k)
-                    .map(|i| fragments[i].or(restored[i].as_ref().map(|r| r.as_slice())))
-                    .collect();
+                let data_shards: Vec<Option<&[u8]>> =
+                    (0..k).map(|i| fragments[i].or(restored[i].as_ref().map(|r| r.as_slice()))).collect();
                 let mut buf = vec![0u8; (count as usize - k) * s];
                 {
                     let mut outs: Vec<&mut [u8]> = buf.chunks_mut(s).collect();
@@ -671,9 +595,7 @@ pub fn reconstruct(
                 let fragment = if let Some(f) = copy_of(w) {
                     Some(f)
                 } else if w < k {
-                    restored[w]
-                        .as_ref()
-                        .map(|r| Fragment::whole(w as u32, Arc::clone(r)))
+                    restored[w].as_ref().map(|r| Fragment::whole(w as u32, Arc::clone(r)))
                 } else {
                     parity.as_ref().map(|p| Fragment {
                         index: w as u32,
@@ -683,10 +605,7 @@ pub fn reconstruct(
                     })
                 };
                 // Always Some by construction; refuse rather than panic.
-                result.push(fragment.ok_or(CodecError::NotEnoughFragments {
-                    have,
-                    need: k as u32,
-                })?);
+                result.push(fragment.ok_or(CodecError::NotEnoughFragments { have, need: k as u32 })?);
             }
             Ok(result)
         }
