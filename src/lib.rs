@@ -3,12 +3,14 @@
 //! The engine library: the device layer (`device`), member-level access to
 //! the on-disk format (`member`), pool creation (`mkfs`) and checks run
 //! before anything is written (`probe`). The engine proper (metadata, data
-//! path, redundancy) and the front-ends build on these. Arrows point down
-//! only: nothing here knows FUSE or the CLI.
+//! path, redundancy) builds on these; `discover` finds a pool's members from
+//! one of them, and `fuse` is the POSIX front-end over the engine's public
+//! API. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
 
 pub mod device;
 pub mod discover;
 pub mod engine;
+pub mod fsck;
 pub mod fuse;
 pub mod member;
 pub mod mkfs;

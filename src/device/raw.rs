@@ -276,7 +276,7 @@ impl RawDevice {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let bs = self.block_size as u64;
-        if offset % bs != 0 || len % bs != 0 {
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
             return Err(DeviceError::Misaligned {
                 device: self.identity.path.clone(),
                 offset,

@@ -45,7 +45,7 @@
 //!   `"pread"`); the choice is made once, at open. If a thread later cannot
 //!   get a ring (memory), that one batch runs on the pread path.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -159,37 +159,26 @@ fn uring_support() -> Result<(), String> {
 
 thread_local! {
     /// This thread's ring, created on its first batch.
-    static THREAD_RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
+    static THREAD_RING: Cell<Option<Ring>> = const { Cell::new(None) };
 }
 
-/// Run `f` on the calling thread's ring (created on first use). A ring
-/// found broken afterwards is dropped, and the next batch makes a new one.
+/// Run `f` on the calling thread's ring (created on first use). The ring is
+/// taken out of its slot for the call, so a re-entrant call (not expected:
+/// a batch calls nothing that batches) would simply use a ring of its own;
+/// it goes back only if it is sound, so a ring left in doubt by a failed
+/// `io_uring_enter`, or by a panic, is never reused.
 fn with_thread_ring<R>(f: impl FnOnce(&mut Ring) -> R) -> io::Result<R> {
-    let mut f = Some(f);
-    let res = THREAD_RING.try_with(|cell| {
-        // Not re-entered in practice (a batch calls nothing that batches),
-        // but if it were, or during thread teardown, use a one-off ring.
-        let Ok(mut slot) = cell.try_borrow_mut() else { return None };
-        let ring = match slot.as_mut() {
-            Some(r) => r,
-            None => match Ring::new() {
-                Ok(r) => slot.insert(r),
-                Err(e) => return Some(Err(e)),
-            },
-        };
-        let out = (f.take().expect("called once"))(ring);
-        if ring.broken {
-            *slot = None;
-        }
-        Some(Ok(out))
-    });
-    match res {
-        Ok(Some(r)) => r,
-        _ => {
-            let mut ring = Ring::new()?;
-            Ok((f.take().expect("not called yet"))(&mut ring))
-        }
+    let cached = THREAD_RING.try_with(Cell::take).ok().flatten();
+    let mut ring = match cached {
+        Some(r) => r,
+        None => Ring::new()?,
+    };
+    let out = f(&mut ring);
+    if !ring.broken {
+        // Fails only while the thread is being torn down: the ring is dropped.
+        let _ = THREAD_RING.try_with(move |slot| slot.set(Some(ring)));
     }
+    Ok(out)
 }
 
 /// A thread's ring and the reusable bookkeeping of its batches.

@@ -2,45 +2,87 @@
 //!
 //! A file is a map from extent index (offset / 1 MiB) to an immutable
 //! extent of up to 1 MiB. Writes land in a per-file buffer of whole extents
-//! (`FileBuf`); an extent is encoded and written when the write cursor
-//! moves past it, when the file has too many dirty extents, and on
-//! flush / fsync / release / sync. Writing an extent: encode under its
-//! policy (`redundancy`), choose distinct members weighted by free space
+//! (`FileBuf`). An extent is encoded and written once the write cursor has
+//! moved past it, in groups of [`FLUSH_BATCH`] so that the fragments of
+//! several extents are in flight at once; everything is written when the
+//! file holds more than [`MAX_DIRTY_EXTENTS`] dirty extents, and on flush /
+//! fsync / release / sync. Writing an extent: encode under its policy
+//! (`redundancy`), choose distinct members weighted by free space
 //! (`placement`), allocate a run on each, write header block + payload to
 //! each in parallel, then queue `SetExtent` + the new size in one
 //! transaction. The replaced extent's space is freed only after that
 //! commit is durable (`pool.rs`). An extent of zeros is not written: holes
 //! cost nothing.
 //!
+//! ## Reads
+//!
 //! Reads take the buffer when the extent is dirty, else read the fewest
-//! fragments (one replica, or the K data shards), verify each fragment's
-//! header and BLAKE3, and fall back to other fragments on any error or
-//! mismatch. Wrong data is never returned: with too few good fragments the
-//! read fails with `DataLost` (EIO).
+//! fragments: one replica, or the K data shards (no Reed-Solomon work). The
+//! fast path checks each fragment's header (magic, crc, pool, extent UUID,
+//! index, policy, lengths, extent BLAKE3) and then the BLAKE3 of the whole
+//! extent, end to end, once; per-fragment payload hashes are checked only
+//! when that fails, to find the culprit. Any IO error, header mismatch or
+//! hash mismatch makes the read fall back to other fragments (the next
+//! replica, or parity and a decode). Wrong data is never returned: with too
+//! few good fragments the read fails with `DataLost` (EIO) and the extent is
+//! reported (`Pool::lost_extents`, counter `extents_lost`, an error log).
+//! The extents of one `read` call are read in parallel, [`READ_PARALLEL`] at
+//! a time.
+//!
+//! A read that found bad fragments but still returned correct data rewrites
+//! them (lazy repair, `repair.rs`); fragments on members that are missing
+//! or failed are rebuilt the same way. The read waits for the repair's
+//! fragment writes but never for its commit.
+//!
+//! ## Locks
+//!
+//! The `meta` lock is never held across device IO here: it is taken to
+//! snapshot what to read or write, to allocate, and to apply the resulting
+//! transaction. A per-file lock serializes writers, flushes and truncates of
+//! one file only, so reads and writes of different files (and reads of the
+//! same file) proceed in parallel.
+//!
+//! ## Write layout and copies
+//!
+//! Each fragment is written as two requests of one `write_batch`: its
+//! header block and its payload blocks. The payload comes from one aligned
+//! buffer per extent: for `replication:N` the extent is copied once and the
+//! N replicas are written from that same buffer; for `erasure:K+M` the
+//! shards are encoded straight into aligned slots. The extent's BLAKE3 is
+//! also the payload BLAKE3 of every replica, so it is computed once.
 //!
 //! Invariant kept by truncate: no committed extent reaches past the inode
 //! size, so growing a file always shows zeros.
 
 use super::error::{EngineError, Result};
 use super::placement::{self, MemberView};
-use super::pool::{now_ns, Meta, Pool};
+use super::pool::{now_ns, Member, Meta, Pool};
 use super::redundancy;
 use super::state::{Attrs, Body, Extent, FileKind, FragLoc, Ino, MemberState, Op, EXTENT_SIZE};
-use crate::device::AlignedBuf;
+use crate::device::{AlignedBuf, WriteReq};
 use dfs_alloc::Run;
 use dfs_format::fragment::FragmentKind;
-use dfs_format::{FragmentHeader, Policy, FRAGMENT_HEADER_LEN};
+use dfs_format::{FragmentHeader, Policy};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-/// Dirty extents a file may hold before the writer flushes them.
+/// Dirty extents a file may hold before the writer flushes them all.
 pub const MAX_DIRTY_EXTENTS: usize = 8;
 
-/// One dirty extent: its whole 1 MiB slot and a generation bumped by every write.
+/// Full extents behind the write cursor that are flushed together (their
+/// fragments written in parallel).
+pub const FLUSH_BATCH: usize = 4;
+
+/// Extents of one `read` call read in parallel.
+pub const READ_PARALLEL: usize = 8;
+
+/// One dirty extent: its whole 1 MiB slot and a generation bumped by every
+/// write. The bytes are shared with a flush in progress (which holds the
+/// file lock, so no writer changes them meanwhile).
 #[derive(Debug)]
 pub(crate) struct DirtyExtent {
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     gen: u64,
 }
 
@@ -55,6 +97,55 @@ pub(crate) struct FileBuf {
     lock: Arc<Mutex<()>>,
 }
 
+/// One extent being flushed: a snapshot of its buffer.
+struct FlushJob {
+    idx: u64,
+    data: Arc<Vec<u8>>,
+    gen: u64,
+    /// Bytes of the extent (up to the file size).
+    len: usize,
+    policy: Policy,
+    existing: Option<u128>,
+}
+
+/// Why one fragment could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FragFault {
+    /// Its member is missing from the open or recorded as failed: not tried.
+    Absent,
+    /// The device returned an error.
+    Io(String),
+    /// Read, but its header or its BLAKE3 does not match.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for FragFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FragFault::Absent => write!(f, "member missing or failed"),
+            FragFault::Io(e) => write!(f, "IO error: {e}"),
+            FragFault::Corrupt(e) => write!(f, "corrupt: {e}"),
+        }
+    }
+}
+
+/// A fragment read from its device, header checked, payload not yet hashed
+/// unless `verified`.
+struct ReadFrag {
+    buf: AlignedBuf,
+    /// Payload offset in `buf` (the member's block size).
+    start: usize,
+    len: usize,
+    payload_blake3: [u8; 32],
+    verified: bool,
+}
+
+impl ReadFrag {
+    fn payload(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
 fn file_map(m: &Meta, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
     let inode = m.state.inodes.get(&ino).ok_or(EngineError::NotFound)?;
     match &inode.body {
@@ -62,6 +153,19 @@ fn file_map(m: &Meta, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
         Body::Dir { .. } => Err(EngineError::IsDir),
         _ => Err(EngineError::Invalid(format!("inode {ino} is not a regular file"))),
     }
+}
+
+/// Run `f` on every item, in parallel (scoped threads) when there are
+/// several; results in item order.
+pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let hs: Vec<_> = items.iter().map(|it| s.spawn(move || f(it))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 impl Pool {
@@ -99,22 +203,30 @@ impl Pool {
             let mut m = self.meta();
             let fb = m.files.get_mut(&ino).ok_or(EngineError::NotFound)?;
             let de = fb.extents.get_mut(&idx).ok_or(EngineError::NotFound)?;
-            de.data[within..within + n].copy_from_slice(src);
+            // No flush of this file runs (we hold its lock): no copy here.
+            Arc::make_mut(&mut de.data)[within..within + n].copy_from_slice(src);
             de.gen += 1;
             fb.size = fb.size.max(pos + n as u64);
             fb.mtime_ns = now_ns();
             pos += n as u64;
         }
-        // Flush extents the cursor has left behind, or everything if too many are dirty.
+        // Flush the extents the cursor has left behind once there are
+        // FLUSH_BATCH of them, or everything if too many are dirty.
         let to_flush: Vec<u64> = {
             let m = self.meta();
             let fb = m.files.get(&ino).ok_or(EngineError::NotFound)?;
-            let many = fb.extents.len() > MAX_DIRTY_EXTENTS;
-            fb.extents.keys().copied().filter(|&i| many || (i + 1) * EXTENT_SIZE <= end).collect()
+            if fb.extents.len() > MAX_DIRTY_EXTENTS {
+                fb.extents.keys().copied().collect()
+            } else {
+                let behind: Vec<u64> = fb.extents.keys().copied().filter(|&i| (i + 1) * EXTENT_SIZE <= end).collect();
+                if behind.len() >= FLUSH_BATCH {
+                    behind
+                } else {
+                    Vec::new()
+                }
+            }
         };
-        for idx in to_flush {
-            self.flush_extent(ino, idx)?;
-        }
+        self.flush_extents(ino, &to_flush)?;
         Ok(data.len())
     }
 
@@ -136,7 +248,7 @@ impl Pool {
         let mut m = self.meta();
         let size = file_map(&m, ino)?.0.size;
         let fb = m.files.entry(ino).or_insert_with(|| FileBuf { size, ..Default::default() });
-        fb.extents.entry(idx).or_insert(DirtyExtent { data, gen: 0 });
+        fb.extents.entry(idx).or_insert(DirtyExtent { data: Arc::new(data), gen: 0 });
         Ok(())
     }
 
@@ -154,8 +266,8 @@ impl Pool {
     fn flush_locked(&self, ino: Ino) -> Result<()> {
         let idxs: Vec<u64> =
             self.meta().files.get(&ino).map(|fb| fb.extents.keys().copied().collect()).unwrap_or_default();
-        for idx in idxs {
-            self.flush_extent(ino, idx)?;
+        for chunk in idxs.chunks(MAX_DIRTY_EXTENTS) {
+            self.flush_extents(ino, chunk)?;
         }
         // A size change without data (zeros written past EOF) still needs committing.
         let mut m = self.meta();
@@ -189,18 +301,63 @@ impl Pool {
         self.commit()
     }
 
-    fn flush_extent(&self, ino: Ino, idx: u64) -> Result<()> {
-        let (data, gen, size, policy, existing) = {
+    /// Flush extents `idxs` of `ino` (the caller holds the file lock): their
+    /// fragments are written in parallel, then each extent's transaction is
+    /// queued in index order. Extents written before an error are still
+    /// committed; the failed ones stay dirty.
+    fn flush_extents(&self, ino: Ino, idxs: &[u64]) -> Result<()> {
+        if idxs.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<FlushJob> = {
             let m = self.meta();
             let Some(fb) = m.files.get(&ino) else { return Ok(()) };
-            let Some(de) = fb.extents.get(&idx) else { return Ok(()) };
             let (attrs, map) = file_map(&m, ino)?;
-            (de.data.clone(), de.gen, fb.size.max(attrs.size), Self::effective_policy(&m, ino), map.get(&idx).copied())
+            let size = fb.size.max(attrs.size);
+            let policy = Self::effective_policy(&m, ino);
+            idxs.iter()
+                .filter_map(|&idx| {
+                    let de = fb.extents.get(&idx)?;
+                    let start = idx * EXTENT_SIZE;
+                    Some(FlushJob {
+                        idx,
+                        data: de.data.clone(),
+                        gen: de.gen,
+                        len: size.saturating_sub(start).min(EXTENT_SIZE) as usize,
+                        policy,
+                        existing: map.get(&idx).copied(),
+                    })
+                })
+                .collect()
         };
-        let start = idx * EXTENT_SIZE;
-        let len = size.saturating_sub(start).min(EXTENT_SIZE) as usize;
-        let new_extent =
-            if len == 0 || data[..len].iter().all(|&b| b == 0) { None } else { Some(self.write_extent(policy, &data[..len])?) };
+        let written = par_map(&jobs, |job| {
+            let bytes = &job.data[..job.len];
+            if job.len == 0 || bytes.iter().all(|&b| b == 0) {
+                Ok(None)
+            } else {
+                self.write_extent(job.policy, bytes).map(Some)
+            }
+        });
+        let mut first_err = None;
+        for (job, res) in jobs.into_iter().zip(written) {
+            match res {
+                Ok(new_extent) => {
+                    if let Err(e) = self.finish_flush(ino, &job, new_extent) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Queue the transaction of one flushed extent and drop its buffer if no
+    /// write changed it meanwhile.
+    fn finish_flush(&self, ino: Ino, job: &FlushJob, new_extent: Option<Extent>) -> Result<()> {
+        let start = job.idx * EXTENT_SIZE;
         let mut m = self.meta();
         let attrs = match file_map(&m, ino) {
             Ok((a, _)) => *a,
@@ -216,19 +373,22 @@ impl Pool {
         let fb = m.files.get(&ino).ok_or(EngineError::NotFound)?;
         let mtime = fb.mtime_ns.max(attrs.mtime_ns);
         let mut ops = Vec::new();
-        if new_extent.is_some() || existing.is_some() {
-            ops.push(Op::SetExtent { ino, index: idx, extent: new_extent });
+        if new_extent.is_some() || job.existing.is_some() {
+            ops.push(Op::SetExtent { ino, index: job.idx, extent: new_extent });
         }
-        let new_size = attrs.size.max(start + len as u64);
+        let new_size = attrs.size.max(start + job.len as u64);
         if new_size != attrs.size || mtime != attrs.mtime_ns {
-            ops.push(Op::SetAttrs { ino, attrs: Attrs { size: new_size, mtime_ns: mtime, ctime_ns: mtime.max(attrs.ctime_ns), ..attrs } });
+            ops.push(Op::SetAttrs {
+                ino,
+                attrs: Attrs { size: new_size, mtime_ns: mtime, ctime_ns: mtime.max(attrs.ctime_ns), ..attrs },
+            });
         }
         if !ops.is_empty() {
             self.apply_txn(&mut m, ops)?;
         }
         if let Some(fb) = m.files.get_mut(&ino) {
-            if fb.extents.get(&idx).is_some_and(|de| de.gen == gen) {
-                fb.extents.remove(&idx);
+            if fb.extents.get(&job.idx).is_some_and(|de| de.gen == job.gen) {
+                fb.extents.remove(&job.idx);
             }
         }
         Ok(())
@@ -272,15 +432,18 @@ impl Pool {
                 pos += n as u64;
             }
         }
-        for (idx, e) in plan {
-            let bytes = self.read_extent(&e)?;
-            let ext_start = idx * EXTENT_SIZE;
-            let from = offset.max(ext_start);
-            let to = end.min(ext_start + bytes.len() as u64);
-            if from < to {
-                let o = (from - offset) as usize;
-                out[o..o + (to - from) as usize]
-                    .copy_from_slice(&bytes[(from - ext_start) as usize..(to - ext_start) as usize]);
+        for chunk in plan.chunks(READ_PARALLEL) {
+            let results = par_map(chunk, |(_, e)| self.read_extent(e));
+            for ((idx, _), res) in chunk.iter().zip(results) {
+                let bytes = res?;
+                let ext_start = idx * EXTENT_SIZE;
+                let from = offset.max(ext_start);
+                let to = end.min(ext_start + bytes.len() as u64);
+                if from < to {
+                    let o = (from - offset) as usize;
+                    out[o..o + (to - from) as usize]
+                        .copy_from_slice(&bytes[(from - ext_start) as usize..(to - ext_start) as usize]);
+                }
             }
         }
         Ok(out)
@@ -347,98 +510,174 @@ impl Pool {
         }
     }
 
+    /// Largest block size of the opened members.
+    pub(crate) fn max_block_size(&self) -> u64 {
+        self.members.iter().flatten().map(|m| m.layout.block_size as u64).max().unwrap_or(4096)
+    }
+
+    /// Blocks a fragment of `payload_len` bytes takes on `member` (header + payload).
+    pub(crate) fn fragment_blocks(&self, member: u32, payload_len: usize) -> u64 {
+        let bs = self.members.get(member as usize).and_then(|m| m.as_ref()).map(|m| m.layout.block_size as u64);
+        let bs = bs.unwrap_or(4096);
+        1 + (payload_len as u64).div_ceil(bs)
+    }
+
+    /// Allocate a fragment of `payload_len` bytes on each of `members`
+    /// (all or nothing) and mark them dirty for the next commit.
+    pub(crate) fn allocate_fragments(&self, m: &mut Meta, members: &[u32], payload_len: usize) -> Result<Vec<FragLoc>> {
+        let mut locs: Vec<FragLoc> = Vec::new();
+        for &member in members {
+            let blocks = self.fragment_blocks(member, payload_len);
+            let res = match m.allocs.get_mut(member as usize) {
+                Some(Some(a)) => a.allocate(blocks).map_err(|e| e.to_string()),
+                _ => Err("member has no allocator".to_string()),
+            };
+            match res {
+                Ok(run) => locs.push(FragLoc { member, blocks: blocks as u32, block: run.start }),
+                Err(e) => {
+                    for l in &locs {
+                        if let Some(Some(a)) = m.allocs.get_mut(l.member as usize) {
+                            let _ = a.free(Run { start: l.block, len: l.blocks as u64 });
+                        }
+                    }
+                    return Err(EngineError::NoSpace(format!("member {member}: {e}")));
+                }
+            }
+        }
+        for l in &locs {
+            m.dirty_data.insert(l.member);
+        }
+        Ok(locs)
+    }
+
+    /// Write one fragment at `loc`: its header block, then `payload` (the
+    /// payload zero-padded to at least the member's block size multiple;
+    /// only the blocks `loc` holds are written), as one batch. With
+    /// `verify_writes` the blocks are read back and compared.
+    pub(crate) fn write_fragment(&self, loc: &FragLoc, header: &FragmentHeader, payload: &[u8]) -> Result<u64> {
+        let mem = self.member(loc.member)?;
+        let bs = mem.layout.block_size as usize;
+        let payload_blocks = loc.blocks as usize - 1;
+        let plen = payload_blocks * bs;
+        if payload.len() < plen || (header.payload_len as usize) > plen {
+            return Err(EngineError::Other(format!(
+                "internal: fragment payload buffer of {} bytes for {} blocks of {bs}",
+                payload.len(),
+                payload_blocks
+            )));
+        }
+        let hdr = AlignedBuf::from_slice_padded(&header.encode(), bs);
+        let offset = mem.layout.data_offset(loc.block);
+        mem.dev.write_batch(&[
+            WriteReq { offset, buf: &hdr },
+            WriteReq { offset: offset + bs as u64, buf: &payload[..plen] },
+        ])?;
+        if self.opts.verify_writes {
+            let mut check = AlignedBuf::zeroed(bs + plen);
+            mem.dev.read_at(offset, &mut check)?;
+            if check[..bs] != hdr[..] || check[bs..] != payload[..plen] {
+                return Err(EngineError::Other(format!(
+                    "{}: read-after-write mismatch at offset {offset}",
+                    mem.dev.identity()
+                )));
+            }
+        }
+        self.counters.fragments_written.fetch_add(1, Ordering::Relaxed);
+        Ok((bs + plen) as u64)
+    }
+
+    fn member(&self, index: u32) -> Result<&Member> {
+        self.members
+            .get(index as usize)
+            .and_then(|m| m.as_ref())
+            .ok_or_else(|| EngineError::Other(format!("member {index} is not open")))
+    }
+
+    /// The header of fragment `index` of an extent.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn extent_header(
+        &self,
+        id: uuid::Uuid,
+        policy: Policy,
+        index: usize,
+        payload_len: usize,
+        extent_len: usize,
+        extent_blake3: [u8; 32],
+        payload_blake3: [u8; 32],
+    ) -> FragmentHeader {
+        FragmentHeader {
+            kind: FragmentKind::Extent,
+            pool_uuid: self.uuid,
+            extent_uuid: id,
+            fragment_index: index as u16,
+            fragment_count: policy.fragment_count() as u16,
+            policy,
+            payload_len: payload_len as u32,
+            extent_len: extent_len as u32,
+            generation: 0,
+            created_ns: now_ns() as u64,
+            payload_blake3,
+            extent_blake3,
+        }
+    }
+
     /// Encode `data` under `policy` and write its fragments to distinct members.
     pub(crate) fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<Extent> {
-        let frags = redundancy::encode(policy, data).map_err(|e| EngineError::Other(e.to_string()))?;
-        let payload_len = frags[0].len();
+        let payload_len =
+            redundancy::fragment_payload_len(policy, data.len() as u32).map_err(|e| EngineError::Other(e.to_string()))?
+                as usize;
+        let count = policy.fragment_count() as usize;
+        let max_bs = self.max_block_size() as usize;
+        let slot = payload_len.div_ceil(max_bs) * max_bs;
         let id = uuid::Uuid::new_v4();
-        let extent_hash = *blake3::hash(data).as_bytes();
         // Choose members and allocate under the lock.
         let locs: Vec<FragLoc> = {
             let mut m = self.meta();
             let views = self.member_views(&m);
-            let max_bs = self.members.iter().flatten().map(|m| m.layout.block_size as u64).max().unwrap_or(4096);
-            let bytes = (1 + (payload_len as u64).div_ceil(max_bs)) * max_bs;
+            let bytes = (1 + (payload_len as u64).div_ceil(max_bs as u64)) * max_bs as u64;
             let chosen = placement::place(policy, &views, bytes, &mut rand::thread_rng()).map_err(|e| match e {
                 placement::PlacementError::CannotSatisfy { online, .. } if online >= policy.fragment_count() => {
                     EngineError::NoSpace(e.to_string())
                 }
                 e => EngineError::PolicyUnsatisfiable { policy: policy.to_string(), reason: e.to_string() },
             })?;
-            let mut locs: Vec<FragLoc> = Vec::new();
-            for member in chosen {
-                let bs = self.members[member as usize].as_ref().map(|x| x.layout.block_size as u64).unwrap_or(4096);
-                let blocks = 1 + (payload_len as u64).div_ceil(bs);
-                let res = match m.allocs.get_mut(member as usize) {
-                    Some(Some(a)) => a.allocate(blocks).map_err(|e| e.to_string()),
-                    _ => Err("member has no allocator".to_string()),
-                };
-                match res {
-                    Ok(run) => locs.push(FragLoc { member, blocks: blocks as u32, block: run.start }),
-                    Err(e) => {
-                        for l in &locs {
-                            if let Some(Some(a)) = m.allocs.get_mut(l.member as usize) {
-                                let _ = a.free(Run { start: l.block, len: l.blocks as u64 });
-                            }
-                        }
-                        return Err(EngineError::NoSpace(format!("member {member}: {e}")));
-                    }
-                }
-            }
-            for l in &locs {
-                m.dirty_data.insert(l.member);
-            }
-            locs
+            self.allocate_fragments(&mut m, &chosen, payload_len)?
         };
-        let created = now_ns() as u64;
-        let write_one = |loc: &FragLoc, frag: &redundancy::Fragment| -> Result<()> {
-            let mem = self.members[loc.member as usize].as_ref().ok_or(EngineError::Other("member vanished".into()))?;
-            let bs = mem.layout.block_size as usize;
-            let header = FragmentHeader {
-                kind: FragmentKind::Extent,
-                pool_uuid: self.uuid,
-                extent_uuid: id,
-                fragment_index: frag.index as u16,
-                fragment_count: policy.fragment_count() as u16,
-                policy,
-                payload_len: payload_len as u32,
-                extent_len: data.len() as u32,
-                generation: 0,
-                created_ns: created,
-                payload_blake3: *blake3::hash(frag.bytes()).as_bytes(),
-                extent_blake3: extent_hash,
-            };
-            let mut buf = AlignedBuf::zeroed(loc.blocks as usize * bs);
-            buf[..FRAGMENT_HEADER_LEN].copy_from_slice(&header.encode());
-            buf[bs..bs + payload_len].copy_from_slice(frag.bytes());
-            let offset = mem.layout.data_offset(loc.block);
-            mem.dev.write_at(offset, &buf)?;
-            if self.opts.verify_writes {
-                let mut check = AlignedBuf::zeroed(buf.len());
-                mem.dev.read_at(offset, &mut check)?;
-                if check[..] != buf[..] {
-                    return Err(EngineError::Other(format!("{}: read-after-write mismatch", mem.dev.identity())));
-                }
+        // Payload buffers: one copy of the extent (replication) or the shards
+        // encoded in place (erasure), each slot aligned and zero-padded.
+        let extent_hash;
+        let buf = match policy {
+            Policy::Replication { .. } => {
+                extent_hash = *blake3::hash(data).as_bytes();
+                let mut buf = AlignedBuf::zeroed(slot);
+                buf[..data.len()].copy_from_slice(data);
+                buf
             }
-            self.counters.fragments_written.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        };
-        let result = if locs.len() == 1 {
-            write_one(&locs[0], &frags[0])
-        } else {
-            std::thread::scope(|s| -> Result<()> {
-                let handles: Vec<_> =
-                    locs.iter().zip(frags.iter()).map(|(loc, frag)| s.spawn(move || write_one(loc, frag))).collect();
-                let mut first_err = None;
-                for h in handles {
-                    if let Err(e) = h.join().expect("fragment writer panicked") {
-                        first_err.get_or_insert(e);
-                    }
+            Policy::Erasure { .. } => {
+                let mut buf = AlignedBuf::zeroed(slot * count);
+                let (hash, enc) = std::thread::scope(|s| {
+                    let h = s.spawn(|| *blake3::hash(data).as_bytes());
+                    let mut outs: Vec<&mut [u8]> = buf.chunks_mut(slot).map(|c| &mut c[..payload_len]).collect();
+                    let enc = redundancy::encode_into(policy, data, &mut outs);
+                    (h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), enc)
+                });
+                extent_hash = hash;
+                if let Err(e) = enc {
+                    self.free_uncommitted(&locs);
+                    return Err(EngineError::Other(e.to_string()));
                 }
-                first_err.map_or(Ok(()), Err)
-            })
+                buf
+            }
         };
-        if let Err(e) = result {
+        let replicated = matches!(policy, Policy::Replication { .. });
+        let indexes: Vec<usize> = (0..count).collect();
+        let results = par_map(&indexes, |&i| {
+            let payload = if replicated { &buf[..] } else { &buf[i * slot..(i + 1) * slot] };
+            let payload_hash = if replicated { extent_hash } else { *blake3::hash(&payload[..payload_len]).as_bytes() };
+            let header = self.extent_header(id, policy, i, payload_len, data.len(), extent_hash, payload_hash);
+            self.write_fragment(&locs[i], &header, payload)
+        });
+        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
             self.free_uncommitted(&locs);
             return Err(e);
         }
@@ -469,83 +708,162 @@ impl Pool {
             .collect()
     }
 
-    /// Read one fragment and verify it; `None` on any error or mismatch.
-    fn read_fragment(&self, e: &Extent, index: usize) -> Option<Vec<u8>> {
-        let loc = e.frags.get(index)?;
-        let mem = self.members.get(loc.member as usize)?.as_ref()?;
+    /// Read fragment `index` of `e` and check its header against the
+    /// extent table; the payload hash is checked only when `verify`.
+    fn read_fragment(&self, e: &Extent, index: usize, verify: bool) -> std::result::Result<ReadFrag, FragFault> {
+        let loc = e.frags.get(index).ok_or(FragFault::Absent)?;
+        let mem = self.members.get(loc.member as usize).and_then(|m| m.as_ref()).ok_or(FragFault::Absent)?;
         let bs = mem.layout.block_size as usize;
         let mut buf = AlignedBuf::zeroed(loc.blocks as usize * bs);
         self.counters.fragments_read.fetch_add(1, Ordering::Relaxed);
         let res = (|| {
-            mem.dev.read_at(mem.layout.data_offset(loc.block), &mut buf).ok()?;
-            let h = FragmentHeader::decode(&buf).ok()?;
-            let ok = h.extent_uuid.as_u128() == e.id
-                && h.fragment_index as usize == index
-                && h.pool_uuid == self.uuid
-                && bs + h.payload_len as usize <= buf.len();
-            if !ok {
-                return None;
+            mem.dev.read_at(mem.layout.data_offset(loc.block), &mut buf).map_err(|err| FragFault::Io(err.to_string()))?;
+            let h = FragmentHeader::decode(&buf)
+                .map_err(|err| FragFault::Corrupt(format!("header: {err}")))?;
+            let policy = e.policy();
+            let expect_len = redundancy::shard_len(policy, e.len) as usize;
+            let mismatch = if h.kind != FragmentKind::Extent {
+                Some("not an extent fragment")
+            } else if h.pool_uuid != self.uuid {
+                Some("another pool's fragment")
+            } else if h.extent_uuid.as_u128() != e.id {
+                Some("another extent's fragment")
+            } else if h.fragment_index as usize != index {
+                Some("wrong fragment index")
+            } else if h.policy != policy || h.extent_len != e.len || h.extent_blake3 != e.blake3 {
+                Some("policy, length or extent BLAKE3 differ from the extent table")
+            } else if h.payload_len as usize != expect_len || bs + expect_len > buf.len() {
+                Some("wrong payload length")
+            } else {
+                None
+            };
+            if let Some(why) = mismatch {
+                return Err(FragFault::Corrupt(format!("header: {why}")));
             }
-            let payload = &buf[bs..bs + h.payload_len as usize];
-            if blake3::hash(payload).as_bytes() != &h.payload_blake3 {
-                return None;
+            let mut f =
+                ReadFrag { buf, start: bs, len: expect_len, payload_blake3: h.payload_blake3, verified: false };
+            if verify {
+                if blake3::hash(f.payload()).as_bytes() != &f.payload_blake3 {
+                    return Err(FragFault::Corrupt("payload BLAKE3 mismatch".into()));
+                }
+                f.verified = true;
             }
-            Some(payload.to_vec())
+            Ok(f)
         })();
-        if res.is_none() {
+        if let Err(fault) = &res {
             self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = index, device = %mem.dev.identity(), "bad fragment");
+            tracing::warn!(
+                extent = %uuid::Uuid::from_u128(e.id),
+                fragment = index,
+                device = %mem.dev.identity(),
+                %fault,
+                "bad fragment"
+            );
         }
         res
     }
 
-    /// Read an extent's bytes, verified; falls back to other fragments on errors.
+    /// Read an extent's bytes, verified end to end; falls back to other
+    /// fragments on errors, rebuilds bad fragments (lazy repair), and fails
+    /// with `DataLost` (never wrong data) when too few fragments are good.
     pub fn read_extent(&self, e: &Extent) -> Result<Vec<u8>> {
+        match self.read_extent_inner(e) {
+            Ok((bytes, got, set, faults)) => {
+                let bad: Vec<(usize, FragFault)> =
+                    faults.into_iter().enumerate().filter_map(|(i, f)| f.map(|f| (i, f))).collect();
+                if !bad.is_empty() {
+                    let sources: Vec<Option<&[u8]>> =
+                        (0..got.len()).map(|i| if set.contains(&i) { got[i].as_ref().map(|f| f.payload()) } else { None }).collect();
+                    self.lazy_repair(e, &bytes, &sources, &bad);
+                } else {
+                    self.repair.forget_lost(e.id);
+                }
+                Ok(bytes)
+            }
+            Err(err) => {
+                if let EngineError::DataLost { reason, .. } = &err {
+                    self.report_lost(e, reason);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The read itself: the bytes, the fragments read, the set decoded
+    /// from, and what was wrong with each fragment.
+    #[allow(clippy::type_complexity)]
+    fn read_extent_inner(
+        &self,
+        e: &Extent,
+    ) -> Result<(Vec<u8>, Vec<Option<ReadFrag>>, Vec<usize>, Vec<Option<FragFault>>)> {
         let policy = e.policy();
         let n = e.frags.len();
-        let healthy: Vec<bool> = {
+        let lost = |reason: String| EngineError::DataLost { extent: e.id, reason };
+        let mut faults: Vec<Option<FragFault>> = {
             let m = self.meta();
             e.frags
                 .iter()
                 .map(|f| {
-                    self.members.get(f.member as usize).is_some_and(|x| x.is_some())
-                        && m.state.members.get(f.member as usize).is_none_or(|r| r.state != MemberState::Failed)
+                    let ok = self.members.get(f.member as usize).is_some_and(|x| x.is_some())
+                        && m.state.members.get(f.member as usize).is_none_or(|r| r.state != MemberState::Failed);
+                    if ok {
+                        None
+                    } else {
+                        Some(FragFault::Absent)
+                    }
                 })
                 .collect()
         };
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
-        let mut tried = vec![false; n];
+        let mut got: Vec<Option<ReadFrag>> = (0..n).map(|_| None).collect();
         loop {
-            let usable: Vec<bool> = (0..n).map(|i| got[i].is_some() || (!tried[i] && healthy[i])).collect();
-            let set = redundancy::read_set(policy, &usable)
-                .map_err(|err| EngineError::DataLost { extent: e.id, reason: err.to_string() })?;
+            let usable: Vec<bool> = (0..n).map(|i| got[i].is_some() || faults[i].is_none()).collect();
+            let set = redundancy::read_set(policy, &usable).map_err(|err| {
+                let why: Vec<String> =
+                    faults.iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| format!("#{i}: {f}"))).collect();
+                lost(format!("{err}; {}", why.join(", ")))
+            })?;
             let missing: Vec<usize> = set.iter().copied().filter(|&i| got[i].is_none()).collect();
             if missing.is_empty() {
-                let views: Vec<Option<&[u8]>> = set_views(&got, &set);
-                let bytes = redundancy::decode(policy, e.len, &views)
-                    .map_err(|err| EngineError::DataLost { extent: e.id, reason: err.to_string() })?;
-                if blake3::hash(&bytes).as_bytes() != &e.blake3 {
-                    return Err(EngineError::DataLost { extent: e.id, reason: "decoded extent fails its BLAKE3".into() });
+                let views: Vec<Option<&[u8]>> =
+                    (0..n).map(|i| if set.contains(&i) { got[i].as_ref().map(|f| f.payload()) } else { None }).collect();
+                let bytes = redundancy::decode(policy, e.len, &views).map_err(|err| lost(err.to_string()))?;
+                if blake3::hash(&bytes).as_bytes() == &e.blake3 {
+                    return Ok((bytes, got, set, faults));
                 }
-                return Ok(bytes);
+                // Find the culprits: the fragments whose payload fails its own hash.
+                let mut culprits = Vec::new();
+                for &i in &set {
+                    if let Some(f) = got[i].as_mut() {
+                        if !f.verified {
+                            if blake3::hash(f.payload()).as_bytes() != &f.payload_blake3 {
+                                culprits.push((i, "payload BLAKE3 mismatch".to_string()));
+                            } else {
+                                f.verified = true;
+                            }
+                        }
+                    }
+                }
+                if culprits.is_empty() {
+                    // Each verifies alone but together they are not the extent.
+                    culprits = set.iter().map(|&i| (i, "does not decode to the extent's BLAKE3".to_string())).collect();
+                }
+                for (i, why) in culprits {
+                    self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = i, "bad fragment: {why}");
+                    got[i] = None;
+                    faults[i] = Some(FragFault::Corrupt(why));
+                }
+                continue;
             }
-            let results: Vec<(usize, Option<Vec<u8>>)> = if missing.len() == 1 {
-                vec![(missing[0], self.read_fragment(e, missing[0]))]
-            } else {
-                std::thread::scope(|s| {
-                    let hs: Vec<_> = missing.iter().map(|&i| (i, s.spawn(move || self.read_fragment(e, i)))).collect();
-                    hs.into_iter().map(|(i, h)| (i, h.join().expect("reader panicked"))).collect()
-                })
-            };
-            for (i, r) in results {
-                tried[i] = true;
-                got[i] = r;
+            // Later rounds (fallback) verify each fragment as it is read.
+            let verify = faults.iter().any(|f| f.is_some());
+            let results = par_map(&missing, |&i| self.read_fragment(e, i, verify));
+            for (&i, r) in missing.iter().zip(results) {
+                match r {
+                    Ok(f) => got[i] = Some(f),
+                    Err(fault) => faults[i] = Some(fault),
+                }
             }
         }
     }
-}
-
-/// Views of exactly the fragments in `set` (others None), so decode uses the chosen ones.
-fn set_views<'a>(got: &'a [Option<Vec<u8>>], set: &[usize]) -> Vec<Option<&'a [u8]>> {
-    (0..got.len()).map(|i| if set.contains(&i) { got[i].as_deref() } else { None }).collect()
 }

@@ -14,6 +14,7 @@ pub mod namespace;
 pub mod placement;
 pub mod pool;
 pub mod redundancy;
+pub mod repair;
 pub mod state;
 
 pub use error::{EngineError, Result};

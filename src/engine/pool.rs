@@ -286,7 +286,11 @@ impl Pool {
 
         // Checkpoint, or a fresh state.
         let mut state = match &root.checkpoint {
-            Some(c) => read_checkpoint(&members, uuid, c)?,
+            Some(c) => {
+                let (state, bad_copies) = read_checkpoint(&members, uuid, c)?;
+                report.extend(bad_copies.into_iter().map(|e| format!("checkpoint copy unusable: {e}")));
+                state
+            }
             None => {
                 let any = members.iter().flatten().next().expect("one member");
                 let recs = members
@@ -582,8 +586,10 @@ impl Pool {
 
     fn checkpoint_locked_with(&self, c: &mut CommitState, mut frees: Vec<FragLoc>) -> Result<()> {
         // Snapshot the state (every applied op) and what data must be synced first.
-        let (bytes, dirty, ticket, locs) = {
+        let (bytes, dirty, ticket, locs, member_count) = {
             let mut m = self.meta();
+            // Members the pool has, not the ones opened (the last may be missing).
+            let member_count = self.members.len().max(m.state.members.len()) as u32;
             m.pending.clear();
             frees.append(&mut m.pending_frees);
             let dirty = std::mem::take(&mut m.dirty_data);
@@ -598,7 +604,7 @@ impl Pool {
                     locs.push((copy.member, run));
                 }
             }
-            (bytes, dirty, m.ticket, locs)
+            (bytes, dirty, m.ticket, locs, member_count)
         };
         if locs.is_empty() {
             return Err(EngineError::NoSpace("no member has room for a metadata checkpoint".into()));
@@ -655,7 +661,7 @@ impl Pool {
             timestamp_ns: now_ns() as u64,
             journal_seq: head.seq,
             journal_offset: head.offset,
-            member_count: self.members.len() as u32,
+            member_count,
             journal_len: w.len(),
             journal_block_size: w.block_size(),
             checkpoint: Some(CheckpointRef { id, len: bytes.len() as u64, blake3: hash, copies }),
@@ -743,7 +749,8 @@ fn journal_copies(members: &[Option<Member>], jlen: u64) -> Vec<JournalCopy> {
         .collect()
 }
 
-fn read_checkpoint(members: &[Option<Member>], pool: uuid::Uuid, c: &CheckpointRef) -> Result<State> {
+/// The state of the first good copy, and what was wrong with the copies tried before it.
+fn read_checkpoint(members: &[Option<Member>], pool: uuid::Uuid, c: &CheckpointRef) -> Result<(State, Vec<String>)> {
     let mut errors = Vec::new();
     for l in &c.copies {
         let Some(Some(m)) = members.get(l.member_index as usize) else {
@@ -776,7 +783,8 @@ fn read_checkpoint(members: &[Option<Member>], pool: uuid::Uuid, c: &CheckpointR
             errors.push(format!("{}: checkpoint BLAKE3 mismatch", m.dev.identity()));
             continue;
         }
-        return postcard::from_bytes(bytes).map_err(|e| corrupted(format!("checkpoint does not decode: {e}")));
+        let state = postcard::from_bytes(bytes).map_err(|e| corrupted(format!("checkpoint does not decode: {e}")))?;
+        return Ok((state, errors));
     }
     Err(corrupted(format!("no readable checkpoint copy: {}", errors.join("; "))))
 }

@@ -1,6 +1,9 @@
 //! Shared helpers of the operator tools: size parsing and printing, aligned
 //! tables, timestamps, and the one-line error convention
-//! (`PROG: error: <device>: <what>` on stderr, exit status 1).
+//! (`PROG: error: <device>: <what>` on stderr, exit status 1). The `dfs`
+//! subcommands live in [`cli`] (also used by `mount.dfs`).
+
+pub mod cli;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;

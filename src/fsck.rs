@@ -1,0 +1,1684 @@
+//! # fsck: check, and repair, a pool that is not mounted
+//!
+//! [`check_pool`] is what `fsck.dfs` runs. It takes the member devices of
+//! one pool, opened by the caller (read-only for a check, read-write for a
+//! repair), judges every structure of `format/FORMAT.md` from its bytes, and
+//! returns an [`FsckReport`]: typed [`Finding`]s, each with its member, the
+//! structure it is about, a message and a [`Severity`]. Nothing here trusts
+//! the engine's view where the bytes can be judged directly; the engine is
+//! used to confirm that it accepts the pool, and to repair.
+//!
+//! ## What is checked, in order
+//!
+//! 1. **Members and superblocks.** Both copies of every device's superblock
+//!    ([`member::read_superblocks`]); a device with neither copy valid is
+//!    "not a member". Members the pool has (its member table, the root's
+//!    member count) but that were not given are "missing".
+//! 2. **Root rings.** Every slot of every member's ring: a slot that does not
+//!    verify is damaged (FORMAT.md: "ignored, and reported by fsck"); the
+//!    newest valid root on any member wins; a member whose ring lacks that
+//!    generation missed a root write (or its slot is the damaged one, which
+//!    is then reported once, as the damaged slot).
+//! 3. **Journal copies.** Each copy (the first three members by index with a
+//!    journal region of the root's `journal_len`, as the engine places them)
+//!    is replayed from the winning root with the engine's own
+//!    `replay_copy`; the longest chain is what the engine would replay, and
+//!    a shorter copy is stale or damaged. When the live chains agree, the
+//!    copies' older history (walked from offset 0) is compared too: a
+//!    difference there loses nothing and is a note.
+//! 4. **Checkpoint copies.** Every locator of the winning root: in range,
+//!    header of kind checkpoint naming the root's checkpoint id and length,
+//!    payload hashing to the root's BLAKE3.
+//! 5. **Metadata.** The state is loaded as the engine loads it (first good
+//!    checkpoint copy, then the ops of the longest journal chain); an op
+//!    that does not apply, an inode left with no link by a crash, and every
+//!    problem of [`State::check`] (namespace invariants) are reported. Then
+//!    the engine itself is asked to open the pool read-only: a refusal is a
+//!    finding of its own (it also catches what this module does not model).
+//! 6. **Allocation.** Every fragment and checkpoint copy must lie inside its
+//!    member's data region, and no data block may be referenced twice
+//!    (double use). The on-disk bitmap is judged against the references
+//!    only if its generation claims to be the winning root's: this engine
+//!    derives allocation from the metadata at open and writes the bitmap
+//!    region only at mkfs (generation 0), so today the bitmap is reported
+//!    as a note, not judged.
+//! 7. **Fragments.** Every fragment of every extent is read directly from its
+//!    member: the header must decode and name this pool, the extent, its
+//!    index, policy, lengths and extent BLAKE3 as the extent table does;
+//!    with `verify_data` the payload is read and hashed too (without it a
+//!    payload is not read: that is `--data`, as `btrfs check
+//!    --check-data-csum`). An extent with fewer good fragments than its
+//!    policy needs is lost, and reported with the files it belongs to.
+//! 8. **Orphans.** The data region of every member is walked for fragment
+//!    headers ([`member::scan_fragments`]): a header of this pool where no
+//!    extent fragment or checkpoint copy starts, and outside every
+//!    referenced run, is an orphan (an extent fragment not in the extent
+//!    table) or a superseded checkpoint copy (counted, not listed: every
+//!    checkpoint leaves one). Since allocation is derived from the
+//!    metadata, such blocks are free and will simply be reused: a note,
+//!    unless an authoritative bitmap marks them allocated (then a leak).
+//!    `dfs cleanup-orphans` is what will erase them.
+//!
+//! ## Repair (`repair`, or `preen`)
+//!
+//! A repair holds the pool lock for the whole run (a pool in use is refused
+//! with [`FsckError::PoolInUse`]), checks everything first, then:
+//!
+//! - rewrites a bad superblock copy from the good one
+//!   ([`member::repair_superblock`]);
+//! - opens the pool read-write through the engine, which writes a fresh
+//!   checkpoint and root on every present member at open: that supersedes
+//!   stale or damaged journal copies, damaged checkpoint copies and stale
+//!   root rings, and drops inodes left unlinked by a crash;
+//! - for every extent with a bad fragment, reads the extent through the
+//!   engine (verified end to end; the read repairs what it trips over),
+//!   then checks every fragment again and hands the ones still bad to the
+//!   engine's lazy repair with the verified bytes: each is rewritten at a
+//!   new location (on the same member when it was merely corrupt, on
+//!   another member when its member is missing) and switched over by a
+//!   committed `MoveExtent`, never overwritten in place;
+//! - closes the pool (a final checkpoint), then clears root slots that still
+//!   do not verify (zeroes them: a damaged slot never wins, and the new
+//!   root is durable in another slot by then). Without that, a damaged slot
+//!   would be reported until the ring wraps, 128 commits later.
+//!
+//! Then everything is checked again, read-only. A problem of the first pass
+//! that is gone is [`Severity::Corrected`]; one still there, or new, is
+//! [`Severity::Left`]. So "corrected" is never a claim, always an
+//! observation. Namespace problems (links, reachability) and double use are
+//! not repaired by this version: they are left, with their messages.
+//!
+//! ## Preen and force
+//!
+//! `preen` (`-p`, `-a`) repairs what is safe without asking; every repair
+//! above is. A pool has no "clean" flag to skip on, so instead a preen
+//! without `force` skips the slowest part, the data-region walk of step 8
+//! (it reads every data block), as e2fsck -p skips a clean filesystem at
+//! boot; `-f` restores it. Checks and repairs without `preen` always walk.
+//!
+//! ## Exit codes (e2fsck's)
+//!
+//! 0 clean, 1 errors corrected, 4 errors left uncorrected (1 and 4 add up,
+//! as in e2fsck, when both happened), 8 operational error ([`FsckError`]:
+//! no member among the devices, two pools mixed, pool in use), 16 usage
+//! error (the tool's).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dfs_format::fragment::FragmentKind;
+use dfs_format::root::{CheckpointLocator, CheckpointRef};
+use dfs_format::{FragmentHeader, Layout, Policy, RegionKind, RootRecord, FRAGMENT_HEADER_LEN};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::device::{AlignedBuf, Device};
+use crate::engine::data::FragFault;
+use crate::engine::journal::{replay_copy, JournalCopy, JournalPos, StopReason};
+use crate::engine::lock::{PoolLock, DEFAULT_LOCK_DIR};
+use crate::engine::pool::METADATA_COPIES;
+use crate::engine::redundancy;
+use crate::engine::state::{Body, Extent, FragLoc, MemberRec, MemberState, Op, PoolConfig, State, ROOT_INO};
+use crate::engine::{EngineError, Pool, PoolOptions};
+use crate::member::{self, read_bytes, FragmentScanOptions, JournalStart, RootSlotState, SuperblockChoice};
+
+/// Exit status: nothing wrong.
+pub const EXIT_CLEAN: u8 = 0;
+/// Exit status bit: errors were found and corrected.
+pub const EXIT_CORRECTED: u8 = 1;
+/// Exit status bit: errors were left uncorrected.
+pub const EXIT_UNCORRECTED: u8 = 4;
+/// Exit status: operational error (nothing checked).
+pub const EXIT_OPERATIONAL: u8 = 8;
+/// Exit status: usage error.
+pub const EXIT_USAGE: u8 = 16;
+
+/// How to check.
+#[derive(Debug, Clone, Default)]
+pub struct FsckOptions {
+    /// Repair what can be repaired (`-y`).
+    pub repair: bool,
+    /// Preen (`-p`, `-a`): repair what is safe (all of it), and skip the
+    /// data-region walk unless `force`.
+    pub preen: bool,
+    /// `-f`: walk the data region even when preening.
+    pub force: bool,
+    /// `--data`: read every fragment's payload and check its BLAKE3.
+    pub verify_data: bool,
+    /// Where pool lock files live (default `/run/dfs`).
+    pub lock_dir: Option<PathBuf>,
+}
+
+impl FsckOptions {
+    /// True when this run may write.
+    pub fn repairing(&self) -> bool {
+        self.repair || self.preen
+    }
+
+    fn walk_data_region(&self) -> bool {
+        !self.preen || self.force
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.preen {
+            "preen"
+        } else if self.repair {
+            "repair"
+        } else {
+            "check"
+        }
+    }
+
+    fn lock_dir(&self) -> PathBuf {
+        self.lock_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR))
+    }
+}
+
+/// Why nothing could be checked (exit status 8).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsckError {
+    #[error("no devices given")]
+    NoDevices,
+    /// None of the devices is a DynamicFS member.
+    #[error("{}", .0.join("\n"))]
+    NotAMember(Vec<String>),
+    #[error("{first} belongs to pool {first_pool} but {second} to pool {second_pool}: give members of one pool")]
+    MixedPools { first: String, first_pool: Uuid, second: String, second_pool: Uuid },
+    #[error("{first} and {second} are both member {index} of pool {pool}")]
+    DuplicateMember { index: u32, first: String, second: String, pool: Uuid },
+    #[error("pool {pool} is in use by PID {pid} (lock {lock}): unmount it first")]
+    PoolInUse { pool: Uuid, pid: u32, lock: String },
+    #[error("pool lock: {0}")]
+    Lock(String),
+}
+
+/// How bad a finding is, after the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Found, then repaired (gone when checked again).
+    Corrected,
+    /// Found and still there (a check, or a repair that could not fix it).
+    Left,
+    /// Worth knowing, not an error (exit status unaffected).
+    Info,
+}
+
+/// The structure a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Structure {
+    Member,
+    Superblock,
+    RootRing,
+    Journal,
+    Checkpoint,
+    Metadata,
+    Namespace,
+    Allocation,
+    Bitmap,
+    Fragment,
+    Extent,
+    Orphan,
+    Device,
+    Pool,
+    Repair,
+}
+
+impl Structure {
+    /// Lower-case name, as printed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Structure::Member => "member",
+            Structure::Superblock => "superblock",
+            Structure::RootRing => "root ring",
+            Structure::Journal => "journal",
+            Structure::Checkpoint => "checkpoint",
+            Structure::Metadata => "metadata",
+            Structure::Namespace => "namespace",
+            Structure::Allocation => "allocation",
+            Structure::Bitmap => "bitmap",
+            Structure::Fragment => "fragment",
+            Structure::Extent => "extent",
+            Structure::Orphan => "orphan",
+            Structure::Device => "device",
+            Structure::Pool => "pool",
+            Structure::Repair => "repair",
+        }
+    }
+}
+
+/// Which superblock copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SbCopy {
+    Primary,
+    Backup,
+}
+
+/// What is wrong with one fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "fault", content = "detail", rename_all = "snake_case")]
+pub enum FragmentFault {
+    /// Its member is not present (missing, or not given).
+    Absent,
+    /// The device failed to read it.
+    Unreadable(String),
+    /// The header block does not decode (magic, version, checksum, ...).
+    BadHeader(String),
+    /// The header decodes but does not match the extent table.
+    Mismatch(String),
+    /// The payload does not hash to the header's BLAKE3.
+    BadPayload,
+}
+
+impl std::fmt::Display for FragmentFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FragmentFault::Absent => write!(f, "its member is not present"),
+            FragmentFault::Unreadable(e) => write!(f, "unreadable: {e}"),
+            FragmentFault::BadHeader(e) => write!(f, "bad header: {e}"),
+            FragmentFault::Mismatch(e) => write!(f, "header does not match the extent table: {e}"),
+            FragmentFault::BadPayload => write!(f, "payload does not match its BLAKE3"),
+        }
+    }
+}
+
+/// One thing fsck found. Members are pool member indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Finding {
+    /// A device given holds no valid superblock (or another pool's).
+    NotAMember { device: String, reason: String },
+    /// A member of the pool was not among the devices.
+    MemberMissing { member: u32, path_hint: String, fragments: u64 },
+    /// A device claims a member index whose recorded UUID differs.
+    MemberMismatch { member: u32, device: String, found: Uuid, expected: Uuid },
+    /// A device claims a member index the member table does not list.
+    MemberNotInTable { member: u32, device: String },
+    /// One superblock copy is bad (the other one won).
+    SuperblockCopy { member: u32, copy: SbCopy, offset: u64, problem: String },
+    /// The root ring could not be read.
+    RootRingUnreadable { member: u32, error: String },
+    /// A root slot that does not verify. `newest` is set when it is the slot
+    /// the pool's newest root (that generation) should be in.
+    RootSlot { member: u32, slot: u64, newest: Option<u64>, problem: String },
+    /// The member's newest valid root is older than the pool's.
+    RootRingStale { member: u32, newest: Option<u64>, pool_newest: u64 },
+    /// No member holds a valid root: the pool cannot be opened.
+    NoRoot,
+    /// A journal copy's live chain is shorter than the longest one.
+    JournalCopy { member: u32, records: usize, longest: usize, stop: String },
+    /// A journal copy's older history differs (nothing live is affected).
+    JournalHistory { member: u32, records: usize, longest: usize },
+    /// One checkpoint copy is bad.
+    CheckpointCopy { member: u32, offset: u64, problem: String },
+    /// No checkpoint copy is good: the metadata cannot be loaded.
+    CheckpointLost { generation: u64, problem: String },
+    /// The metadata does not load (journal records that do not apply, ...).
+    Metadata { problem: String },
+    /// The engine refuses to open the pool.
+    EngineRefuses { error: String },
+    /// An inode with no link left by a crash (the engine drops it at open).
+    UnlinkedInode { ino: u64 },
+    /// A namespace invariant does not hold (`State::check`).
+    Namespace { problem: String },
+    /// A reference outside its member's data region, or on an unknown member.
+    Allocation { member: u32, problem: String },
+    /// A data block referenced twice.
+    DoubleUse { member: u32, block: u64, first: String, second: String },
+    /// The on-disk bitmap (judged only when authoritative).
+    Bitmap { member: u32, authoritative: bool, problem: String },
+    /// One fragment of an extent is bad.
+    Fragment { member: u32, extent: Uuid, index: u32, block: u64, fault: FragmentFault },
+    /// An extent with too few good fragments: its data is lost.
+    ExtentLost { extent: Uuid, good: u32, needed: u32, files: Vec<String> },
+    /// A fragment header of this pool that nothing references.
+    Orphan { member: u32, block: u64, blocks: u64, extent: Uuid, fragment_index: u16, allocated_in_bitmap: Option<bool> },
+    /// A fragment magic in free space that does not decode.
+    BadHeaderInFreeSpace { member: u32, block: u64, problem: String },
+    /// Data blocks that could not be read during the walk.
+    Unreadable { member: u32, block: u64, blocks: u64, error: String },
+    /// The pool is in use (a check only: read-only, may see a moving state).
+    PoolInUse { pid: u32 },
+    /// A repair step failed.
+    RepairFailed { what: String, error: String },
+}
+
+impl Finding {
+    /// The structure it is about.
+    pub fn structure(&self) -> Structure {
+        use Finding::*;
+        match self {
+            NotAMember { .. } | MemberMissing { .. } | MemberMismatch { .. } | MemberNotInTable { .. } => {
+                Structure::Member
+            }
+            SuperblockCopy { .. } => Structure::Superblock,
+            RootRingUnreadable { .. } | RootSlot { .. } | RootRingStale { .. } | NoRoot => Structure::RootRing,
+            JournalCopy { .. } | JournalHistory { .. } => Structure::Journal,
+            CheckpointCopy { .. } | CheckpointLost { .. } => Structure::Checkpoint,
+            Metadata { .. } | EngineRefuses { .. } => Structure::Metadata,
+            UnlinkedInode { .. } | Namespace { .. } => Structure::Namespace,
+            Allocation { .. } | DoubleUse { .. } => Structure::Allocation,
+            Bitmap { .. } => Structure::Bitmap,
+            Fragment { .. } => Structure::Fragment,
+            ExtentLost { .. } => Structure::Extent,
+            Orphan { .. } | BadHeaderInFreeSpace { .. } => Structure::Orphan,
+            Unreadable { .. } => Structure::Device,
+            PoolInUse { .. } => Structure::Pool,
+            RepairFailed { .. } => Structure::Repair,
+        }
+    }
+
+    /// The member index it is about, if one.
+    pub fn member(&self) -> Option<u32> {
+        use Finding::*;
+        match self {
+            MemberMissing { member, .. }
+            | MemberMismatch { member, .. }
+            | MemberNotInTable { member, .. }
+            | SuperblockCopy { member, .. }
+            | RootRingUnreadable { member, .. }
+            | RootSlot { member, .. }
+            | RootRingStale { member, .. }
+            | JournalCopy { member, .. }
+            | JournalHistory { member, .. }
+            | CheckpointCopy { member, .. }
+            | Allocation { member, .. }
+            | DoubleUse { member, .. }
+            | Bitmap { member, .. }
+            | Fragment { member, .. }
+            | Orphan { member, .. }
+            | BadHeaderInFreeSpace { member, .. }
+            | Unreadable { member, .. } => Some(*member),
+            _ => None,
+        }
+    }
+
+    /// True for errors; false for notes (which never change the exit status).
+    pub fn is_problem(&self) -> bool {
+        use Finding::*;
+        match self {
+            JournalHistory { .. } | PoolInUse { .. } | BadHeaderInFreeSpace { .. } => false,
+            Bitmap { authoritative, .. } => *authoritative,
+            Orphan { allocated_in_bitmap, .. } => *allocated_in_bitmap == Some(true),
+            _ => true,
+        }
+    }
+
+    /// Identity of the problem, to tell whether a repair made it go away
+    /// (the message may change; the thing it is about does not).
+    fn key(&self) -> String {
+        use Finding::*;
+        match self {
+            NotAMember { device, .. } => format!("not-a-member/{device}"),
+            MemberMissing { member, .. } => format!("member-missing/{member}"),
+            MemberMismatch { member, device, .. } => format!("member-mismatch/{member}/{device}"),
+            MemberNotInTable { member, .. } => format!("member-not-in-table/{member}"),
+            SuperblockCopy { member, copy, .. } => format!("superblock/{member}/{copy:?}"),
+            RootRingUnreadable { member, .. } => format!("root-ring-unreadable/{member}"),
+            RootSlot { member, slot, .. } => format!("root-slot/{member}/{slot}"),
+            RootRingStale { member, .. } => format!("root-ring-stale/{member}"),
+            NoRoot => "no-root".into(),
+            JournalCopy { member, .. } => format!("journal/{member}"),
+            JournalHistory { member, .. } => format!("journal-history/{member}"),
+            CheckpointCopy { member, offset, .. } => format!("checkpoint-copy/{member}/{offset}"),
+            CheckpointLost { .. } => "checkpoint-lost".into(),
+            Metadata { problem } => format!("metadata/{problem}"),
+            EngineRefuses { .. } => "engine-refuses".into(),
+            UnlinkedInode { ino } => format!("unlinked/{ino}"),
+            Namespace { problem } => format!("namespace/{problem}"),
+            Allocation { member, problem } => format!("allocation/{member}/{problem}"),
+            DoubleUse { member, block, .. } => format!("double-use/{member}/{block}"),
+            Bitmap { member, .. } => format!("bitmap/{member}"),
+            Fragment { extent, index, .. } => format!("fragment/{extent}/{index}"),
+            ExtentLost { extent, .. } => format!("extent-lost/{extent}"),
+            Orphan { member, block, .. } => format!("orphan/{member}/{block}"),
+            BadHeaderInFreeSpace { member, block, .. } => format!("bad-header/{member}/{block}"),
+            Unreadable { member, block, .. } => format!("unreadable/{member}/{block}"),
+            PoolInUse { .. } => "pool-in-use".into(),
+            RepairFailed { what, .. } => format!("repair-failed/{what}"),
+        }
+    }
+
+    /// What a repair that made this problem go away did.
+    fn repair_action(&self) -> &'static str {
+        use Finding::*;
+        match self {
+            SuperblockCopy { .. } => "rewritten from the other copy",
+            RootSlot { .. } => "cleared after a new root was written",
+            RootRingStale { .. } | JournalCopy { .. } | CheckpointCopy { .. } => "superseded by a new checkpoint",
+            UnlinkedInode { .. } => "dropped by the engine at open",
+            Fragment { .. } => "rebuilt from the other fragments",
+            _ => "no longer found",
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use Finding::*;
+        match self {
+            NotAMember { device, reason } => write!(f, "{device} is not a member of this pool: {reason}"),
+            MemberMissing { member, path_hint, fragments } => {
+                write!(f, "member {member} is missing")?;
+                if !path_hint.is_empty() {
+                    write!(f, " (last seen as {path_hint})")?;
+                }
+                write!(f, "; {fragments} fragments are on it")
+            }
+            MemberMismatch { device, found, expected, .. } => {
+                write!(f, "{device} has member UUID {found}, the member table says {expected}")
+            }
+            MemberNotInTable { member, device } => {
+                write!(f, "{device} claims member index {member}, which the member table does not list")
+            }
+            SuperblockCopy { copy, offset, problem, .. } => {
+                let c = match copy {
+                    SbCopy::Primary => "primary",
+                    SbCopy::Backup => "backup",
+                };
+                write!(f, "{c} copy at offset {offset}: {problem}")
+            }
+            RootRingUnreadable { error, .. } => write!(f, "unreadable: {error}"),
+            RootSlot { slot, newest, problem, .. } => {
+                write!(f, "slot {slot} does not verify: {problem}")?;
+                if let Some(g) = newest {
+                    write!(f, " (it should hold the pool's newest root, generation {g})")?;
+                }
+                Ok(())
+            }
+            RootRingStale { newest: Some(n), pool_newest, .. } => {
+                write!(f, "newest valid root is generation {n}, the pool's is {pool_newest} (a root write was missed)")
+            }
+            RootRingStale { newest: None, pool_newest, .. } => {
+                write!(f, "no valid root of this pool (the pool's newest is generation {pool_newest})")
+            }
+            NoRoot => write!(f, "no valid root record on any member: the pool cannot be opened"),
+            JournalCopy { records, longest, stop, .. } => {
+                write!(f, "copy replays {records} live records, another copy {longest}: stops at {stop}")
+            }
+            JournalHistory { records, longest, .. } => write!(
+                f,
+                "copy's older history differs ({records} records from offset 0, another copy has {longest}); \
+                 no live record is affected"
+            ),
+            CheckpointCopy { offset, problem, .. } => write!(f, "copy at offset {offset}: {problem}"),
+            CheckpointLost { generation, problem } => {
+                write!(f, "no copy of the checkpoint of generation {generation} is good ({problem}): metadata lost")
+            }
+            Metadata { problem } => write!(f, "{problem}"),
+            EngineRefuses { error } => write!(f, "the engine refuses to open the pool: {error}"),
+            UnlinkedInode { ino } => write!(f, "inode {ino} has no link (unlinked while open, then a crash)"),
+            Namespace { problem } => write!(f, "{problem}"),
+            Allocation { problem, .. } => write!(f, "{problem}"),
+            DoubleUse { block, first, second, .. } => {
+                write!(f, "data block {block} is used by both {first} and {second}")
+            }
+            Bitmap { problem, .. } => write!(f, "{problem}"),
+            Fragment { extent, index, block, fault, .. } => {
+                write!(f, "extent {extent} fragment {index} at data block {block}: {fault}")
+            }
+            ExtentLost { extent, good, needed, files } => {
+                write!(f, "extent {extent}: {good} good fragments, {needed} needed: its data is lost")?;
+                if !files.is_empty() {
+                    write!(f, " (in {})", files.join(", "))?;
+                }
+                Ok(())
+            }
+            Orphan { block, blocks, extent, fragment_index, allocated_in_bitmap, .. } => {
+                write!(
+                    f,
+                    "data blocks {block}..{} hold fragment {fragment_index} of extent {extent}, which no extent \
+                     references",
+                    block + blocks
+                )?;
+                match allocated_in_bitmap {
+                    Some(true) => write!(f, "; the bitmap marks them allocated: a leak (dfs cleanup-orphans)"),
+                    _ => write!(f, "; free by the metadata (a leftover; reused as space is needed)"),
+                }
+            }
+            BadHeaderInFreeSpace { block, problem, .. } => {
+                write!(f, "data block {block} (free) starts with a fragment magic but does not decode: {problem}")
+            }
+            Unreadable { block, blocks, error, .. } => {
+                write!(f, "data blocks {block}..{} unreadable: {error}", block + blocks)
+            }
+            PoolInUse { pid } => write!(
+                f,
+                "the pool is in use by PID {pid}: it may change while being checked, so findings may be transient"
+            ),
+            RepairFailed { what, error } => write!(f, "{what}: {error}"),
+        }
+    }
+}
+
+/// A finding as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reported {
+    pub severity: Severity,
+    pub structure: Structure,
+    pub member: Option<u32>,
+    pub message: String,
+    /// What the repair did, for a corrected finding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    pub finding: Finding,
+}
+
+/// A member as checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberInfo {
+    pub index: u32,
+    pub device: String,
+    pub member_uuid: Uuid,
+    pub size: u64,
+    pub block_size: u32,
+}
+
+/// What was looked at.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FsckStats {
+    /// Members the pool has (member table, root).
+    pub members: u32,
+    /// Members among the devices.
+    pub members_present: u32,
+    /// Generation of the winning root.
+    pub root_generation: u64,
+    /// Live journal records replayed.
+    pub journal_records: usize,
+    pub inodes: u64,
+    pub extents: u64,
+    pub fragments: u64,
+    pub fragments_good: u64,
+    /// Payload bytes read and hashed (`verify_data`).
+    pub bytes_verified: u64,
+    /// Whether the data regions were walked for orphans.
+    pub data_walked: bool,
+    pub blocks_examined: u64,
+    pub orphans: u64,
+    /// Superseded checkpoint copies found in free space (normal).
+    pub stale_checkpoint_copies: u64,
+    /// Old copies of live extents' fragments in free space (moved by repair).
+    pub stale_fragment_copies: u64,
+    /// Fragment headers of other pools in the data regions.
+    pub foreign_headers: u64,
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairStats {
+    pub superblocks_rewritten: u32,
+    /// The pool was opened read-write (which writes a checkpoint) and closed.
+    pub engine_opened: bool,
+    pub extents_read: u64,
+    /// Fragments handed to the engine's repair.
+    pub fragments_rebuilt: u64,
+    pub root_slots_cleared: u32,
+}
+
+/// The result of [`check_pool`]; serializes to `fsck.dfs --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FsckReport {
+    pub pool_uuid: Uuid,
+    pub label: String,
+    /// `check`, `repair` or `preen`.
+    pub mode: &'static str,
+    pub members: Vec<MemberInfo>,
+    pub stats: FsckStats,
+    pub repairs: RepairStats,
+    pub findings: Vec<Reported>,
+    pub corrected: usize,
+    pub left: usize,
+    pub info: usize,
+    /// e2fsck's: 0, or 1 (corrected) + 4 (left).
+    pub exit_code: u8,
+}
+
+impl FsckReport {
+    /// Findings of one severity.
+    pub fn with_severity(&self, s: Severity) -> impl Iterator<Item = &Reported> {
+        self.findings.iter().filter(move |r| r.severity == s)
+    }
+
+    /// True when nothing but notes was found.
+    pub fn is_clean(&self) -> bool {
+        self.corrected == 0 && self.left == 0
+    }
+}
+
+// ---------------------------------------------------------------- members
+
+/// A device recognised as a member.
+#[derive(Clone)]
+struct Present {
+    index: u32,
+    dev: Arc<dyn Device>,
+    choice: SuperblockChoice,
+}
+
+impl Present {
+    fn layout(&self) -> &Layout {
+        &self.choice.superblock.layout
+    }
+
+    fn name(&self) -> String {
+        self.dev.identity().to_string()
+    }
+}
+
+struct Ident {
+    pool: Uuid,
+    members: BTreeMap<u32, Present>,
+    not_members: Vec<Finding>,
+}
+
+fn identify(devices: &[Arc<dyn Device>]) -> Result<Ident, FsckError> {
+    if devices.is_empty() {
+        return Err(FsckError::NoDevices);
+    }
+    let mut pool: Option<(Uuid, String)> = None;
+    let mut members: BTreeMap<u32, Present> = BTreeMap::new();
+    let mut not_members = Vec::new();
+    for dev in devices {
+        let name = dev.identity().to_string();
+        let choice = match member::read_superblocks(dev.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = match e {
+                    member::MemberError::NotAMember { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                not_members.push(Finding::NotAMember { device: name, reason });
+                continue;
+            }
+        };
+        let sb = &choice.superblock;
+        match &pool {
+            None => pool = Some((sb.pool_uuid, name.clone())),
+            Some((p, first)) if *p != sb.pool_uuid => {
+                return Err(FsckError::MixedPools {
+                    first: first.clone(),
+                    first_pool: *p,
+                    second: name,
+                    second_pool: sb.pool_uuid,
+                })
+            }
+            _ => {}
+        }
+        if let Some(other) = members.get(&sb.member_index) {
+            return Err(FsckError::DuplicateMember {
+                index: sb.member_index,
+                first: other.name(),
+                second: name,
+                pool: sb.pool_uuid,
+            });
+        }
+        members.insert(sb.member_index, Present { index: sb.member_index, dev: dev.clone(), choice });
+    }
+    let Some((pool, _)) = pool else {
+        let reasons = not_members
+            .iter()
+            .map(|f| match f {
+                Finding::NotAMember { device, reason } => format!("{device}: not a DynamicFS member: {reason}"),
+                other => other.to_string(),
+            })
+            .collect();
+        return Err(FsckError::NotAMember(reasons));
+    };
+    Ok(Ident { pool, members, not_members })
+}
+
+/// The PID holding the pool lock of `pool` in `lock_dir`, if anyone does.
+/// Looks without taking the lock and without creating anything.
+pub fn pool_lock_holder(lock_dir: &std::path::Path, pool: Uuid) -> Option<u32> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let path = lock_dir.join(format!("{pool}.lock"));
+    let mut file = std::fs::File::open(&path).ok()?;
+    // SAFETY: flock on a valid fd owned by `file`; closing the file drops it.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc == 0 {
+        return None;
+    }
+    let mut s = String::new();
+    let _ = file.read_to_string(&mut s);
+    Some(s.trim().parse().unwrap_or(0))
+}
+
+// ---------------------------------------------------------------- one pass
+
+/// Everything one read-only pass found.
+struct Pass {
+    label: String,
+    findings: Vec<Finding>,
+    stats: FsckStats,
+    /// Root slots that do not verify: (member, slot).
+    damaged_slots: Vec<(u32, u64)>,
+    /// The engine opened the pool read-only.
+    engine_ok: bool,
+}
+
+impl Pass {
+    fn problems(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.is_problem())
+    }
+}
+
+/// Who references a run of data blocks.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Extent { id: u128, index: usize },
+    Checkpoint { copy: usize },
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Extent { id, index } => write!(f, "extent {} fragment {index}", Uuid::from_u128(*id)),
+            Owner::Checkpoint { copy } => write!(f, "checkpoint copy {copy}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RefRun {
+    start: u64,
+    len: u64,
+    owner: Owner,
+}
+
+fn stop_text(stop: &StopReason, end: &JournalPos) -> String {
+    let at = format!("offset {} (seq {})", end.offset, end.seq);
+    match stop {
+        StopReason::BadHeader(e) => format!("{at}: no valid record ({e})"),
+        StopReason::Stale { found_seq } => format!("{at}: a stale record (seq {found_seq})"),
+        StopReason::BadPayload => format!("{at}: payload checksum mismatch"),
+        StopReason::Io(e) => format!("{at}: read error: {e}"),
+        StopReason::Full => format!("{at}: went once around the journal"),
+    }
+}
+
+fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
+    let pool = ident.pool;
+    let mut findings: Vec<Finding> = ident.not_members.clone();
+    let mut stats = FsckStats { members_present: ident.members.len() as u32, ..Default::default() };
+    let label = ident.members.values().next().map(|m| m.choice.superblock.label.clone()).unwrap_or_default();
+    let mut pass = Pass { label, findings: Vec::new(), stats: FsckStats::default(), damaged_slots: Vec::new(), engine_ok: false };
+    if let Some(pid) = in_use {
+        findings.push(Finding::PoolInUse { pid });
+    }
+
+    // 1. Superblock copies.
+    for m in ident.members.values() {
+        for (copy, status) in [(SbCopy::Primary, &m.choice.primary), (SbCopy::Backup, &m.choice.backup)] {
+            if let Some(p) = &status.problem {
+                findings.push(Finding::SuperblockCopy {
+                    member: m.index,
+                    copy,
+                    offset: status.offset,
+                    problem: p.to_string(),
+                });
+            }
+        }
+    }
+
+    // 2. Root rings.
+    let mut rings: BTreeMap<u32, Vec<member::RootSlot>> = BTreeMap::new();
+    for m in ident.members.values() {
+        match member::read_root_ring(m.dev.as_ref(), m.layout()) {
+            Ok(slots) => {
+                rings.insert(m.index, slots);
+            }
+            Err(e) => findings.push(Finding::RootRingUnreadable { member: m.index, error: e.to_string() }),
+        }
+    }
+    let best: Option<RootRecord> = rings
+        .values()
+        .filter_map(|slots| member::best_root(slots, pool).map(|(_, r)| r.clone()))
+        .max_by_key(|r| r.generation);
+    for (index, slots) in &rings {
+        let newest = member::best_root(slots, pool).map(|(_, r)| r.generation);
+        let pool_newest = best.as_ref().map(|r| r.generation);
+        let newest_slot = pool_newest.map(|g| g % slots.len().max(1) as u64);
+        let stale = matches!((newest, pool_newest), (n, Some(p)) if n.is_none_or(|n| n < p));
+        let mut explained = false;
+        for s in slots {
+            if let RootSlotState::Invalid(e) = &s.state {
+                let is_newest = stale && Some(s.slot) == newest_slot;
+                explained |= is_newest;
+                findings.push(Finding::RootSlot {
+                    member: *index,
+                    slot: s.slot,
+                    newest: if is_newest { pool_newest } else { None },
+                    problem: e.to_string(),
+                });
+                pass.damaged_slots.push((*index, s.slot));
+            }
+        }
+        if stale && !explained {
+            findings.push(Finding::RootRingStale {
+                member: *index,
+                newest,
+                pool_newest: pool_newest.unwrap_or_default(),
+            });
+        }
+    }
+    let Some(root) = best else {
+        if rings.is_empty() {
+            findings.push(Finding::Metadata { problem: "no root ring could be read".into() });
+        } else {
+            findings.push(Finding::NoRoot);
+        }
+        pass.findings = findings;
+        pass.stats = stats;
+        return pass;
+    };
+    stats.root_generation = root.generation;
+    stats.members = root.member_count;
+
+    // 3. Journal copies: live chains from the root, then history.
+    let (jlen, jbs) = (root.journal_len, root.journal_block_size);
+    let holders: Vec<&Present> = ident
+        .members
+        .values()
+        .filter(|m| m.layout().region(RegionKind::Journal).len >= jlen)
+        .take(METADATA_COPIES)
+        .collect();
+    let start = JournalPos { offset: root.journal_offset, seq: root.journal_seq, prev_crc: 0 };
+    let replays: Vec<_> = holders
+        .iter()
+        .map(|m| {
+            let copy = JournalCopy {
+                member: m.index,
+                device: m.dev.clone(),
+                region_start: m.layout().region(RegionKind::Journal).start,
+            };
+            replay_copy(&copy, pool, jlen, jbs, start)
+        })
+        .collect();
+    let longest = replays.iter().map(|r| r.records.len()).max().unwrap_or(0);
+    let mut journal_bad: BTreeSet<u32> = BTreeSet::new();
+    for r in &replays {
+        if r.records.len() < longest {
+            journal_bad.insert(r.member);
+            findings.push(Finding::JournalCopy {
+                member: r.member,
+                records: r.records.len(),
+                longest,
+                stop: stop_text(&r.stop, &r.end),
+            });
+        }
+    }
+    let history: Vec<(u32, usize)> = holders
+        .iter()
+        .filter_map(|m| {
+            let from = JournalStart { offset: 0, seq: None, len: jlen, block_size: jbs };
+            member::scan_journal_from(m.dev.as_ref(), m.layout(), pool, from).ok().map(|s| (m.index, s.records.len()))
+        })
+        .collect();
+    let most = history.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    for (index, n) in &history {
+        if *n < most && !journal_bad.contains(index) {
+            findings.push(Finding::JournalHistory { member: *index, records: *n, longest: most });
+        }
+    }
+    let replay = replays.into_iter().max_by_key(|r| r.records.len());
+    stats.journal_records = longest;
+
+    // 4. Checkpoint copies, and 5. the state.
+    let first_sb = &ident.members.values().next().expect("at least one member").choice.superblock;
+    let mut state = match &root.checkpoint {
+        None => {
+            let recs = ident
+                .members
+                .values()
+                .map(|m| MemberRec {
+                    index: m.index,
+                    uuid: m.choice.superblock.member_uuid.as_u128(),
+                    state: MemberState::Online,
+                    path_hint: m.dev.identity().path.display().to_string(),
+                })
+                .collect();
+            let config = PoolConfig { default_policy: first_sb.default_policy.encode(), label: first_sb.label.clone() };
+            Some(State::new(config, recs, first_sb.created_ns as i64))
+        }
+        Some(c) => {
+            let mut good: Option<Vec<u8>> = None;
+            let mut errors = Vec::new();
+            for l in &c.copies {
+                match read_checkpoint_copy(ident, pool, c, l) {
+                    Ok(bytes) => {
+                        good.get_or_insert(bytes);
+                    }
+                    Err(problem) => {
+                        errors.push(format!("member {}: {problem}", l.member_index));
+                        findings.push(Finding::CheckpointCopy { member: l.member_index, offset: l.offset, problem });
+                    }
+                }
+            }
+            match good.map(|b| postcard::from_bytes::<State>(&b)) {
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => {
+                    let problem = format!("the checkpoint verifies but does not decode: {e}");
+                    findings.push(Finding::CheckpointLost { generation: root.generation, problem });
+                    None
+                }
+                None => {
+                    let problem = if errors.is_empty() { "no copy listed".into() } else { errors.join("; ") };
+                    findings.push(Finding::CheckpointLost { generation: root.generation, problem });
+                    None
+                }
+            }
+        }
+    };
+    if let (Some(state), Some(replay)) = (state.as_mut(), &replay) {
+        'records: for (seq, payload) in &replay.records {
+            let ops: Vec<Op> = match postcard::from_bytes(payload) {
+                Ok(ops) => ops,
+                Err(e) => {
+                    findings.push(Finding::Metadata { problem: format!("journal record {seq} does not decode: {e}") });
+                    break;
+                }
+            };
+            for op in &ops {
+                if let Err(e) = state.apply(op) {
+                    findings.push(Finding::Metadata { problem: format!("journal record {seq}: {e}") });
+                    break 'records;
+                }
+            }
+        }
+    } else if replay.is_none() && state.is_some() {
+        findings.push(Finding::Metadata { problem: format!("no member has a journal region of {jlen} bytes") });
+    }
+    let Some(mut state) = state else {
+        pass.findings = findings;
+        pass.stats = stats;
+        return pass;
+    };
+    // Inodes a crash left with no link: the engine drops them at open.
+    let unlinked: Vec<u64> = state.inodes.iter().filter(|(_, i)| i.attrs.nlink == 0).map(|(ino, _)| *ino).collect();
+    for ino in unlinked {
+        let _ = state.apply(&Op::DropInode { ino });
+        findings.push(Finding::UnlinkedInode { ino });
+    }
+    // The engine's own verdict.
+    let devs: Vec<Arc<dyn Device>> = ident.members.values().map(|m| m.dev.clone()).collect();
+    match Pool::open(devs, PoolOptions { read_only: true, ..Default::default() }) {
+        Ok(p) => {
+            pass.engine_ok = true;
+            drop(p);
+        }
+        Err(e) => findings.push(Finding::EngineRefuses { error: e.to_string() }),
+    }
+
+    // Members the pool has.
+    let fragments_on = |i: u32| state.all_fragments().filter(|(_, _, f)| f.member == i).count() as u64;
+    let mut listed: BTreeSet<u32> = BTreeSet::new();
+    for rec in &state.members {
+        listed.insert(rec.index);
+        if rec.state == MemberState::Removed {
+            continue;
+        }
+        match ident.members.get(&rec.index) {
+            None => findings.push(Finding::MemberMissing {
+                member: rec.index,
+                path_hint: rec.path_hint.clone(),
+                fragments: fragments_on(rec.index),
+            }),
+            Some(m) if m.choice.superblock.member_uuid.as_u128() != rec.uuid => {
+                findings.push(Finding::MemberMismatch {
+                    member: rec.index,
+                    device: m.name(),
+                    found: m.choice.superblock.member_uuid,
+                    expected: Uuid::from_u128(rec.uuid),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    for i in 0..root.member_count {
+        if !listed.contains(&i) && !ident.members.contains_key(&i) {
+            listed.insert(i);
+            findings.push(Finding::MemberMissing { member: i, path_hint: String::new(), fragments: fragments_on(i) });
+        }
+    }
+    for m in ident.members.values() {
+        if !listed.contains(&m.index) {
+            findings.push(Finding::MemberNotInTable { member: m.index, device: m.name() });
+        }
+    }
+    stats.members = stats.members.max(state.members.len() as u32);
+
+    // Namespace.
+    for problem in state.check() {
+        findings.push(Finding::Namespace { problem });
+    }
+    stats.inodes = state.inodes.len() as u64;
+    stats.extents = state.extents.len() as u64;
+
+    // 6. Allocation: references, double use, the bitmap.
+    let mut runs: BTreeMap<u32, Vec<RefRun>> = BTreeMap::new();
+    let mut ids: Vec<u128> = state.extents.keys().copied().collect();
+    ids.sort_unstable();
+    for id in &ids {
+        for (index, f) in state.extents[id].frags.iter().enumerate() {
+            runs.entry(f.member)
+                .or_default()
+                .push(RefRun { start: f.block, len: f.blocks as u64, owner: Owner::Extent { id: *id, index } });
+        }
+    }
+    if let Some(c) = &root.checkpoint {
+        for (copy, l) in c.copies.iter().enumerate() {
+            if let Some(m) = ident.members.get(&l.member_index) {
+                let data = m.layout().region(RegionKind::Data);
+                let bs = m.layout().block_size as u64;
+                if l.offset >= data.start {
+                    runs.entry(l.member_index).or_default().push(RefRun {
+                        start: (l.offset - data.start) / bs,
+                        len: l.len.div_ceil(bs),
+                        owner: Owner::Checkpoint { copy },
+                    });
+                }
+            }
+        }
+    }
+    for (member, list) in runs.iter_mut() {
+        list.sort_by_key(|r| (r.start, r.len));
+        if let Some(m) = ident.members.get(member) {
+            let total = m.layout().data_blocks();
+            for r in list.iter() {
+                if r.start + r.len > total || r.len == 0 {
+                    findings.push(Finding::Allocation {
+                        member: *member,
+                        problem: format!(
+                            "{} at data blocks {}..{} lies outside the data region of {total} blocks",
+                            r.owner,
+                            r.start,
+                            r.start + r.len
+                        ),
+                    });
+                }
+            }
+        } else if !listed.contains(member) {
+            findings.push(Finding::Allocation {
+                member: *member,
+                problem: format!("{} references member {member}, which the pool does not have", list[0].owner),
+            });
+        }
+        let mut reach: Option<RefRun> = None;
+        for r in list.iter() {
+            if let Some(prev) = reach {
+                if r.start < prev.start + prev.len {
+                    findings.push(Finding::DoubleUse {
+                        member: *member,
+                        block: r.start,
+                        first: prev.owner.to_string(),
+                        second: r.owner.to_string(),
+                    });
+                }
+            }
+            if reach.is_none_or(|p| r.start + r.len > p.start + p.len) {
+                reach = Some(*r);
+            }
+        }
+    }
+    let mut bitmaps: BTreeMap<u32, Option<member::BitmapScan>> = BTreeMap::new();
+    for m in ident.members.values() {
+        let list = runs.get(&m.index).map(Vec::as_slice).unwrap_or(&[]);
+        let (finding, scan) = check_bitmap(m, pool, root.generation, list);
+        findings.extend(finding);
+        bitmaps.insert(m.index, scan);
+    }
+
+    // 7. Every fragment of every extent.
+    let verify = opts.verify_data;
+    let mut tasks: BTreeMap<u32, Vec<(u128, usize, FragLoc)>> = BTreeMap::new();
+    for id in &ids {
+        for (i, f) in state.extents[id].frags.iter().enumerate() {
+            tasks.entry(f.member).or_default().push((*id, i, *f));
+        }
+    }
+    let results: Vec<(u128, usize, FragLoc, Result<u64, FragmentFault>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = tasks
+            .iter()
+            .map(|(member, list)| {
+                let m = ident.members.get(member);
+                let state = &state;
+                s.spawn(move || {
+                    list.iter()
+                        .map(|(id, i, f)| {
+                            let r = match m {
+                                None => Err(FragmentFault::Absent),
+                                Some(m) => check_fragment(m, pool, &state.extents[id], *i, f, verify),
+                            };
+                            (*id, *i, *f, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut good: HashMap<u128, u32> = HashMap::new();
+    let mut frag_findings: BTreeMap<(u128, usize), Finding> = BTreeMap::new();
+    for (id, i, f, r) in results {
+        stats.fragments += 1;
+        match r {
+            Ok(bytes) => {
+                stats.fragments_good += 1;
+                stats.bytes_verified += bytes;
+                *good.entry(id).or_default() += 1;
+            }
+            Err(fault) => {
+                frag_findings.insert(
+                    (id, i),
+                    Finding::Fragment {
+                        member: f.member,
+                        extent: Uuid::from_u128(id),
+                        index: i as u32,
+                        block: f.block,
+                        fault,
+                    },
+                );
+            }
+        }
+    }
+    findings.extend(frag_findings.into_values());
+    let mut lost: Vec<(u128, u32, u32)> = Vec::new();
+    for id in &ids {
+        let needed = state.extents[id].policy().fragments_needed();
+        let g = good.get(id).copied().unwrap_or(0);
+        if g < needed {
+            lost.push((*id, g, needed));
+        }
+    }
+    if !lost.is_empty() {
+        let files = extent_files(&state);
+        for (id, g, needed) in lost {
+            findings.push(Finding::ExtentLost {
+                extent: Uuid::from_u128(id),
+                good: g,
+                needed,
+                files: files.get(&id).cloned().unwrap_or_default(),
+            });
+        }
+    }
+
+    // 8. Orphans: walk every member's data region.
+    if opts.walk_data_region() {
+        stats.data_walked = true;
+        let walked: Vec<(u32, Result<member::FragmentScan, String>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ident
+                .members
+                .values()
+                .map(|m| {
+                    let bm = bitmaps.get(&m.index).and_then(|b| b.as_ref());
+                    s.spawn(move || {
+                        let r = member::scan_fragments(m.dev.as_ref(), m.layout(), bm, FragmentScanOptions::default());
+                        (m.index, r.map_err(|e| e.to_string()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let live_checkpoint = root.checkpoint.as_ref().map(|c| c.id);
+        for (index, scan) in walked {
+            let scan = match scan {
+                Ok(s) => s,
+                Err(error) => {
+                    findings.push(Finding::Unreadable { member: index, block: 0, blocks: 0, error });
+                    continue;
+                }
+            };
+            stats.blocks_examined += scan.blocks_examined;
+            let list = runs.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+            let starts: BTreeSet<u64> = list.iter().map(|r| r.start).collect();
+            let inside = |b: u64| list.iter().any(|r| r.start < b && b < r.start + r.len);
+            for f in &scan.fragments {
+                if f.header.pool_uuid != pool {
+                    stats.foreign_headers += 1;
+                    continue;
+                }
+                if starts.contains(&f.block) || inside(f.block) {
+                    continue;
+                }
+                match f.header.kind {
+                    FragmentKind::Checkpoint => {
+                        if Some(f.header.extent_uuid) != live_checkpoint {
+                            stats.stale_checkpoint_copies += 1;
+                        }
+                    }
+                    FragmentKind::Extent if state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
+                        stats.stale_fragment_copies += 1;
+                    }
+                    FragmentKind::Extent => {
+                        stats.orphans += 1;
+                        findings.push(Finding::Orphan {
+                            member: index,
+                            block: f.block,
+                            blocks: 1 + f.payload_blocks,
+                            extent: f.header.extent_uuid,
+                            fragment_index: f.header.fragment_index,
+                            allocated_in_bitmap: f.free_in_bitmap.map(|free| free < 1 + f.payload_blocks),
+                        });
+                    }
+                }
+            }
+            for b in &scan.bad_headers {
+                if !starts.contains(&b.block) && !inside(b.block) {
+                    findings.push(Finding::BadHeaderInFreeSpace {
+                        member: index,
+                        block: b.block,
+                        problem: b.error.to_string(),
+                    });
+                }
+            }
+            for u in &scan.unreadable {
+                findings.push(Finding::Unreadable { member: index, block: u.block, blocks: u.blocks, error: u.error.clone() });
+            }
+        }
+    }
+
+    pass.findings = findings;
+    pass.stats = stats;
+    pass
+}
+
+/// Read and verify one checkpoint copy; its payload, or what is wrong.
+fn read_checkpoint_copy(ident: &Ident, pool: Uuid, c: &CheckpointRef, l: &CheckpointLocator) -> Result<Vec<u8>, String> {
+    let m = ident.members.get(&l.member_index).ok_or_else(|| "its member is not present".to_string())?;
+    let layout = m.layout();
+    let data = layout.region(RegionKind::Data);
+    let bs = layout.block_size as u64;
+    if l.offset < data.start || l.offset + l.len > data.end() || !(l.offset - data.start).is_multiple_of(bs) {
+        return Err(format!("locator {}+{} lies outside the data region", l.offset, l.len));
+    }
+    if l.len < bs + c.len {
+        return Err(format!("locator of {} bytes is too short for {} bytes", l.len, c.len));
+    }
+    let buf = read_bytes(m.dev.as_ref(), l.offset, (bs + c.len) as usize).map_err(|e| format!("unreadable: {e}"))?;
+    let h = FragmentHeader::decode(&buf[..FRAGMENT_HEADER_LEN]).map_err(|e| format!("bad header: {e}"))?;
+    if h.kind != FragmentKind::Checkpoint || h.pool_uuid != pool || h.extent_uuid != c.id {
+        return Err(format!("the header names {:?} {} of pool {}, not checkpoint {}", h.kind, h.extent_uuid, h.pool_uuid, c.id));
+    }
+    if h.payload_len as u64 != c.len {
+        return Err(format!("the header says {} bytes, the root {}", h.payload_len, c.len));
+    }
+    let payload = &buf[bs as usize..];
+    if blake3::hash(payload).as_bytes() != &c.blake3 {
+        return Err("payload does not match the root's BLAKE3".into());
+    }
+    Ok(payload.to_vec())
+}
+
+/// Judge the on-disk bitmap of one member against its references; the
+/// scan is returned when authoritative (for the orphan walk).
+fn check_bitmap(m: &Present, pool: Uuid, generation: u64, runs: &[RefRun]) -> (Vec<Finding>, Option<member::BitmapScan>) {
+    let scan = match member::read_bitmap(m.dev.as_ref(), m.layout(), pool) {
+        Ok(s) => s,
+        Err(e) => {
+            let problem = format!("bitmap unreadable: {e}");
+            return (vec![Finding::Bitmap { member: m.index, authoritative: false, problem }], None);
+        }
+    };
+    let gens: BTreeSet<u64> = scan.blocks.iter().filter_map(|b| b.result.as_ref().ok()).map(|h| h.generation).collect();
+    let bad = scan.bad_blocks();
+    let authoritative = !gens.is_empty() && gens.iter().all(|g| *g == generation);
+    if !authoritative {
+        let gens: Vec<String> = gens.iter().map(|g| g.to_string()).collect();
+        let mut problem = format!(
+            "not judged: the on-disk bitmap is of generation {} and the root of {generation} (the engine derives \
+             allocation from the metadata and writes the bitmap region only at mkfs)",
+            if gens.is_empty() { "-".to_string() } else { gens.join(", ") }
+        );
+        if bad > 0 {
+            problem.push_str(&format!("; {bad} bitmap blocks do not verify"));
+        }
+        return (vec![Finding::Bitmap { member: m.index, authoritative: false, problem }], None);
+    }
+    let mut out = Vec::new();
+    if bad > 0 {
+        let first = scan.blocks.iter().find(|b| b.result.is_err()).expect("one bad block");
+        let e = first.result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        out.push(Finding::Bitmap {
+            member: m.index,
+            authoritative: true,
+            problem: format!("{bad} bitmap blocks do not verify (first: block {}: {e})", first.index),
+        });
+    }
+    let mut referenced = vec![false; scan.data_blocks as usize];
+    let mut clear = (0u64, None);
+    for r in runs {
+        for b in r.start..(r.start + r.len).min(scan.data_blocks) {
+            referenced[b as usize] = true;
+            if scan.is_used(b) == Some(false) {
+                clear.0 += 1;
+                clear.1.get_or_insert(b);
+            }
+        }
+    }
+    if let (n, Some(b)) = clear {
+        out.push(Finding::Bitmap {
+            member: m.index,
+            authoritative: true,
+            problem: format!("{n} referenced blocks are free in the bitmap (first: data block {b})"),
+        });
+    }
+    let leaked: Vec<u64> =
+        (0..scan.data_blocks).filter(|b| !referenced[*b as usize] && scan.is_used(*b) == Some(true)).collect();
+    if let Some(b) = leaked.first() {
+        out.push(Finding::Bitmap {
+            member: m.index,
+            authoritative: true,
+            problem: format!("{} blocks are allocated in the bitmap but referenced by nothing (first: {b})", leaked.len()),
+        });
+    }
+    (out, Some(scan))
+}
+
+/// Check one fragment from its member: header against the extent table,
+/// and with `verify` the payload's BLAKE3. Returns the payload bytes hashed.
+fn check_fragment(m: &Present, pool: Uuid, e: &Extent, index: usize, loc: &FragLoc, verify: bool) -> Result<u64, FragmentFault> {
+    let layout = m.layout();
+    let bs = layout.block_size as u64;
+    let policy = e.policy();
+    let payload_len = redundancy::shard_len(policy, e.len) as u64;
+    let need = 1 + payload_len.div_ceil(bs);
+    if loc.blocks as u64 != need {
+        return Err(FragmentFault::Mismatch(format!(
+            "the extent table gives it {} blocks, a {payload_len}-byte fragment needs {need}",
+            loc.blocks
+        )));
+    }
+    if loc.block + need > layout.data_blocks() {
+        return Err(FragmentFault::Mismatch("its location lies outside the data region".into()));
+    }
+    let len = if verify { need * bs } else { bs };
+    let buf = read_bytes(m.dev.as_ref(), layout.data_offset(loc.block), len as usize)
+        .map_err(|err| FragmentFault::Unreadable(err.to_string()))?;
+    let h = FragmentHeader::decode(&buf[..FRAGMENT_HEADER_LEN]).map_err(|err| FragmentFault::BadHeader(err.to_string()))?;
+    let why = if h.kind != FragmentKind::Extent {
+        Some("not an extent fragment".to_string())
+    } else if h.pool_uuid != pool {
+        Some(format!("pool {}", h.pool_uuid))
+    } else if h.extent_uuid.as_u128() != e.id {
+        Some(format!("extent {}", h.extent_uuid))
+    } else if h.fragment_index as usize != index {
+        Some(format!("fragment index {}", h.fragment_index))
+    } else if h.policy != policy || h.fragment_count as u32 != policy.fragment_count() {
+        Some(format!("policy {} with {} fragments", h.policy, h.fragment_count))
+    } else if h.extent_len != e.len || h.extent_blake3 != e.blake3 {
+        Some("extent length or BLAKE3".to_string())
+    } else if h.payload_len as u64 != payload_len {
+        Some(format!("payload length {}, expected {payload_len}", h.payload_len))
+    } else if matches!(policy, Policy::Replication { .. }) && h.payload_blake3 != e.blake3 {
+        Some("a replica whose payload BLAKE3 is not the extent's".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(FragmentFault::Mismatch(why));
+    }
+    if !verify {
+        return Ok(0);
+    }
+    let payload = &buf[bs as usize..(bs + payload_len) as usize];
+    if blake3::hash(payload).as_bytes() != &h.payload_blake3 {
+        return Err(FragmentFault::BadPayload);
+    }
+    Ok(payload_len)
+}
+
+/// Extent id → the files (path and byte offset) it belongs to.
+fn extent_files(state: &State) -> HashMap<u128, Vec<String>> {
+    let mut paths: HashMap<u64, String> = HashMap::new();
+    paths.insert(ROOT_INO, "/".into());
+    let mut queue = vec![ROOT_INO];
+    while let Some(dir) = queue.pop() {
+        let Some(Body::Dir { entries, .. }) = state.inodes.get(&dir).map(|i| &i.body) else { continue };
+        let base = paths.get(&dir).cloned().unwrap_or_default();
+        for (name, child) in entries {
+            if paths.contains_key(child) {
+                continue;
+            }
+            let name = String::from_utf8_lossy(name);
+            let p = if base == "/" { format!("/{name}") } else { format!("{base}/{name}") };
+            paths.insert(*child, p);
+            queue.push(*child);
+        }
+    }
+    let mut out: HashMap<u128, Vec<String>> = HashMap::new();
+    for (ino, inode) in &state.inodes {
+        if let Body::File(map) = &inode.body {
+            let path = paths.get(ino).cloned().unwrap_or_else(|| format!("<inode {ino}>"));
+            for (idx, id) in map {
+                out.entry(*id).or_default().push(format!("{path} at byte {}", idx * crate::engine::state::EXTENT_SIZE));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- repair
+
+/// Findings the engine's read-write open (a checkpoint) or its repair path fixes.
+fn needs_engine(f: &Finding) -> bool {
+    matches!(
+        f,
+        Finding::RootSlot { .. }
+            | Finding::RootRingStale { .. }
+            | Finding::JournalCopy { .. }
+            | Finding::CheckpointCopy { .. }
+            | Finding::UnlinkedInode { .. }
+            | Finding::Fragment { .. }
+    )
+}
+
+fn frag_fault(f: &FragmentFault) -> FragFault {
+    match f {
+        FragmentFault::Absent => FragFault::Absent,
+        FragmentFault::Unreadable(e) => FragFault::Io(e.clone()),
+        other => FragFault::Corrupt(other.to_string()),
+    }
+}
+
+/// The repair steps of the module doc. Returns the failures (as findings).
+fn repair(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Vec<Finding> {
+    let mut failed = Vec::new();
+    // Superblock copies, directly.
+    for m in ident.members.values() {
+        if m.choice.needs_repair() {
+            match member::repair_superblock(m.dev.as_ref(), &m.choice) {
+                Ok(r) => stats.superblocks_rewritten += u32::from(r.rewrote_primary) + u32::from(r.rewrote_backup),
+                Err(e) => failed.push(Finding::RepairFailed {
+                    what: format!("rewrite the superblock of member {} ({})", m.index, m.name()),
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
+    if !pass.engine_ok || !pass.problems().any(needs_engine) {
+        return failed;
+    }
+    // Through the engine: open (a checkpoint), rebuild bad fragments, close.
+    let devs: Vec<Arc<dyn Device>> = ident.members.values().map(|m| m.dev.clone()).collect();
+    let pool = match Pool::open(devs, PoolOptions { no_lock: true, ..Default::default() }) {
+        Ok(p) => p,
+        Err(e) => {
+            failed.push(Finding::RepairFailed { what: "open the pool read-write".into(), error: e.to_string() });
+            return failed;
+        }
+    };
+    stats.engine_opened = true;
+    let bad_extents: BTreeSet<u128> = pass
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Fragment { extent, .. } => Some(extent.as_u128()),
+            _ => None,
+        })
+        .collect();
+    for id in bad_extents {
+        if let Err(e) = rebuild_extent(&pool, ident, id, stats) {
+            failed.push(Finding::RepairFailed {
+                what: format!("rebuild extent {}", Uuid::from_u128(id)),
+                error: e.to_string(),
+            });
+        }
+    }
+    if let Err(e) = pool.commit() {
+        failed.push(Finding::RepairFailed { what: "commit the rebuilt fragments".into(), error: e.to_string() });
+    }
+    if let Err(e) = pool.close() {
+        failed.push(Finding::RepairFailed { what: "close the pool (final checkpoint)".into(), error: e.to_string() });
+        return failed;
+    }
+    // Damaged root slots: a new root is durable in another slot; clear them.
+    for (index, slot) in &pass.damaged_slots {
+        let Some(m) = ident.members.get(index) else { continue };
+        let layout = m.layout();
+        let still_bad = member::read_root_ring(m.dev.as_ref(), layout)
+            .ok()
+            .and_then(|ring| ring.into_iter().find(|s| s.slot == *slot))
+            .is_some_and(|s| matches!(s.state, RootSlotState::Invalid(_)));
+        if !still_bad {
+            continue;
+        }
+        let zero = AlignedBuf::zeroed(layout.block_size as usize);
+        match member::write_bytes(m.dev.as_ref(), layout.root_slot_offset(*slot), &zero).and_then(|_| m.dev.sync()) {
+            Ok(()) => stats.root_slots_cleared += 1,
+            Err(e) => failed.push(Finding::RepairFailed {
+                what: format!("clear root slot {slot} of member {index}"),
+                error: e.to_string(),
+            }),
+        }
+    }
+    failed
+}
+
+/// Read extent `id` through the engine (which repairs what the read trips
+/// over), check every fragment again, and hand those still bad to the
+/// engine's repair with the verified bytes.
+fn rebuild_extent(pool: &Pool, ident: &Ident, id: u128, stats: &mut RepairStats) -> Result<(), EngineError> {
+    let Some(e) = pool.meta().state.extents.get(&id).cloned() else { return Ok(()) };
+    let bytes = pool.read_extent(&e)?;
+    stats.extents_read += 1;
+    let Some(e) = pool.meta().state.extents.get(&id).cloned() else { return Ok(()) };
+    let bad: Vec<(usize, FragFault)> = e
+        .frags
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let r = match ident.members.get(&f.member) {
+                None => Err(FragmentFault::Absent),
+                Some(m) => check_fragment(m, ident.pool, &e, i, f, true),
+            };
+            r.err().map(|fault| (i, frag_fault(&fault)))
+        })
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let frags = redundancy::encode(e.policy(), &bytes).map_err(|err| EngineError::Other(err.to_string()))?;
+    let sources: Vec<Option<&[u8]>> =
+        frags.iter().enumerate().map(|(i, f)| (!bad.iter().any(|(b, _)| *b == i)).then_some(f.bytes())).collect();
+    pool.lazy_repair(&e, &bytes, &sources, &bad);
+    stats.fragments_rebuilt += bad.len() as u64;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- entry point
+
+/// Check (and with `opts.repair` or `opts.preen`, repair) the pool whose
+/// members `devices` are. See the module doc. Errors only when nothing can
+/// be checked (exit status 8); everything found is in the report.
+pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<FsckReport, FsckError> {
+    let ident = identify(devices)?;
+    let lock_dir = opts.lock_dir();
+    let _lock = if opts.repairing() {
+        match PoolLock::acquire(&lock_dir, ident.pool) {
+            Ok(l) => Some(l),
+            Err(EngineError::PoolInUse { pool, pid, lock }) => return Err(FsckError::PoolInUse { pool, pid, lock }),
+            Err(e) => return Err(FsckError::Lock(e.to_string())),
+        }
+    } else {
+        None
+    };
+    let in_use = if opts.repairing() { None } else { pool_lock_holder(&lock_dir, ident.pool) };
+    let first = run_pass(&ident, opts, in_use);
+    let mut repairs = RepairStats::default();
+    let mut findings: Vec<Reported> = Vec::new();
+    let report_of = |f: Finding, severity: Severity, action: Option<String>| Reported {
+        severity,
+        structure: f.structure(),
+        member: f.member(),
+        message: f.to_string(),
+        action,
+        finding: f,
+    };
+    if opts.repairing() && first.problems().next().is_some() {
+        let failed = repair(&ident, &first, &mut repairs);
+        let second = identify(devices).ok().map(|id| run_pass(&id, opts, None));
+        let still: HashMap<String, &Finding> = second
+            .as_ref()
+            .map(|p| p.problems().map(|f| (f.key(), f)).collect())
+            .unwrap_or_default();
+        let before: BTreeSet<String> = first.problems().map(|f| f.key()).collect();
+        for f in &first.findings {
+            let r = if !f.is_problem() {
+                report_of(f.clone(), Severity::Info, None)
+            } else if second.is_some() && !still.contains_key(&f.key()) {
+                let action = f.repair_action().to_string();
+                report_of(f.clone(), Severity::Corrected, Some(action))
+            } else {
+                report_of(f.clone(), Severity::Left, None)
+            };
+            findings.push(r);
+        }
+        if let Some(second) = &second {
+            for f in second.problems().filter(|f| !before.contains(&f.key())) {
+                let mut r = report_of(f.clone(), Severity::Left, None);
+                r.message.push_str(" (found after the repair)");
+                findings.push(r);
+            }
+        }
+        findings.extend(failed.into_iter().map(|f| report_of(f, Severity::Left, None)));
+    } else {
+        for f in &first.findings {
+            let sev = if f.is_problem() { Severity::Left } else { Severity::Info };
+            findings.push(report_of(f.clone(), sev, None));
+        }
+    }
+    let corrected = findings.iter().filter(|r| r.severity == Severity::Corrected).count();
+    let left = findings.iter().filter(|r| r.severity == Severity::Left).count();
+    let info = findings.iter().filter(|r| r.severity == Severity::Info).count();
+    let exit_code = if corrected > 0 { EXIT_CORRECTED } else { 0 } | if left > 0 { EXIT_UNCORRECTED } else { 0 };
+    let members = ident
+        .members
+        .values()
+        .map(|m| MemberInfo {
+            index: m.index,
+            device: m.name(),
+            member_uuid: m.choice.superblock.member_uuid,
+            size: m.layout().size,
+            block_size: m.layout().block_size,
+        })
+        .collect();
+    Ok(FsckReport {
+        pool_uuid: ident.pool,
+        label: first.label.clone(),
+        mode: opts.mode(),
+        members,
+        stats: first.stats,
+        repairs,
+        findings,
+        corrected,
+        left,
+        info,
+        exit_code,
+    })
+}

@@ -1,0 +1,340 @@
+//! # The POSIX front-end: a translator from FUSE requests to engine calls
+//!
+//! [`DfsFuse`] implements `fuser::Filesystem` and nothing more: each handler
+//! opens a tracing span carrying the request id, makes one engine call
+//! (`Pool::lookup`, `Pool::write`, ...), and replies, or replies the error's
+//! errno through one macro (`fuse_error!`, which uses
+//! [`EngineError::errno`](crate::engine::EngineError::errno) and logs at a
+//! level fitting the error). Unsupported operations share
+//! `fuse_unsupported!` (ENOSYS). No storage logic lives here, so everything
+//! below is tested without a mount (`tests/engine_*.rs`).
+//!
+//! ## Mapping
+//!
+//! - Inode numbers are the engine's (root = 1 = `FUSE_ROOT_ID`). The engine
+//!   never reuses one, so the generation is always 0, and an inode lives as
+//!   long as it is linked or open, so `forget` has nothing to do.
+//! - open / create count the handle in the engine (`Pool::open_file`),
+//!   release drops it (`Pool::release`, which also flushes); an unlinked
+//!   file stays readable through its open descriptors until then.
+//! - flush (every close) writes the file's buffered extents so errors reach
+//!   `close(2)`; fsync and fdatasync commit (`Pool::fsync`), fsyncdir
+//!   commits the namespace.
+//! - Directory streams are snapshots taken at opendir (and again on
+//!   rewinddir), so concurrent changes never make `readdir` skip or repeat
+//!   an entry that was not itself changed.
+//! - Errors: [`error::errno`] is the one mapping; anything unknown is EIO.
+//!   A read-only mount is also mounted `MS_RDONLY`, so the kernel answers
+//!   EROFS before a request reaches the engine (which would say EROFS too).
+//!
+//! ## Kernel features enabled, and why
+//!
+//! - `default_permissions`: the kernel checks permissions against the
+//!   attributes we return; the engine does no permission checks.
+//! - `allow_other` when mounted by root (the mount helper's default), so
+//!   every user sees the filesystem, as with a kernel filesystem.
+//! - `max_write` 1 MiB with `FUSE_MAX_PAGES` and big writes: one write
+//!   request carries up to a whole extent (the kernel's own cap is 256
+//!   pages = 1 MiB). Read-ahead is asked for at 1 MiB; the kernel caps it
+//!   at its INIT offer (128 KiB), so [`mount`] also raises the mount's bdi
+//!   `read_ahead_kb` to 1024, which is what lets reads reach 1 MiB.
+//! - Async reads, `max_background` 64 and a multi-threaded session
+//!   (`n_threads` from [`MountConfig::threads`], one cloned `/dev/fuse` fd
+//!   per thread): requests on different files (and reads on one) run in
+//!   parallel; the engine serializes writers per file itself.
+//! - Attribute and entry caching for [`MountConfig::ttl`] (1 s by default)
+//!   and `FOPEN_KEEP_CACHE` on open: every change to the namespace and to
+//!   file data goes through this mount, so the kernel's caches are never
+//!   stale because of someone else; 1 s bounds staleness should the engine
+//!   ever change attributes on its own. No negative entries are cached.
+//! - Readdirplus (auto) where the kernel offers it, so `ls -l` costs one
+//!   round trip per directory block instead of one per entry; parallel
+//!   directory operations (lookups in one directory run concurrently).
+//! - Writeback cache: OFF. Without it the kernel sends each write(2) as it
+//!   comes (up to 1 MiB) and keeps an exact file size, so O_APPEND and
+//!   size-extending writes are resolved by the kernel; the engine already
+//!   buffers a whole extent per file, so a second buffer buys little, and
+//!   measured on these machines it cut raw FUSE write throughput (DESIGN.md).
+//! - Not implemented (ENOSYS, the kernel falls back): POSIX locks (local to
+//!   this machine, done by the kernel), lseek SEEK_DATA/SEEK_HOLE (generic:
+//!   the whole file is data), copy_file_range (read + write), fallocate
+//!   (EOPNOTSUPP to the caller), ioctl, poll, bmap.
+//!
+//! ## Mounting
+//!
+//! [`mount`] mounts and completes the FUSE handshake, returning a
+//! [`Mounted`] session to [`Mounted::run`] (blocking until `umount`) or
+//! [`Mounted::spawn`] (a background session, unmounted when dropped: what
+//! tests use). As root it calls mount(2) itself with type `fuse.dfs` and the
+//! member path as the source (so `/proc/self/mountinfo` and `findmnt` show
+//! `fuse.dfs` and the device); otherwise it goes through `fusermount3`.
+//! When the session ends, [`DfsFuse`]'s `destroy` syncs the pool; the
+//! owner then closes it (`Pool::close`: flush and checkpoint).
+
+pub mod error;
+mod fs;
+
+pub use fs::{file_attr, DfsFuse, BLKSIZE, MAX_READAHEAD, MAX_WRITE};
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
+
+use crate::engine::Pool;
+
+/// The filesystem type shown in mountinfo (`fuse.` + subtype).
+pub const FS_TYPE: &str = "fuse.dfs";
+/// The subtype.
+pub const SUBTYPE: &str = "dfs";
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Mount read-only (the pool must be opened read-only too).
+    pub read_only: bool,
+    /// Let every user in (`allow_other`); permissions are checked by the
+    /// kernel either way.
+    pub allow_other: bool,
+    /// How long the kernel may cache attributes and entries.
+    pub ttl: Duration,
+    /// Threads serving requests.
+    pub threads: usize,
+    /// The mount's source as mountinfo shows it (a member path).
+    pub source: String,
+    /// Raise the mount's read-ahead to this many KiB (0: leave it).
+    pub read_ahead_kb: u32,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        MountConfig {
+            read_only: false,
+            allow_other: false,
+            ttl: Duration::from_secs(1),
+            threads: (cpus * 2).clamp(2, 8),
+            source: "dfs".into(),
+            read_ahead_kb: MAX_READAHEAD / 1024,
+        }
+    }
+}
+
+/// A mounted filesystem whose session has not started serving yet (the
+/// handshake is done: requests queue until [`Mounted::run`] or
+/// [`Mounted::spawn`]).
+pub struct Mounted {
+    session: Session<DfsFuse>,
+    mountpoint: PathBuf,
+    /// We called mount(2) ourselves (the session does not unmount).
+    own_mount: bool,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted").field("mountpoint", &self.mountpoint).field("own_mount", &self.own_mount).finish()
+    }
+}
+
+fn config(cfg: &MountConfig, options: Vec<MountOption>) -> Config {
+    let mut c = Config::default();
+    c.mount_options = options;
+    c.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
+    c.n_threads = Some(cfg.threads.max(1));
+    c.clone_fd = cfg.threads > 1;
+    c
+}
+
+fn cstr(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a mount argument"))
+}
+
+/// mount(2) of type `fuse.dfs` on a fresh `/dev/fuse` fd. `Ok(None)` when
+/// not permitted (not root): the caller falls back to `fusermount3`.
+fn mount_syscall(mountpoint: &Path, cfg: &MountConfig) -> io::Result<Option<OwnedFd>> {
+    let md = std::fs::metadata(mountpoint)?;
+    if !md.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{}: not a directory", mountpoint.display())));
+    }
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let fd: OwnedFd = dev.into();
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        fd.as_raw_fd(),
+        md.mode() & libc::S_IFMT,
+        // SAFETY: getuid/getgid have no preconditions.
+        unsafe { libc::getuid() },
+        unsafe { libc::getgid() }
+    );
+    if cfg.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    if cfg.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let (src, target, fstype, data) = (
+        cstr(cfg.source.as_bytes())?,
+        cstr(mountpoint.as_os_str().as_bytes())?,
+        cstr(FS_TYPE.as_bytes())?,
+        cstr(data.as_bytes())?,
+    );
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            return Ok(None);
+        }
+        return Err(io::Error::new(e.kind(), format!("mount {} on {}: {e}", cfg.source, mountpoint.display())));
+    }
+    Ok(Some(fd))
+}
+
+/// Lazy unmount of `mountpoint` (used when a handshake fails after mount(2)).
+fn detach(mountpoint: &Path) {
+    if let Ok(c) = cstr(mountpoint.as_os_str().as_bytes()) {
+        // SAFETY: c is NUL-terminated.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Raise the read-ahead of the mount's bdi (`/sys/class/bdi/MAJ:MIN`), so
+/// that sequential reads reach 1 MiB requests. Best effort.
+fn raise_read_ahead(mountpoint: &Path, kb: u32) {
+    if kb == 0 {
+        return;
+    }
+    let Ok(md) = std::fs::metadata(mountpoint) else { return };
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, format!("{kb}\n")) {
+        tracing::debug!("{path}: {e} (read-ahead left as is)");
+    }
+}
+
+/// Mount `pool` on `mountpoint` and complete the FUSE handshake.
+pub fn mount(pool: Arc<Pool>, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounted> {
+    if cfg.read_only != pool.read_only() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a read-only mount needs a pool opened read-only, and a read-write mount a writable pool",
+        ));
+    }
+    let fs = DfsFuse::new(pool, cfg.ttl);
+    let (session, own_mount) = match mount_syscall(mountpoint, cfg)? {
+        Some(fd) => {
+            let acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
+            match Session::from_fd(fs, fd, acl, config(cfg, Vec::new())) {
+                Ok(s) => (s, true),
+                Err(e) => {
+                    detach(mountpoint);
+                    return Err(e);
+                }
+            }
+        }
+        None => {
+            let mut opts = vec![
+                MountOption::FSName(cfg.source.clone()),
+                MountOption::Subtype(SUBTYPE.into()),
+                MountOption::DefaultPermissions,
+                MountOption::NoAtime,
+            ];
+            if cfg.read_only {
+                opts.push(MountOption::RO);
+            }
+            (Session::new(fs, mountpoint, &config(cfg, opts))?, false)
+        }
+    };
+    raise_read_ahead(mountpoint, cfg.read_ahead_kb);
+    tracing::info!(mountpoint = %mountpoint.display(), source = %cfg.source, read_only = cfg.read_only, "mounted");
+    Ok(Mounted { session, mountpoint: mountpoint.to_path_buf(), own_mount })
+}
+
+impl Mounted {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Serve requests until the filesystem is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+
+    /// Serve requests on background threads until the returned handle is
+    /// unmounted or dropped.
+    pub fn spawn(self) -> io::Result<BackgroundMount> {
+        let Mounted { session, mountpoint, own_mount } = self;
+        let bg = session.spawn()?;
+        Ok(BackgroundMount { bg: Some(bg), mountpoint, own_mount })
+    }
+}
+
+/// A mount served by background threads; unmounted (and the threads
+/// joined) by [`BackgroundMount::unmount`] or on drop, also on panic.
+#[derive(Debug)]
+pub struct BackgroundMount {
+    bg: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    own_mount: bool,
+}
+
+impl BackgroundMount {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmount and wait until the session has ended (and synced the pool).
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.unmount_inner(false)
+    }
+
+    fn unmount_inner(&mut self, lazy_fallback: bool) -> io::Result<()> {
+        let Some(bg) = self.bg.take() else { return Ok(()) };
+        if !self.own_mount {
+            return bg.umount_and_join();
+        }
+        let target = cstr(self.mountpoint.as_os_str().as_bytes())?;
+        let mut last = None;
+        for _ in 0..50 {
+            // SAFETY: target is NUL-terminated.
+            if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+                last = None;
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                last = Some(e);
+                break;
+            }
+            last = Some(e);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(e) = last {
+            if !lazy_fallback {
+                self.bg = Some(bg);
+                return Err(io::Error::new(e.kind(), format!("umount {}: {e}", self.mountpoint.display())));
+            }
+            // SAFETY: target is NUL-terminated.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        bg.join()
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner(true) {
+            tracing::warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests: `mod common;` in a test file.
+#![allow(dead_code)]
+
+pub mod loopdev;
+
+pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};

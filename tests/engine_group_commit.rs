@@ -1,0 +1,142 @@
+//! Group commit: concurrent fsyncs share device syncs.
+//!
+//! Story: many writers each create a file, write 4 KiB and fsync it, in a
+//! loop (a mail spool, a build farm's object store). One commit costs one
+//! sync per member that received fragment data plus one per journal copy;
+//! with N writers waiting on the commit lock, the first to get it commits
+//! the ops of all of them, and the others find their ops durable and return
+//! without a sync. So device syncs per fsync must fall well below 1 as
+//! writers are added.
+//!
+//! Two devices: plain `MemDevice`s (sync is free, so only the commit's CPU
+//! time lets ops pile up), and `MemDevice`s behind a wrapper whose sync takes
+//! 200 µs (a fast NVMe flush), which is what makes group commit matter.
+
+use dfs_format::Policy;
+use dynamicfs::device::{Device, DeviceIdentity, MemDevice};
+use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// A device whose `sync` takes a fixed time (everything else delegated).
+#[derive(Debug)]
+struct SlowSync {
+    inner: MemDevice,
+    latency: Duration,
+}
+
+impl Device for SlowSync {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn identity(&self) -> &DeviceIdentity {
+        self.inner.identity()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> dynamicfs::device::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> dynamicfs::device::Result<()> {
+        self.inner.write_at(offset, buf)
+    }
+    fn sync(&self) -> dynamicfs::device::Result<()> {
+        std::thread::sleep(self.latency);
+        self.inner.sync()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    fsyncs: u64,
+    device_syncs: u64,
+    commits: u64,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn syncs_per_fsync(&self) -> f64 {
+        self.device_syncs as f64 / self.fsyncs as f64
+    }
+}
+
+/// `threads` writers, each doing create + write 4 KiB + fsync `per_thread`
+/// times on a fresh 4-member replication:2 pool.
+fn run(threads: usize, per_thread: usize, sync_latency: Duration) -> Outcome {
+    let devs: Vec<Arc<dyn Device>> = (0..4)
+        .map(|i| {
+            let inner = MemDevice::named(&format!("mem{i}"), 256 * MIB, 4096);
+            Arc::new(SlowSync { inner, latency: sync_latency }) as Arc<dyn Device>
+        })
+        .collect();
+    let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref()).collect();
+    dynamicfs::mkfs::format_devices(&refs, "group-commit", Policy::Replication { copies: 2 }).expect("mkfs");
+    let pool = Pool::open(devs, PoolOptions { no_lock: true, ..Default::default() }).expect("open");
+    let before = (pool.counters.device_syncs.load(Ordering::Relaxed), pool.counters.commits.load(Ordering::Relaxed));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let pool = &pool;
+            s.spawn(move || {
+                let data = vec![t as u8 | 1; 4096];
+                for i in 0..per_thread {
+                    let name = format!("t{t}-{i}");
+                    let (ino, _) = pool.create(ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0).expect("create");
+                    pool.write(ino, 0, &data).expect("write");
+                    pool.fsync(ino).expect("fsync");
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    let out = Outcome {
+        fsyncs: (threads * per_thread) as u64,
+        device_syncs: pool.counters.device_syncs.load(Ordering::Relaxed) - before.0,
+        commits: pool.counters.commits.load(Ordering::Relaxed) - before.1,
+        elapsed,
+    };
+    // Everything fsynced is there.
+    assert_eq!(pool.readdir(ROOT_INO).unwrap().len(), threads * per_thread);
+    assert!(pool.state_snapshot().check().is_empty());
+    eprintln!(
+        "{threads:>3} writers, sync latency {:>4} µs: {} fsyncs, {} commits, {} device syncs: {:.3} syncs/fsync, {:.2} fsyncs/commit, {:.0} fsyncs/s",
+        sync_latency.as_micros(),
+        out.fsyncs,
+        out.commits,
+        out.device_syncs,
+        out.syncs_per_fsync(),
+        out.fsyncs as f64 / out.commits.max(1) as f64,
+        out.fsyncs as f64 / elapsed.as_secs_f64()
+    );
+    out
+}
+
+#[test]
+fn one_writer_pays_a_full_commit_per_fsync() {
+    // The baseline the others are measured against: 2 data members + 3
+    // journal copies per fsync.
+    let o = run(1, 200, Duration::ZERO);
+    assert_eq!(o.commits, o.fsyncs);
+    assert!((4.5..=5.5).contains(&o.syncs_per_fsync()), "{o:?}");
+}
+
+#[test]
+fn concurrent_fsyncs_share_syncs_on_mem_devices() {
+    let o8 = run(8, 150, Duration::ZERO);
+    let o64 = run(64, 40, Duration::ZERO);
+    assert!(o64.syncs_per_fsync() < 0.5, "64 writers: {:.3} device syncs per fsync ({o64:?})", o64.syncs_per_fsync());
+    assert!(o8.syncs_per_fsync() < 5.0, "8 writers: {o8:?}");
+}
+
+#[test]
+fn concurrent_fsyncs_share_syncs_with_sync_latency() {
+    let latency = Duration::from_micros(200);
+    let o8 = run(8, 60, latency);
+    let o64 = run(64, 20, latency);
+    assert!(o8.syncs_per_fsync() < 2.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
+    assert!(o64.syncs_per_fsync() < 0.5, "64 writers: {:.3} device syncs per fsync ({o64:?})", o64.syncs_per_fsync());
+}

@@ -1,0 +1,6 @@
+//! The `dfs` command line, one module per subcommand, and what `mount.dfs`
+//! shares with `dfs mount` (the same code path: [`mount`]).
+
+pub mod mount;
+pub mod mountinfo;
+pub mod status;

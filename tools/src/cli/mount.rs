@@ -1,0 +1,473 @@
+//! Mounting a pool: `mount.dfs DEV DIR [-sfnv] [-o opts]` (what `mount -t
+//! dfs` and fstab run) and `dfs mount --pool MEMBER --mountpoint DIR`, one
+//! code path.
+//!
+//! ## Options (`-o`, comma-separated, repeatable)
+//!
+//! `ro`, `rw`, `allow_other` (the default when root), `policy=P` (the
+//! policy new files get: validated, then pinned on the root directory as
+//! `user.dfs.policy`, so everything created under it inherits it; it
+//! persists like any xattr), `verify` (read back and check every fragment
+//! after writing it), `device=PATH` (another member to look at first;
+//! repeatable), `log=FILE`, `degraded` (mount although members the pool
+//! has were not found; without it that is an error, as with btrfs). `defaults`, `auto`, `noauto`, `_netdev`,
+//! `nofail`, `user`, `users`, `nouser`, `owner`, `group`, `x-*` and
+//! `comment=*` (fstab's and systemd's) are accepted and ignored. Anything
+//! else is an error unless `-s` (sloppy) is given.
+//!
+//! ## Flags
+//!
+//! `-f` stays in the foreground (logs to stderr unless `log=`); `-v` says
+//! what was mounted; `-n` (no mtab) and `-s` are accepted for mount(8).
+//! mount(8)'s own `-f` (fake) never runs the helper, so `-f` is free here.
+//!
+//! ## Detaching, and why the fork comes first
+//!
+//! The helper forks before anything else; the child opens the pool
+//! ([`dynamicfs::discover`]), mounts, completes the FUSE handshake, then
+//! writes `ready` on a pipe and serves until `umount`. The parent waits for
+//! that word (or an error line, or the child's death), checks that
+//! mountinfo lists DIR as `fuse.dfs`, and only then exits 0; otherwise it
+//! prints the one error line and exits 1. Forking after opening would hand
+//! the child io_uring rings and a pool lock recording the parent's PID,
+//! and threads do not survive fork; forking first keeps all of that in the
+//! process that uses it, with the same behaviour seen from outside.
+//!
+//! The daemon logs JSON lines to `log=FILE` or `/var/log/dfs-<pool>.log`
+//! (filter from `DFS_LOG`, default `info`). `umount DIR` ends the session;
+//! the pool is then synced and closed (flush + checkpoint) and the daemon
+//! exits. SIGTERM, SIGINT and SIGHUP unmount (lazily if busy) to the same
+//! end. A daemon killed outright loses only what was not fsynced: the
+//! journal makes the next open clean (run `umount DIR` first to remove the
+//! dead mount).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfs_format::Policy;
+use dynamicfs::discover::{find_members, open_members, DiscoverOptions, PoolSource};
+use dynamicfs::engine::namespace::POLICY_XATTR;
+use dynamicfs::engine::{Pool, PoolOptions, XattrMode, ROOT_INO};
+use dynamicfs::fuse::{MountConfig, FS_TYPE};
+
+use super::mountinfo;
+
+/// Options ignored (fstab / systemd / mount(8) bookkeeping).
+const IGNORED: &[&str] = &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"];
+
+/// What `-o` said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// `None`: the default (on when root).
+    pub allow_other: Option<bool>,
+    pub policy: Option<Policy>,
+    pub verify: bool,
+    /// Mount even when members are missing.
+    pub degraded: bool,
+    pub devices: Vec<PathBuf>,
+    pub log: Option<PathBuf>,
+}
+
+/// Parse `-o` lists (each comma-separated).
+pub fn parse_options(lists: &[String], sloppy: bool) -> Result<MountOptions, String> {
+    let mut o = MountOptions::default();
+    for opt in lists.iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("ro", None) => o.read_only = true,
+            ("rw", None) => o.read_only = false,
+            ("allow_other", None) => o.allow_other = Some(true),
+            ("verify", None) => o.verify = true,
+            ("degraded", None) => o.degraded = true,
+            ("policy", Some(v)) => {
+                o.policy = Some(v.parse().map_err(|e| format!("policy={v}: {e}"))?);
+            }
+            ("device", Some(v)) if !v.is_empty() => o.devices.push(PathBuf::from(v)),
+            ("log", Some(v)) if !v.is_empty() => o.log = Some(PathBuf::from(v)),
+            (k, None) if IGNORED.contains(&k) => {}
+            (k, _) if k.starts_with("x-") || k == "comment" => {}
+            _ if sloppy => {}
+            _ => return Err(format!("unknown mount option {opt:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// A mount request, from either command line.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    /// A member path or `UUID=<pool-uuid>`.
+    pub source: String,
+    pub mountpoint: PathBuf,
+    pub options: Vec<String>,
+    pub foreground: bool,
+    pub sloppy: bool,
+    pub verbose: bool,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Everything checked and made absolute before the fork.
+struct Prepared {
+    source: PoolSource,
+    mountpoint: PathBuf,
+    opts: MountOptions,
+    foreground: bool,
+}
+
+fn prepare(req: &MountRequest) -> Result<Prepared, String> {
+    let opts = parse_options(&req.options, req.sloppy)?;
+    let mountpoint = std::fs::canonicalize(&req.mountpoint)
+        .map_err(|e| format!("{}: mount point: {e}", req.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        return Err(format!("{}: mount point is not a directory", mountpoint.display()));
+    }
+    let source = match PoolSource::parse(&req.source).map_err(|e| e.to_string())? {
+        PoolSource::Member(p) => {
+            PoolSource::Member(std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+        }
+        u => u,
+    };
+    let mut opts = opts;
+    for d in &mut opts.devices {
+        *d = std::fs::canonicalize(&*d).map_err(|e| format!("device={}: {e}", d.display()))?;
+    }
+    opts.log = opts.log.as_deref().map(absolute);
+    Ok(Prepared { source, mountpoint, opts, foreground: req.foreground })
+}
+
+/// Mount as `req` says; returns the process exit status.
+pub fn run(prog: &str, req: &MountRequest) -> ExitCode {
+    let p = match prepare(req) {
+        Ok(p) => p,
+        Err(e) => return crate::fail(prog, &e),
+    };
+    if p.foreground {
+        return match serve(&p, None, req.verbose) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => crate::fail(prog, &e),
+        };
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return crate::fail(prog, &format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded so far (nothing has spawned a thread), so
+    // the child may run arbitrary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return crate::fail(prog, &format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(rd);
+        daemonize();
+        let mut notify = wr;
+        let code = match serve(&p, Some(&mut notify), false) {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = writeln!(notify, "error: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+    drop(wr);
+    let mut said = String::new();
+    let _ = rd.read_to_string(&mut said);
+    if let Some(msg) = said.lines().find_map(|l| l.strip_prefix("error: ")) {
+        let _ = wait_child(pid, None);
+        return crate::fail(prog, &msg);
+    }
+    if !said.lines().any(|l| l == "ready") {
+        let status = wait_child(pid, None);
+        return crate::fail(prog, &format!("the mount daemon exited ({status}) before the mount was live"));
+    }
+    match wait_live(&p.mountpoint, pid, Duration::from_secs(10)) {
+        Ok(()) => {
+            if req.verbose {
+                println!("{prog}: {} mounted on {} (daemon pid {pid})", p.source, p.mountpoint.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => crate::fail(prog, &e),
+    }
+}
+
+/// Detach from the caller: new session, `/` as cwd, std fds on /dev/null
+/// (a caller reading our stdout, as `$(mount ...)` does, must see EOF).
+fn daemonize() {
+    // SAFETY: plain syscalls on fds and paths we own.
+    unsafe {
+        libc::setsid();
+        let _ = libc::chdir(c"/".as_ptr());
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}
+
+/// Reap `pid` (waiting up to `timeout`, or forever) and describe its status.
+fn wait_child(pid: libc::pid_t, timeout: Option<Duration>) -> String {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        let flags = if timeout.is_some() { libc::WNOHANG } else { 0 };
+        // SAFETY: waitpid on our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == pid {
+            return if libc::WIFEXITED(status) {
+                format!("exit status {}", libc::WEXITSTATUS(status))
+            } else if libc::WIFSIGNALED(status) {
+                format!("killed by signal {}", libc::WTERMSIG(status))
+            } else {
+                format!("status {status}")
+            };
+        }
+        if r < 0 || timeout.is_some_and(|t| start.elapsed() > t) {
+            return "still running".into();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until mountinfo lists `dir` as `fuse.dfs`, or the daemon died.
+fn wait_live(dir: &Path, pid: libc::pid_t, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if mountinfo::find(dir, FS_TYPE).is_some() {
+            return Ok(());
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            return Err(format!("the mount daemon exited before {} appeared in mountinfo", dir.display()));
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("{} did not appear in mountinfo within {timeout:?}", dir.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn init_logging(log: Option<&Path>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = || EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let res = match log {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("log file {}: {e}", p.display()))?;
+            tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::sync::Mutex::new(f)).try_init()
+        }
+        None => tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).try_init(),
+    };
+    // Already set (a test harness): keep that one.
+    let _ = res;
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    Ok(())
+}
+
+/// Block the termination signals in this thread (and so in every thread
+/// spawned after), and turn them into an unmount of `dir` on a thread of
+/// their own.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn unmount_on_signal(set: libc::sigset_t, dir: PathBuf) {
+    let spawned = std::thread::Builder::new().name("dfs-signals".into()).spawn(move || {
+        let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return };
+        loop {
+            let mut sig = 0;
+            // SAFETY: set is a valid signal set; sig receives the signal number.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            tracing::info!(signal = sig, "signal received: unmounting {}", dir.display());
+            // SAFETY: target is NUL-terminated.
+            if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!("umount {}: {e}; detaching lazily", dir.display());
+                // SAFETY: as above.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("no signal thread ({e}): signals will kill the daemon");
+    }
+}
+
+/// Open the pool, mount, say `ready` on `notify`, serve until unmounted,
+/// close the pool.
+fn serve(p: &Prepared, notify: Option<&mut File>, verbose: bool) -> Result<(), String> {
+    let ro = p.opts.read_only;
+    let dopts = DiscoverOptions { extra: p.opts.devices.clone(), ..Default::default() };
+    let found = find_members(&p.source, &dopts).map_err(|e| e.to_string())?;
+    let log = match (&p.opts.log, notify.is_some()) {
+        (Some(l), _) => Some(l.clone()),
+        (None, true) => Some(PathBuf::from(format!("/var/log/dfs-{}.log", found.pool_uuid))),
+        (None, false) => None,
+    };
+    init_logging(log.as_deref())?;
+    let sigset = block_signals();
+    for n in &found.notes {
+        tracing::warn!("{n}");
+    }
+    if !found.missing.is_empty() {
+        let list = found.missing.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        if !p.opts.degraded {
+            return Err(format!(
+                "pool {}: member(s) {list} not found (name them with -o device=PATH, or mount with -o degraded)",
+                found.pool_uuid
+            ));
+        }
+        tracing::warn!(missing = %list, "members not found; mounting degraded");
+    }
+    let devs = open_members(&found, ro).map_err(|e| e.to_string())?;
+    let pool = Pool::open(devs, PoolOptions { read_only: ro, verify_writes: p.opts.verify, ..Default::default() })
+        .map_err(|e| format!("pool {}: {e}", found.pool_uuid))?;
+    for line in &pool.open_report {
+        tracing::warn!("open: {line}");
+    }
+    if let Some(policy) = p.opts.policy {
+        apply_policy(&pool, policy)?;
+    }
+    let source = match &p.source {
+        PoolSource::Member(path) => path.display().to_string(),
+        PoolSource::Uuid(_) => found.members.values().next().map(|m| m.path.display().to_string()).unwrap_or_default(),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cfg = MountConfig {
+        read_only: ro,
+        allow_other: p.opts.allow_other.unwrap_or(root),
+        source,
+        ..Default::default()
+    };
+    let pool = Arc::new(pool);
+    let mounted = dynamicfs::fuse::mount(pool.clone(), &p.mountpoint, &cfg)
+        .map_err(|e| format!("mount on {}: {e}", p.mountpoint.display()))?;
+    tracing::info!(
+        pool = %found.pool_uuid,
+        members = found.members.len(),
+        mountpoint = %p.mountpoint.display(),
+        read_only = ro,
+        "serving"
+    );
+    if let Some(n) = notify {
+        let _ = writeln!(n, "ready");
+    }
+    if verbose {
+        eprintln!("mounted pool {} on {} (foreground)", found.pool_uuid, p.mountpoint.display());
+    }
+    unmount_on_signal(sigset, p.mountpoint.clone());
+    let served = mounted.run();
+    if let Err(e) = &served {
+        tracing::error!("FUSE session ended with an error: {e}");
+    }
+    let closed = match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.close(),
+        Err(pool) if ro => {
+            drop(pool);
+            Ok(())
+        }
+        Err(pool) => pool.sync_all().and_then(|()| pool.checkpoint()),
+    };
+    match closed {
+        Ok(()) => {
+            tracing::info!(pool = %found.pool_uuid, "unmounted; pool closed");
+            served.map_err(|e| format!("FUSE session: {e}"))
+        }
+        Err(e) => {
+            tracing::error!("closing the pool: {e}");
+            Err(format!("closing pool {}: {e}", found.pool_uuid))
+        }
+    }
+}
+
+/// `policy=P`: refuse one the pool's members can't satisfy, then pin it on
+/// the root directory (inherited by everything created below).
+fn apply_policy(pool: &Pool, policy: Policy) -> Result<(), String> {
+    if pool.read_only() {
+        return Err("policy= needs a read-write mount".into());
+    }
+    let members = pool.members().iter().flatten().count();
+    if policy.fragment_count() as usize > members {
+        return Err(format!("policy={policy} needs {} members; the pool has {members}", policy.fragment_count()));
+    }
+    let want = policy.to_string();
+    if pool.getxattr(ROOT_INO, POLICY_XATTR).ok().as_deref() == Some(want.as_bytes()) {
+        return Ok(());
+    }
+    pool.setxattr(ROOT_INO, POLICY_XATTR, want.as_bytes(), XattrMode::Any)
+        .and_then(|()| pool.commit())
+        .map_err(|e| format!("policy={policy}: {e}"))?;
+    tracing::info!(%policy, "policy pinned on the root directory");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(s: &str) -> Result<MountOptions, String> {
+        parse_options(&[s.to_string()], false)
+    }
+
+    #[test]
+    fn options_parse() {
+        let o = opts("ro,allow_other,verify,policy=erasure:2+1,device=/a,device=/b,log=/l,defaults,noauto,_netdev,nofail")
+            .unwrap();
+        assert!(o.read_only && o.verify);
+        assert_eq!(o.allow_other, Some(true));
+        assert_eq!(o.policy, Some("erasure:2+1".parse().unwrap()));
+        assert_eq!(o.devices, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.log, Some(PathBuf::from("/l")));
+        assert!(!opts("ro,rw").unwrap().read_only);
+        assert!(opts("x-systemd.automount,comment=foo").is_ok());
+    }
+
+    #[test]
+    fn bad_options_refused() {
+        assert!(opts("policy=bogus").unwrap_err().contains("policy=bogus"));
+        assert!(opts("frobnicate").unwrap_err().contains("unknown mount option"));
+        assert!(parse_options(&["frobnicate".into()], true).is_ok());
+        assert!(opts("device=").is_err());
+    }
+}
