@@ -6,6 +6,7 @@
 //! front-ends call (`namespace`). Devices are reached only through
 //! `crate::device::Device`.
 
+pub mod admin;
 pub mod data;
 pub mod error;
 pub mod journal;

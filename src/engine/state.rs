@@ -139,6 +139,34 @@ pub struct PoolConfig {
     pub label: String,
 }
 
+/// Progress of a policy change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// One policy change in the pool's history (the audit trail of
+/// `change-policy`, `user.dfs.policy` re-encodes and migrations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    pub id: u64,
+    /// What it applies to: `/` (whole pool) or a path, as given.
+    pub scope: String,
+    /// The inode of the scope, and whether it covers subdirectories.
+    pub ino: Ino,
+    pub recursive: bool,
+    /// Target policy (4-byte encoding).
+    pub policy: [u8; 4],
+    pub started_ns: i64,
+    pub finished_ns: Option<i64>,
+    pub state: ChangeState,
+    pub extents_done: u64,
+    pub extents_total: u64,
+    pub message: String,
+}
+
 /// The whole metadata state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -147,6 +175,8 @@ pub struct State {
     pub members: Vec<MemberRec>,
     pub config: PoolConfig,
     pub next_ino: Ino,
+    /// Policy changes, oldest first.
+    pub history: Vec<PolicyChange>,
 }
 
 /// One atomic change to the state; a journal record carries a list of them
@@ -179,6 +209,8 @@ pub enum Op {
     PutMember { member: MemberRec },
     /// Change pool settings.
     SetConfig { config: PoolConfig },
+    /// Add (new id) or update a policy-change record.
+    PutPolicyChange { change: PolicyChange },
 }
 
 /// Why an op did not apply.
@@ -214,7 +246,7 @@ impl State {
                 body: Body::Dir { parent: ROOT_INO, entries: BTreeMap::new() },
             },
         );
-        State { inodes, extents: HashMap::new(), members, config, next_ino: ROOT_INO + 1 }
+        State { inodes, extents: HashMap::new(), members, config, next_ino: ROOT_INO + 1, history: Vec::new() }
     }
 
     /// The inode, or an error naming it.
@@ -393,6 +425,10 @@ impl State {
                 }
             }
             Op::SetConfig { config } => self.config = config.clone(),
+            Op::PutPolicyChange { change } => match self.history.iter_mut().find(|c| c.id == change.id) {
+                Some(c) => *c = change.clone(),
+                None => self.history.push(change.clone()),
+            },
         }
         Ok(freed)
     }

@@ -1,0 +1,375 @@
+//! # Administration: members, extents, policy changes
+//!
+//! What the `dfs` CLI and the control socket need beyond the namespace:
+//! listing members and extents (with the paths of their files), marking a
+//! member failed or draining, and changing the redundancy policy of a file,
+//! a tree or the whole pool online.
+//!
+//! A policy change re-encodes one extent at a time: read (verified, degraded
+//! reads included) → encode under the new policy → write the new fragments →
+//! queue `SetExtent` replacing the old extent, which frees the old fragments
+//! only once that commit is durable. The file stays readable throughout. The
+//! change is recorded in the pool's history (`State::history`) as Running
+//! before the first extent and Done at the end, with progress in between;
+//! after a crash or unmount, `resume_policy_changes` finishes what is still
+//! Running (extents already converted are skipped). An extent rewritten by a
+//! concurrent writer in the meantime is left alone (the writer's new extent
+//! already has the file's policy).
+//!
+//! This module never touches devices directly: it goes through the data path.
+
+use super::error::{EngineError, Result};
+use super::placement;
+use super::pool::{now_ns, Pool};
+use super::state::{Body, ChangeState, FileKind, Ino, MemberRec, MemberState, Op, PolicyChange, ROOT_INO};
+use dfs_format::Policy;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// One member as `list-disks` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberInfo {
+    pub index: u32,
+    pub path: String,
+    pub state: String,
+    pub present: bool,
+    pub size_bytes: u64,
+    pub data_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub fragments: u64,
+}
+
+/// One fragment of an extent.
+#[derive(Debug, Clone, Serialize)]
+pub struct FragmentInfo {
+    pub index: u32,
+    pub member: u32,
+    pub block: u64,
+    pub blocks: u32,
+}
+
+/// One extent as `list-extents` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtentInfo {
+    pub id: String,
+    pub ino: Ino,
+    pub path: Option<String>,
+    pub offset: u64,
+    pub len: u32,
+    pub policy: String,
+    /// Fragments on missing or failed members.
+    pub degraded_fragments: u32,
+    pub fragments: Vec<FragmentInfo>,
+}
+
+fn member_state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Online => "online",
+        MemberState::Draining => "draining",
+        MemberState::Failed => "failed",
+        MemberState::Removed => "removed",
+    }
+}
+
+impl Pool {
+    /// Every member with its space and fragment count.
+    pub fn list_members(&self) -> Vec<MemberInfo> {
+        let m = self.meta();
+        let mut frags = vec![0u64; self.members.len().max(m.state.members.len())];
+        for (_, _, f) in m.state.all_fragments() {
+            if let Some(c) = frags.get_mut(f.member as usize) {
+                *c += 1;
+            }
+        }
+        (0..frags.len())
+            .map(|i| {
+                let rec = m.state.members.get(i);
+                let mem = self.members.get(i).and_then(|x| x.as_ref());
+                let alloc = m.allocs.get(i).and_then(|a| a.as_ref());
+                let bs = mem.map(|x| x.layout.block_size as u64).unwrap_or(4096);
+                let state = match (mem, rec.map(|r| r.state)) {
+                    (None, Some(MemberState::Removed)) => "removed",
+                    (None, _) => "missing",
+                    (_, Some(s)) => member_state_name(s),
+                    (_, None) => "online",
+                };
+                MemberInfo {
+                    index: i as u32,
+                    path: mem
+                        .map(|x| x.dev.identity().path.display().to_string())
+                        .or_else(|| rec.map(|r| r.path_hint.clone()))
+                        .unwrap_or_default(),
+                    state: state.into(),
+                    present: mem.is_some(),
+                    size_bytes: mem.map(|x| x.layout.size).unwrap_or(0),
+                    data_bytes: alloc.map(|a| a.total_blocks() * bs).unwrap_or(0),
+                    used_bytes: alloc.map(|a| a.used_blocks() * bs).unwrap_or(0),
+                    free_bytes: alloc.map(|a| a.free_blocks() * bs).unwrap_or(0),
+                    fragments: frags[i],
+                }
+            })
+            .collect()
+    }
+
+    /// One path per inode (the first found walking from the root).
+    pub fn paths(&self) -> HashMap<Ino, String> {
+        let m = self.meta();
+        let mut out = HashMap::new();
+        out.insert(ROOT_INO, "/".to_string());
+        let mut stack = vec![(ROOT_INO, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            if let Some(Body::Dir { entries, .. }) = m.state.inodes.get(&dir).map(|i| &i.body) {
+                for (name, child) in entries {
+                    let p = format!("{prefix}/{}", String::from_utf8_lossy(name));
+                    if out.contains_key(child) {
+                        continue;
+                    }
+                    out.insert(*child, p.clone());
+                    if m.state.inodes.get(child).is_some_and(|c| c.attrs.kind == FileKind::Dir) {
+                        stack.push((*child, p));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every extent of every file, in (path, offset) order.
+    pub fn list_extents(&self) -> Vec<ExtentInfo> {
+        let paths = self.paths();
+        let m = self.meta();
+        let mut out = Vec::new();
+        for (ino, inode) in &m.state.inodes {
+            let Body::File(map) = &inode.body else { continue };
+            for (idx, id) in map {
+                let Some(e) = m.state.extents.get(id) else { continue };
+                let degraded = e
+                    .frags
+                    .iter()
+                    .filter(|f| {
+                        self.members.get(f.member as usize).is_none_or(|x| x.is_none())
+                            || m.state.members.get(f.member as usize).is_some_and(|r| r.state == MemberState::Failed)
+                    })
+                    .count() as u32;
+                out.push(ExtentInfo {
+                    id: uuid::Uuid::from_u128(*id).to_string(),
+                    ino: *ino,
+                    path: paths.get(ino).cloned(),
+                    offset: idx * super::state::EXTENT_SIZE,
+                    len: e.len,
+                    policy: e.policy().to_string(),
+                    degraded_fragments: degraded,
+                    fragments: e
+                        .frags
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| FragmentInfo {
+                            index: i as u32,
+                            member: f.member,
+                            block: f.block,
+                            blocks: f.blocks,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.path, a.offset).cmp(&(&b.path, b.offset)));
+        out
+    }
+
+    /// Mark a member failed, draining or online again (committed at once).
+    pub fn set_member_state(&self, index: u32, state: MemberState) -> Result<()> {
+        {
+            let mut m = self.meta();
+            let rec = m
+                .state
+                .members
+                .get(index as usize)
+                .cloned()
+                .ok_or_else(|| EngineError::Invalid(format!("no member {index}")))?;
+            self.apply_txn(&mut m, vec![Op::PutMember { member: MemberRec { state, ..rec } }])?;
+        }
+        self.commit()
+    }
+
+    /// The policy-change history, oldest first.
+    pub fn policy_history(&self) -> Vec<PolicyChange> {
+        self.meta().state.history.clone()
+    }
+
+    /// The files a change of `ino` covers: itself, or the files of a
+    /// directory (and of its subdirectories when `recursive`); plus the
+    /// directories whose inherited policy is pinned.
+    fn change_targets(&self, ino: Ino, recursive: bool) -> Result<(Vec<Ino>, Vec<Ino>)> {
+        let m = self.meta();
+        let root = m.state.inodes.get(&ino).ok_or(EngineError::NotFound)?;
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        match &root.body {
+            Body::File(_) => files.push(ino),
+            Body::Dir { .. } => {
+                let mut stack = vec![ino];
+                while let Some(d) = stack.pop() {
+                    dirs.push(d);
+                    if let Some(Body::Dir { entries, .. }) = m.state.inodes.get(&d).map(|i| &i.body) {
+                        for child in entries.values() {
+                            match m.state.inodes.get(child).map(|c| &c.body) {
+                                Some(Body::File(_)) => files.push(*child),
+                                Some(Body::Dir { .. }) if recursive => stack.push(*child),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            _ => return Err(EngineError::Invalid("policies apply to files and directories".into())),
+        }
+        files.sort_unstable();
+        files.dedup();
+        Ok((files, dirs))
+    }
+
+    fn put_change(&self, change: &PolicyChange) -> Result<()> {
+        let mut m = self.meta();
+        self.apply_txn(&mut m, vec![Op::PutPolicyChange { change: change.clone() }])?;
+        Ok(())
+    }
+
+    /// Change the policy of `ino` (a file, a directory's files, or with
+    /// `recursive` a whole tree; `ROOT_INO` + recursive = the whole pool, and
+    /// then also the pool default) online. `scope` is how the caller names it
+    /// (a path). `progress(done, total)` is called as extents are converted.
+    pub fn change_policy(
+        &self,
+        ino: Ino,
+        scope: &str,
+        recursive: bool,
+        policy: Policy,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<PolicyChange> {
+        policy.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        {
+            let m = self.meta();
+            let views = self.member_views(&m);
+            if !placement::can_satisfy(policy, &views) {
+                let online = views.iter().filter(|v| v.state == placement::MemberState::Online).count();
+                return Err(EngineError::PolicyUnsatisfiable {
+                    policy: policy.to_string(),
+                    reason: format!("needs {} online members, the pool has {online}", policy.fragment_count()),
+                });
+            }
+        }
+        let id = self.meta().state.history.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+        let change = PolicyChange {
+            id,
+            scope: scope.to_string(),
+            ino,
+            recursive,
+            policy: policy.encode(),
+            started_ns: now_ns(),
+            finished_ns: None,
+            state: ChangeState::Running,
+            extents_done: 0,
+            extents_total: 0,
+            message: String::new(),
+        };
+        self.put_change(&change)?;
+        self.commit()?;
+        self.run_change(change, progress)
+    }
+
+    /// Finish every change left Running by a crash or an unmount.
+    pub fn resume_policy_changes(&self, progress: &dyn Fn(u64, u64)) -> Result<Vec<PolicyChange>> {
+        let running: Vec<PolicyChange> =
+            self.meta().state.history.iter().filter(|c| c.state == ChangeState::Running).cloned().collect();
+        running.into_iter().map(|c| self.run_change(c, progress)).collect()
+    }
+
+    fn run_change(&self, mut change: PolicyChange, progress: &dyn Fn(u64, u64)) -> Result<PolicyChange> {
+        let policy = Policy::decode(change.policy).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let result = (|| -> Result<()> {
+            let (files, dirs) = match self.change_targets(change.ino, change.recursive) {
+                Ok(t) => t,
+                Err(EngineError::NotFound) => (Vec::new(), Vec::new()),
+                Err(e) => return Err(e),
+            };
+            // Pin the policy on what the change covers, so new extents follow it.
+            {
+                let mut m = self.meta();
+                let mut ops: Vec<Op> = files
+                    .iter()
+                    .chain(dirs.iter())
+                    .map(|&ino| Op::SetPolicy { ino, policy: Some(change.policy) })
+                    .collect();
+                if change.ino == ROOT_INO && change.recursive {
+                    let mut config = m.state.config.clone();
+                    config.default_policy = change.policy;
+                    ops.push(Op::SetConfig { config });
+                }
+                self.apply_txn(&mut m, ops)?;
+            }
+            for &f in &files {
+                self.flush(f)?;
+            }
+            let work: Vec<(Ino, u64, u128)> = {
+                let m = self.meta();
+                files
+                    .iter()
+                    .filter_map(|f| match m.state.inodes.get(f).map(|i| &i.body) {
+                        Some(Body::File(map)) => {
+                            Some(map.iter().map(move |(idx, id)| (*f, *idx, *id)).collect::<Vec<_>>())
+                        }
+                        _ => None,
+                    })
+                    .flatten()
+                    .filter(|(_, _, id)| m.state.extents.get(id).is_some_and(|e| e.policy != change.policy))
+                    .collect()
+            };
+            change.extents_total = change.extents_done + work.len() as u64;
+            for (n, (ino, idx, id)) in work.into_iter().enumerate() {
+                self.reencode_extent(ino, idx, id, policy)?;
+                change.extents_done += 1;
+                progress(change.extents_done, change.extents_total);
+                if n % 64 == 63 {
+                    self.put_change(&change)?;
+                    self.commit()?;
+                }
+            }
+            Ok(())
+        })();
+        change.finished_ns = Some(now_ns());
+        match &result {
+            Ok(()) => change.state = ChangeState::Done,
+            Err(e) => {
+                change.state = ChangeState::Failed;
+                change.message = e.to_string();
+            }
+        }
+        // Record the outcome even when the change failed (if the pool still accepts writes).
+        let recorded = self.put_change(&change).and_then(|_| self.commit());
+        result?;
+        recorded?;
+        Ok(change)
+    }
+
+    /// Re-encode extent `idx` of `ino` (currently `old`) under `policy`.
+    /// Returns false when a writer replaced the extent meanwhile.
+    pub(crate) fn reencode_extent(&self, ino: Ino, idx: u64, old: u128, policy: Policy) -> Result<bool> {
+        let e = match self.meta().state.extents.get(&old) {
+            Some(e) => e.clone(),
+            None => return Ok(false),
+        };
+        let bytes = self.read_extent(&e)?;
+        let new = self.write_extent(policy, &bytes)?;
+        let mut m = self.meta();
+        let still =
+            matches!(m.state.inodes.get(&ino).map(|i| &i.body), Some(Body::File(map)) if map.get(&idx) == Some(&old));
+        if !still {
+            drop(m);
+            self.free_uncommitted(&new.frags);
+            return Ok(false);
+        }
+        self.apply_txn(&mut m, vec![Op::SetExtent { ino, index: idx, extent: Some(new) }])?;
+        Ok(true)
+    }
+}
