@@ -337,7 +337,14 @@ pub enum Finding {
     /// An extent with too few good fragments: its data is lost.
     ExtentLost { extent: Uuid, good: u32, needed: u32, files: Vec<String> },
     /// A fragment header of this pool that nothing references.
-    Orphan { member: u32, block: u64, blocks: u64, extent: Uuid, fragment_index: u16, allocated_in_bitmap: Option<bool> },
+    Orphan {
+        member: u32,
+        block: u64,
+        blocks: u64,
+        extent: Uuid,
+        fragment_index: u16,
+        allocated_in_bitmap: Option<bool>,
+    },
     /// A fragment magic in free space that does not decode.
     BadHeaderInFreeSpace { member: u32, block: u64, problem: String },
     /// Data blocks that could not be read during the walk.
@@ -579,7 +586,7 @@ pub struct MemberInfo {
     pub block_size: u32,
 }
 
-/// What was looked at.
+/// What was looked at, as found (before any repair).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FsckStats {
     /// Members the pool has (member table, root).
@@ -807,7 +814,8 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
     let mut findings: Vec<Finding> = ident.not_members.clone();
     let mut stats = FsckStats { members_present: ident.members.len() as u32, ..Default::default() };
     let label = ident.members.values().next().map(|m| m.choice.superblock.label.clone()).unwrap_or_default();
-    let mut pass = Pass { label, findings: Vec::new(), stats: FsckStats::default(), damaged_slots: Vec::new(), engine_ok: false };
+    let mut pass =
+        Pass { label, findings: Vec::new(), stats: FsckStats::default(), damaged_slots: Vec::new(), engine_ok: false };
     if let Some(pid) = in_use {
         findings.push(Finding::PoolInUse { pid });
     }
@@ -816,12 +824,9 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
     for m in ident.members.values() {
         for (copy, status) in [(SbCopy::Primary, &m.choice.primary), (SbCopy::Backup, &m.choice.backup)] {
             if let Some(p) = &status.problem {
-                findings.push(Finding::SuperblockCopy {
-                    member: m.index,
-                    copy,
-                    offset: status.offset,
-                    problem: p.to_string(),
-                });
+                let text = p.to_string();
+                let problem = text.strip_prefix("superblock: ").unwrap_or(&text).to_string();
+                findings.push(Finding::SuperblockCopy { member: m.index, copy, offset: status.offset, problem });
             }
         }
     }
@@ -1066,9 +1071,11 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
     ids.sort_unstable();
     for id in &ids {
         for (index, f) in state.extents[id].frags.iter().enumerate() {
-            runs.entry(f.member)
-                .or_default()
-                .push(RefRun { start: f.block, len: f.blocks as u64, owner: Owner::Extent { id: *id, index } });
+            runs.entry(f.member).or_default().push(RefRun {
+                start: f.block,
+                len: f.blocks as u64,
+                owner: Owner::Extent { id: *id, index },
+            });
         }
     }
     if let Some(c) = &root.checkpoint {
@@ -1278,7 +1285,12 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
                 }
             }
             for u in &scan.unreadable {
-                findings.push(Finding::Unreadable { member: index, block: u.block, blocks: u.blocks, error: u.error.clone() });
+                findings.push(Finding::Unreadable {
+                    member: index,
+                    block: u.block,
+                    blocks: u.blocks,
+                    error: u.error.clone(),
+                });
             }
         }
     }
@@ -1289,7 +1301,12 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
 }
 
 /// Read and verify one checkpoint copy; its payload, or what is wrong.
-fn read_checkpoint_copy(ident: &Ident, pool: Uuid, c: &CheckpointRef, l: &CheckpointLocator) -> Result<Vec<u8>, String> {
+fn read_checkpoint_copy(
+    ident: &Ident,
+    pool: Uuid,
+    c: &CheckpointRef,
+    l: &CheckpointLocator,
+) -> Result<Vec<u8>, String> {
     let m = ident.members.get(&l.member_index).ok_or_else(|| "its member is not present".to_string())?;
     let layout = m.layout();
     let data = layout.region(RegionKind::Data);
@@ -1303,7 +1320,10 @@ fn read_checkpoint_copy(ident: &Ident, pool: Uuid, c: &CheckpointRef, l: &Checkp
     let buf = read_bytes(m.dev.as_ref(), l.offset, (bs + c.len) as usize).map_err(|e| format!("unreadable: {e}"))?;
     let h = FragmentHeader::decode(&buf[..FRAGMENT_HEADER_LEN]).map_err(|e| format!("bad header: {e}"))?;
     if h.kind != FragmentKind::Checkpoint || h.pool_uuid != pool || h.extent_uuid != c.id {
-        return Err(format!("the header names {:?} {} of pool {}, not checkpoint {}", h.kind, h.extent_uuid, h.pool_uuid, c.id));
+        return Err(format!(
+            "the header names {:?} {} of pool {}, not checkpoint {}",
+            h.kind, h.extent_uuid, h.pool_uuid, c.id
+        ));
     }
     if h.payload_len as u64 != c.len {
         return Err(format!("the header says {} bytes, the root {}", h.payload_len, c.len));
@@ -1317,7 +1337,12 @@ fn read_checkpoint_copy(ident: &Ident, pool: Uuid, c: &CheckpointRef, l: &Checkp
 
 /// Judge the on-disk bitmap of one member against its references; the
 /// scan is returned when authoritative (for the orphan walk).
-fn check_bitmap(m: &Present, pool: Uuid, generation: u64, runs: &[RefRun]) -> (Vec<Finding>, Option<member::BitmapScan>) {
+fn check_bitmap(
+    m: &Present,
+    pool: Uuid,
+    generation: u64,
+    runs: &[RefRun],
+) -> (Vec<Finding>, Option<member::BitmapScan>) {
     let scan = match member::read_bitmap(m.dev.as_ref(), m.layout(), pool) {
         Ok(s) => s,
         Err(e) => {
@@ -1374,7 +1399,10 @@ fn check_bitmap(m: &Present, pool: Uuid, generation: u64, runs: &[RefRun]) -> (V
         out.push(Finding::Bitmap {
             member: m.index,
             authoritative: true,
-            problem: format!("{} blocks are allocated in the bitmap but referenced by nothing (first: {b})", leaked.len()),
+            problem: format!(
+                "{} blocks are allocated in the bitmap but referenced by nothing (first: {b})",
+                leaked.len()
+            ),
         });
     }
     (out, Some(scan))
@@ -1382,7 +1410,14 @@ fn check_bitmap(m: &Present, pool: Uuid, generation: u64, runs: &[RefRun]) -> (V
 
 /// Check one fragment from its member: header against the extent table,
 /// and with `verify` the payload's BLAKE3. Returns the payload bytes hashed.
-fn check_fragment(m: &Present, pool: Uuid, e: &Extent, index: usize, loc: &FragLoc, verify: bool) -> Result<u64, FragmentFault> {
+fn check_fragment(
+    m: &Present,
+    pool: Uuid,
+    e: &Extent,
+    index: usize,
+    loc: &FragLoc,
+    verify: bool,
+) -> Result<u64, FragmentFault> {
     let layout = m.layout();
     let bs = layout.block_size as u64;
     let policy = e.policy();
@@ -1400,7 +1435,8 @@ fn check_fragment(m: &Present, pool: Uuid, e: &Extent, index: usize, loc: &FragL
     let len = if verify { need * bs } else { bs };
     let buf = read_bytes(m.dev.as_ref(), layout.data_offset(loc.block), len as usize)
         .map_err(|err| FragmentFault::Unreadable(err.to_string()))?;
-    let h = FragmentHeader::decode(&buf[..FRAGMENT_HEADER_LEN]).map_err(|err| FragmentFault::BadHeader(err.to_string()))?;
+    let h =
+        FragmentHeader::decode(&buf[..FRAGMENT_HEADER_LEN]).map_err(|err| FragmentFault::BadHeader(err.to_string()))?;
     let why = if h.kind != FragmentKind::Extent {
         Some("not an extent fragment".to_string())
     } else if h.pool_uuid != pool {
@@ -1501,7 +1537,20 @@ fn repair(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Vec<Finding> {
             }
         }
     }
-    if !pass.engine_ok || !pass.problems().any(needs_engine) {
+    // Extents with too few good fragments cannot be rebuilt: not tried.
+    let lost: BTreeSet<Uuid> = pass
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::ExtentLost { extent, .. } => Some(*extent),
+            _ => None,
+        })
+        .collect();
+    let fixable = |f: &Finding| match f {
+        Finding::Fragment { extent, .. } => !lost.contains(extent),
+        other => needs_engine(other),
+    };
+    if !pass.engine_ok || !pass.problems().any(fixable) {
         return failed;
     }
     // Through the engine: open (a checkpoint), rebuild bad fragments, close.
@@ -1518,7 +1567,7 @@ fn repair(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Vec<Finding> {
         .findings
         .iter()
         .filter_map(|f| match f {
-            Finding::Fragment { extent, .. } => Some(extent.as_u128()),
+            Finding::Fragment { extent, .. } if !lost.contains(extent) => Some(extent.as_u128()),
             _ => None,
         })
         .collect();
@@ -1623,10 +1672,8 @@ pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<Fsc
     if opts.repairing() && first.problems().next().is_some() {
         let failed = repair(&ident, &first, &mut repairs);
         let second = identify(devices).ok().map(|id| run_pass(&id, opts, None));
-        let still: HashMap<String, &Finding> = second
-            .as_ref()
-            .map(|p| p.problems().map(|f| (f.key(), f)).collect())
-            .unwrap_or_default();
+        let still: HashMap<String, &Finding> =
+            second.as_ref().map(|p| p.problems().map(|f| (f.key(), f)).collect()).unwrap_or_default();
         let before: BTreeSet<String> = first.problems().map(|f| f.key()).collect();
         for f in &first.findings {
             let r = if !f.is_problem() {

@@ -1,7 +1,8 @@
 //! Placement through the engine (issue 5): members of very different sizes
-//! fill in proportion to their free space, no member ever holds two
-//! fragments of one extent, a policy the members can't satisfy is refused
-//! (never weakened), and a full pool says ENOSPC.
+//! fill in proportion to their free space (used/total within 5 points of
+//! each other), no member ever holds two fragments of one extent, a policy
+//! the members can't satisfy is refused (never weakened), and a full pool
+//! says ENOSPC.
 
 use dfs_format::Policy;
 use dynamicfs::device::{Device, MemDevice};
@@ -91,7 +92,7 @@ fn check_proportional_fill(policy: &str) {
     let fr = fill_fractions(&pool, &st);
     let (lo, hi) = fr.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     eprintln!("{policy}: {n} extents; used/total per member {fr:.3?}");
-    assert!(hi - lo <= 0.04, "{policy}: members filled unevenly: {fr:?}");
+    assert!(hi - lo <= 0.05, "{policy}: members filled unevenly: {fr:?}");
     assert!(lo > 0.5, "{policy}: fill below target: {fr:?}");
     assert!(pool.check_allocations().is_empty(), "{:?}", pool.check_allocations());
 }
