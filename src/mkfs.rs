@@ -275,6 +275,14 @@ pub fn format_pool(members: &[MemberSpec], opts: &MkfsOptions) -> Result<PoolSum
     let devs: Vec<Arc<dyn Device>> = devs.into_iter().flatten().collect();
     let refs: Vec<&dyn Device> = devs.iter().map(|d| &**d).collect();
     let made = format_devices(&refs, &opts.label, policy)?;
+    // Open the new pool once: its first checkpoint records the member table
+    // with every member's path, which lets mount find them all from one.
+    crate::engine::Pool::open(devs.clone(), crate::engine::PoolOptions { no_lock: true, ..Default::default() })
+        .and_then(|p| p.close())
+        .map_err(|e| MkfsError::Verify {
+            device: members[0].path().to_path_buf(),
+            reason: format!("first open of the new pool: {e}"),
+        })?;
 
     let members = members
         .iter()
@@ -299,6 +307,7 @@ pub fn format_pool(members: &[MemberSpec], opts: &MkfsOptions) -> Result<PoolSum
 /// process that just closed it a moment to go away (see [`probe::LINGER`]).
 fn open_exclusive(path: &Path) -> Result<Arc<dyn Device>, DeviceError> {
     let deadline = std::time::Instant::now() + probe::LINGER;
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     loop {
         match open_member_device(path, OpenMode { read_only: false, exclusive: true }) {
             Err(DeviceError::Busy { .. }) if std::time::Instant::now() < deadline => {

@@ -293,14 +293,19 @@ impl Pool {
             }
             None => {
                 let any = members.iter().flatten().next().expect("one member");
-                let recs = members
-                    .iter()
-                    .flatten()
-                    .map(|m| MemberRec {
-                        index: m.index,
-                        uuid: m.sb.member_uuid.as_u128(),
-                        state: MemberState::Online,
-                        path_hint: m.dev.identity().path.display().to_string(),
+                // Every member of the pool, present or not (the root knows how many).
+                let count = (root.member_count as usize).max(members.len());
+                let recs = (0..count)
+                    .map(|i| match members.get(i).and_then(|m| m.as_ref()) {
+                        Some(m) => MemberRec {
+                            index: m.index,
+                            uuid: m.sb.member_uuid.as_u128(),
+                            state: MemberState::Online,
+                            path_hint: m.dev.identity().path.display().to_string(),
+                        },
+                        None => {
+                            MemberRec { index: i as u32, uuid: 0, state: MemberState::Online, path_hint: String::new() }
+                        }
                     })
                     .collect();
                 let config = PoolConfig { default_policy: any.sb.default_policy.encode(), label: any.sb.label.clone() };

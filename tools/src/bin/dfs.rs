@@ -1,5 +1,6 @@
-//! `dfs`: the DynamicFS administration command. Subcommands so far:
-//! `mount` (the same code path as `mount.dfs`) and `status`.
+//! `dfs`: the DynamicFS administration command: `mount` (the same code path
+//! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
+//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`.
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dfs_tools::cli::{mount, status};
+use dfs_tools::cli::{admin, mount, status};
 use dfs_tools::{fail, write_stdout};
 
 const PROG: &str = "dfs";
@@ -50,6 +51,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the members: state, size, used, free, fragments
+    #[command(name = "list-disks")]
+    ListDisks(Listing),
+    /// List every extent: file, offset, length, policy, members
+    #[command(name = "list-extents")]
+    ListExtents(Listing),
+    /// Extents and bytes per policy, degraded extents, losses each survives
+    #[command(name = "show-redundancy")]
+    ShowRedundancy(Listing),
+    /// Running and past policy changes with timestamps and progress
+    #[command(name = "policy-status")]
+    PolicyStatus(Listing),
+    /// Re-encode extents under another policy, online (resumable)
+    ///
+    /// Examples: `dfs change-policy --pool /dev/sdb --policy erasure:4+2` (whole pool, and its default);
+    /// `dfs change-policy --pool /dev/sdb --policy replication:3 --path /db --recursive`
+    #[command(name = "change-policy")]
+    ChangePolicy {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// replication:N or erasure:K+M
+        #[arg(long)]
+        policy: String,
+        /// A file or directory inside the pool (default: the whole pool)
+        #[arg(long)]
+        path: Option<String>,
+        /// With --path DIR: the whole tree under it
+        #[arg(long)]
+        recursive: bool,
+        /// No progress output
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Mark a member failed: nothing new goes to it; its extents are read degraded
+    #[command(name = "fail-disk")]
+    FailDisk {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Index of the member to fail (see list-disks)
+        #[arg(long)]
+        index: u32,
+    },
+}
+
+/// Arguments of the read-only listings.
+#[derive(Debug, clap::Args)]
+struct Listing {
+    /// Any member of the pool, or UUID=<pool-uuid>
+    #[arg(long, value_name = "MEMBER")]
+    pool: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+fn listing(args: &Listing, f: fn(&dynamicfs::engine::Pool, bool) -> Result<String, String>) -> ExitCode {
+    output(admin::open(&args.pool, true).and_then(|p| f(&p, args.json)))
+}
+
+fn output(r: Result<String, String>) -> ExitCode {
+    match r.map(|t| write_stdout(&t)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => fail(PROG, &e),
+        Err(e) => fail(PROG, &e),
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,5 +144,21 @@ fn main() -> ExitCode {
                 Err(e) => fail(PROG, &e),
             }
         }
+        Command::ListDisks(a) => listing(&a, admin::list_disks),
+        Command::ListExtents(a) => listing(&a, admin::list_extents),
+        Command::ShowRedundancy(a) => listing(&a, admin::show_redundancy),
+        Command::PolicyStatus(a) => listing(&a, admin::policy_status),
+        Command::ChangePolicy { pool, policy, path, recursive, quiet } => {
+            output(admin::open(&pool, false).and_then(|p| {
+                let r = admin::change_policy(&p, &policy, path.as_deref(), recursive, quiet);
+                let closed = p.close().map_err(|e| e.to_string());
+                r.and_then(|t| closed.map(|_| t))
+            }))
+        }
+        Command::FailDisk { pool, index } => output(admin::open(&pool, false).and_then(|p| {
+            let r = admin::fail_disk(&p, index);
+            let closed = p.close().map_err(|e| e.to_string());
+            r.and_then(|t| closed.map(|_| t))
+        })),
     }
 }

@@ -1,6 +1,7 @@
 //! The `dfs` command line, one module per subcommand, and what `mount.dfs`
 //! shares with `dfs mount` (the same code path: [`mount`]).
 
+pub mod admin;
 pub mod mount;
 pub mod mountinfo;
 pub mod status;
