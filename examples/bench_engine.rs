@@ -100,6 +100,10 @@ fn parse_args() -> Opts {
     o
 }
 
+/// One line of the table: name, figures, limit (device limit ÷
+/// amplification), amplification, ratio.
+type Row = (String, Stat, Option<f64>, f64, Option<f64>);
+
 /// Median, min, max.
 #[derive(Clone, Copy, Debug)]
 struct Stat {
@@ -319,15 +323,18 @@ fn write_amplification(p: Policy, block: u64) -> f64 {
 fn sh(cmd: &str) -> std::io::Result<String> {
     let out = Command::new("bash").args(["-c", cmd]).output()?;
     if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(std::io::Error::other(format!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn btrfs_profile(devices: &[PathBuf], mnt: &Path, profile: &str, mib: u64, runs: usize) -> std::io::Result<(Stat, Stat)> {
+fn btrfs_profile(
+    devices: &[PathBuf],
+    mnt: &Path,
+    profile: &str,
+    mib: u64,
+    runs: usize,
+) -> std::io::Result<(Stat, Stat)> {
     let devs: Vec<String> = devices.iter().map(|d| d.display().to_string()).collect();
     let devs = devs.join(" ");
     let mnt_s = mnt.display().to_string();
@@ -346,7 +353,10 @@ fn btrfs_profile(devices: &[PathBuf], mnt: &Path, profile: &str, mib: u64, runs:
             sh(&format!("dd if={f} of=/dev/null bs=1M iflag=direct status=none"))?;
             let r = mib as f64 / t.elapsed().as_secs_f64();
             sh(&format!("rm -f {f} && sync"))?;
-            eprintln!("  btrfs {profile} run {run}{}: write {w:.0} MiB/s, read {r:.0} MiB/s", if run == 0 { " (warm-up)" } else { "" });
+            eprintln!(
+                "  btrfs {profile} run {run}{}: write {w:.0} MiB/s, read {r:.0} MiB/s",
+                if run == 0 { " (warm-up)" } else { "" }
+            );
             if run > 0 {
                 writes.push(w);
                 reads.push(r);
@@ -387,7 +397,7 @@ fn main() {
 
     // Engine.
     let mut cases = Vec::new();
-    let mut table: Vec<(String, Stat, Option<f64>, f64, Option<f64>)> = Vec::new();
+    let mut table: Vec<Row> = Vec::new();
     let mut engine_write: Vec<(Policy, Stat)> = Vec::new();
     for &policy in &o.policies {
         let devs = open_devices(&o.devices);
@@ -436,7 +446,8 @@ fn main() {
         engine_write.push((policy, w));
         let amp = write_amplification(policy, block);
         let par = format!("read_{READERS}_threads");
-        for (kind, s, limit, amp) in [("write", w, fio_w, amp), ("read", r, fio_r, 1.0), (par.as_str(), pr, fio_r, 1.0)] {
+        for (kind, s, limit, amp) in [("write", w, fio_w, amp), ("read", r, fio_r, 1.0), (par.as_str(), pr, fio_r, 1.0)]
+        {
             let lim = limit.map(|l| l.median / amp);
             let ratio = lim.map(|l| s.median / l);
             cases.push(json!({
@@ -480,8 +491,14 @@ fn main() {
     println!();
     println!("{:<34} {:>9} {:>17} {:>11} {:>6} {:>6}", "case", "MiB/s", "min..max", "limit", "amp", "ratio");
     if let (Some(w), Some(r)) = (fio_w, fio_r) {
-        println!("{:<34} {:>9.0} {:>8.0}..{:<8.0} {:>11} {:>6} {:>6}", "fio write (all devices, QD8)", w.median, w.min, w.max, "-", "-", "-");
-        println!("{:<34} {:>9.0} {:>8.0}..{:<8.0} {:>11} {:>6} {:>6}", "fio read (all devices, QD8)", r.median, r.min, r.max, "-", "-", "-");
+        println!(
+            "{:<34} {:>9.0} {:>8.0}..{:<8.0} {:>11} {:>6} {:>6}",
+            "fio write (all devices, QD8)", w.median, w.min, w.max, "-", "-", "-"
+        );
+        println!(
+            "{:<34} {:>9.0} {:>8.0}..{:<8.0} {:>11} {:>6} {:>6}",
+            "fio read (all devices, QD8)", r.median, r.min, r.max, "-", "-", "-"
+        );
     }
     for (name, s, lim, amp, ratio) in &table {
         let lim = lim.map(|l| format!("{l:.0}")).unwrap_or_else(|| "-".into());
@@ -491,7 +508,11 @@ fn main() {
     }
     for b in &btrfs {
         if let Some(x) = b["engine_write_over_btrfs"].as_f64() {
-            println!("engine {} write / btrfs {} write: {x:.2}", b["engine_policy"].as_str().unwrap_or("?"), b["profile"].as_str().unwrap_or("?"));
+            println!(
+                "engine {} write / btrfs {} write: {x:.2}",
+                b["engine_policy"].as_str().unwrap_or("?"),
+                b["profile"].as_str().unwrap_or("?")
+            );
         }
     }
     println!(

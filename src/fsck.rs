@@ -115,7 +115,7 @@ use uuid::Uuid;
 
 use crate::device::{AlignedBuf, Device};
 use crate::engine::data::FragFault;
-use crate::engine::journal::{replay_copy, JournalCopy, JournalPos, StopReason};
+use crate::engine::journal::{replay_copy, JournalCopy, JournalPos, Replay, StopReason};
 use crate::engine::lock::{PoolLock, DEFAULT_LOCK_DIR};
 use crate::engine::pool::METADATA_COPIES;
 use crate::engine::redundancy;
@@ -798,6 +798,21 @@ struct RefRun {
     owner: Owner,
 }
 
+impl RefRun {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+impl Owner {
+    fn sort_key(&self) -> (u8, u128, usize) {
+        match self {
+            Owner::Checkpoint { copy } => (0, 0, *copy),
+            Owner::Extent { id, index } => (1, *id, *index),
+        }
+    }
+}
+
 fn stop_text(stop: &StopReason, end: &JournalPos) -> String {
     let at = format!("offset {} (seq {})", end.offset, end.seq);
     match stop {
@@ -809,421 +824,469 @@ fn stop_text(stop: &StopReason, end: &JournalPos) -> String {
     }
 }
 
+/// One read-only pass over the pool: the phases of the module doc, in order.
+/// A phase that cannot go on (no root, no checkpoint) ends the pass.
 fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
-    let pool = ident.pool;
-    let mut findings: Vec<Finding> = ident.not_members.clone();
-    let mut stats = FsckStats { members_present: ident.members.len() as u32, ..Default::default() };
-    let label = ident.members.values().next().map(|m| m.choice.superblock.label.clone()).unwrap_or_default();
-    let mut pass =
-        Pass { label, findings: Vec::new(), stats: FsckStats::default(), damaged_slots: Vec::new(), engine_ok: false };
+    let mut c = Checker {
+        ident,
+        pool: ident.pool,
+        findings: ident.not_members.clone(),
+        stats: FsckStats { members_present: ident.members.len() as u32, ..Default::default() },
+        damaged_slots: Vec::new(),
+        engine_ok: false,
+    };
     if let Some(pid) = in_use {
-        findings.push(Finding::PoolInUse { pid });
+        c.findings.push(Finding::PoolInUse { pid });
     }
+    c.superblocks();
+    if let Some(root) = c.roots() {
+        let replay = c.journal(&root);
+        if let Some(state) = c.load_state(&root, replay) {
+            c.engine_verdict();
+            let listed = c.members(&root, &state);
+            c.namespace(&state);
+            let runs = c.allocation(&root, &state, &listed);
+            let bitmaps = c.bitmaps(&root, &runs);
+            c.fragments(&state, opts.verify_data);
+            if opts.walk_data_region() {
+                c.orphans(&root, &state, &runs, &bitmaps);
+            }
+        }
+    }
+    let label = ident.members.values().next().map(|m| m.choice.superblock.label.clone()).unwrap_or_default();
+    Pass { label, findings: c.findings, stats: c.stats, damaged_slots: c.damaged_slots, engine_ok: c.engine_ok }
+}
 
-    // 1. Superblock copies.
-    for m in ident.members.values() {
-        for (copy, status) in [(SbCopy::Primary, &m.choice.primary), (SbCopy::Backup, &m.choice.backup)] {
-            if let Some(p) = &status.problem {
-                let text = p.to_string();
-                let problem = text.strip_prefix("superblock: ").unwrap_or(&text).to_string();
-                findings.push(Finding::SuperblockCopy { member: m.index, copy, offset: status.offset, problem });
+/// The state of one pass.
+struct Checker<'a> {
+    ident: &'a Ident,
+    pool: Uuid,
+    findings: Vec<Finding>,
+    stats: FsckStats,
+    damaged_slots: Vec<(u32, u64)>,
+    engine_ok: bool,
+}
+
+/// Data-block runs referenced on each member, sorted by start.
+type Runs = BTreeMap<u32, Vec<RefRun>>;
+
+impl Checker<'_> {
+    /// Phase 1: both superblock copies of every member.
+    fn superblocks(&mut self) {
+        for m in self.ident.members.values() {
+            for (copy, status) in [(SbCopy::Primary, &m.choice.primary), (SbCopy::Backup, &m.choice.backup)] {
+                if let Some(p) = &status.problem {
+                    let text = p.to_string();
+                    let problem = text.strip_prefix("superblock: ").unwrap_or(&text).to_string();
+                    self.findings.push(Finding::SuperblockCopy {
+                        member: m.index,
+                        copy,
+                        offset: status.offset,
+                        problem,
+                    });
+                }
             }
         }
     }
 
-    // 2. Root rings.
-    let mut rings: BTreeMap<u32, Vec<member::RootSlot>> = BTreeMap::new();
-    for m in ident.members.values() {
-        match member::read_root_ring(m.dev.as_ref(), m.layout()) {
-            Ok(slots) => {
-                rings.insert(m.index, slots);
+    /// Phase 2: every root ring: damaged slots, members that missed the newest
+    /// root. Returns the winning root.
+    fn roots(&mut self) -> Option<RootRecord> {
+        let pool = self.pool;
+        let mut rings: BTreeMap<u32, Vec<member::RootSlot>> = BTreeMap::new();
+        for m in self.ident.members.values() {
+            match member::read_root_ring(m.dev.as_ref(), m.layout()) {
+                Ok(slots) => {
+                    rings.insert(m.index, slots);
+                }
+                Err(e) => self.findings.push(Finding::RootRingUnreadable { member: m.index, error: e.to_string() }),
             }
-            Err(e) => findings.push(Finding::RootRingUnreadable { member: m.index, error: e.to_string() }),
         }
-    }
-    let best: Option<RootRecord> = rings
-        .values()
-        .filter_map(|slots| member::best_root(slots, pool).map(|(_, r)| r.clone()))
-        .max_by_key(|r| r.generation);
-    for (index, slots) in &rings {
-        let newest = member::best_root(slots, pool).map(|(_, r)| r.generation);
+        let best: Option<RootRecord> = rings
+            .values()
+            .filter_map(|slots| member::best_root(slots, pool).map(|(_, r)| r.clone()))
+            .max_by_key(|r| r.generation);
         let pool_newest = best.as_ref().map(|r| r.generation);
-        let newest_slot = pool_newest.map(|g| g % slots.len().max(1) as u64);
-        let stale = matches!((newest, pool_newest), (n, Some(p)) if n.is_none_or(|n| n < p));
-        let mut explained = false;
-        for s in slots {
-            if let RootSlotState::Invalid(e) = &s.state {
-                let is_newest = stale && Some(s.slot) == newest_slot;
-                explained |= is_newest;
-                findings.push(Finding::RootSlot {
+        for (index, slots) in &rings {
+            let newest = member::best_root(slots, pool).map(|(_, r)| r.generation);
+            let newest_slot = pool_newest.map(|g| g % slots.len().max(1) as u64);
+            let stale = matches!((newest, pool_newest), (n, Some(p)) if n.is_none_or(|n| n < p));
+            let mut explained = false;
+            for s in slots {
+                if let RootSlotState::Invalid(e) = &s.state {
+                    // The damaged slot is where the newest root should be: one finding, not two.
+                    let is_newest = stale && Some(s.slot) == newest_slot;
+                    explained |= is_newest;
+                    self.findings.push(Finding::RootSlot {
+                        member: *index,
+                        slot: s.slot,
+                        newest: if is_newest { pool_newest } else { None },
+                        problem: e.to_string(),
+                    });
+                    self.damaged_slots.push((*index, s.slot));
+                }
+            }
+            if stale && !explained {
+                self.findings.push(Finding::RootRingStale {
                     member: *index,
-                    slot: s.slot,
-                    newest: if is_newest { pool_newest } else { None },
-                    problem: e.to_string(),
+                    newest,
+                    pool_newest: pool_newest.unwrap_or_default(),
                 });
-                pass.damaged_slots.push((*index, s.slot));
             }
         }
-        if stale && !explained {
-            findings.push(Finding::RootRingStale {
-                member: *index,
-                newest,
-                pool_newest: pool_newest.unwrap_or_default(),
-            });
+        match &best {
+            Some(root) => {
+                self.stats.root_generation = root.generation;
+                self.stats.members = root.member_count;
+            }
+            None if rings.is_empty() => {
+                self.findings.push(Finding::Metadata { problem: "no root ring could be read".into() })
+            }
+            None => self.findings.push(Finding::NoRoot),
         }
+        best
     }
-    let Some(root) = best else {
-        if rings.is_empty() {
-            findings.push(Finding::Metadata { problem: "no root ring could be read".into() });
-        } else {
-            findings.push(Finding::NoRoot);
-        }
-        pass.findings = findings;
-        pass.stats = stats;
-        return pass;
-    };
-    stats.root_generation = root.generation;
-    stats.members = root.member_count;
 
-    // 3. Journal copies: live chains from the root, then history.
-    let (jlen, jbs) = (root.journal_len, root.journal_block_size);
-    let holders: Vec<&Present> = ident
-        .members
-        .values()
-        .filter(|m| m.layout().region(RegionKind::Journal).len >= jlen)
-        .take(METADATA_COPIES)
-        .collect();
-    let start = JournalPos { offset: root.journal_offset, seq: root.journal_seq, prev_crc: 0 };
-    let replays: Vec<_> = holders
-        .iter()
-        .map(|m| {
-            let copy = JournalCopy {
-                member: m.index,
-                device: m.dev.clone(),
-                region_start: m.layout().region(RegionKind::Journal).start,
-            };
-            replay_copy(&copy, pool, jlen, jbs, start)
-        })
-        .collect();
-    let longest = replays.iter().map(|r| r.records.len()).max().unwrap_or(0);
-    let mut journal_bad: BTreeSet<u32> = BTreeSet::new();
-    for r in &replays {
-        if r.records.len() < longest {
-            journal_bad.insert(r.member);
-            findings.push(Finding::JournalCopy {
-                member: r.member,
-                records: r.records.len(),
-                longest,
-                stop: stop_text(&r.stop, &r.end),
-            });
+    /// Phase 3: the journal copies: live chains from the root (the longest is
+    /// returned: what the engine replays), then their older history.
+    fn journal(&mut self, root: &RootRecord) -> Option<Replay> {
+        let (jlen, jbs) = (root.journal_len, root.journal_block_size);
+        let holders: Vec<&Present> = self
+            .ident
+            .members
+            .values()
+            .filter(|m| m.layout().region(RegionKind::Journal).len >= jlen)
+            .take(METADATA_COPIES)
+            .collect();
+        let start = JournalPos { offset: root.journal_offset, seq: root.journal_seq, prev_crc: 0 };
+        let replays: Vec<Replay> = holders
+            .iter()
+            .map(|m| {
+                let copy = JournalCopy {
+                    member: m.index,
+                    device: m.dev.clone(),
+                    region_start: m.layout().region(RegionKind::Journal).start,
+                };
+                replay_copy(&copy, self.pool, jlen, jbs, start)
+            })
+            .collect();
+        let longest = replays.iter().map(|r| r.records.len()).max().unwrap_or(0);
+        let mut short: BTreeSet<u32> = BTreeSet::new();
+        for r in &replays {
+            if r.records.len() < longest {
+                short.insert(r.member);
+                self.findings.push(Finding::JournalCopy {
+                    member: r.member,
+                    records: r.records.len(),
+                    longest,
+                    stop: stop_text(&r.stop, &r.end),
+                });
+            }
         }
-    }
-    let history: Vec<(u32, usize)> = holders
-        .iter()
-        .filter_map(|m| {
-            let from = JournalStart { offset: 0, seq: None, len: jlen, block_size: jbs };
-            member::scan_journal_from(m.dev.as_ref(), m.layout(), pool, from).ok().map(|s| (m.index, s.records.len()))
-        })
-        .collect();
-    let most = history.iter().map(|(_, n)| *n).max().unwrap_or(0);
-    for (index, n) in &history {
-        if *n < most && !journal_bad.contains(index) {
-            findings.push(Finding::JournalHistory { member: *index, records: *n, longest: most });
+        let history: Vec<(u32, usize)> = holders
+            .iter()
+            .filter_map(|m| {
+                let from = JournalStart { offset: 0, seq: None, len: jlen, block_size: jbs };
+                let scan = member::scan_journal_from(m.dev.as_ref(), m.layout(), self.pool, from).ok()?;
+                Some((m.index, scan.records.len()))
+            })
+            .collect();
+        let most = history.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        for (index, n) in &history {
+            if *n < most && !short.contains(index) {
+                self.findings.push(Finding::JournalHistory { member: *index, records: *n, longest: most });
+            }
         }
+        self.stats.journal_records = longest;
+        if replays.is_empty() {
+            let problem = format!("no member has a journal region of {jlen} bytes");
+            self.findings.push(Finding::Metadata { problem });
+        }
+        replays.into_iter().max_by_key(|r| r.records.len())
     }
-    let replay = replays.into_iter().max_by_key(|r| r.records.len());
-    stats.journal_records = longest;
 
-    // 4. Checkpoint copies, and 5. the state.
-    let first_sb = &ident.members.values().next().expect("at least one member").choice.superblock;
-    let mut state = match &root.checkpoint {
-        None => {
-            let recs = ident
-                .members
-                .values()
-                .map(|m| MemberRec {
-                    index: m.index,
-                    uuid: m.choice.superblock.member_uuid.as_u128(),
-                    state: MemberState::Online,
-                    path_hint: m.dev.identity().path.display().to_string(),
-                })
-                .collect();
-            let config = PoolConfig { default_policy: first_sb.default_policy.encode(), label: first_sb.label.clone() };
-            Some(State::new(config, recs, first_sb.created_ns as i64))
-        }
-        Some(c) => {
-            let mut good: Option<Vec<u8>> = None;
-            let mut errors = Vec::new();
-            for l in &c.copies {
-                match read_checkpoint_copy(ident, pool, c, l) {
-                    Ok(bytes) => {
-                        good.get_or_insert(bytes);
-                    }
-                    Err(problem) => {
-                        errors.push(format!("member {}: {problem}", l.member_index));
-                        findings.push(Finding::CheckpointCopy { member: l.member_index, offset: l.offset, problem });
-                    }
-                }
+    /// Phases 4 and 5: the checkpoint copies, and the state as the engine loads it:
+    /// the first good copy, then the journal's ops; inodes left unlinked by
+    /// a crash are dropped (and reported), as the engine does at open.
+    fn load_state(&mut self, root: &RootRecord, replay: Option<Replay>) -> Option<State> {
+        let first = &self.ident.members.values().next().expect("at least one member").choice.superblock;
+        let mut state = match &root.checkpoint {
+            None => {
+                let recs = self
+                    .ident
+                    .members
+                    .values()
+                    .map(|m| MemberRec {
+                        index: m.index,
+                        uuid: m.choice.superblock.member_uuid.as_u128(),
+                        state: MemberState::Online,
+                        path_hint: m.dev.identity().path.display().to_string(),
+                    })
+                    .collect();
+                let config = PoolConfig { default_policy: first.default_policy.encode(), label: first.label.clone() };
+                State::new(config, recs, first.created_ns as i64)
             }
-            match good.map(|b| postcard::from_bytes::<State>(&b)) {
-                Some(Ok(s)) => Some(s),
-                Some(Err(e)) => {
-                    let problem = format!("the checkpoint verifies but does not decode: {e}");
-                    findings.push(Finding::CheckpointLost { generation: root.generation, problem });
-                    None
+            Some(c) => {
+                let mut good: Option<Vec<u8>> = None;
+                let mut errors = Vec::new();
+                for l in &c.copies {
+                    match read_checkpoint_copy(self.ident, self.pool, c, l) {
+                        Ok(bytes) => {
+                            good.get_or_insert(bytes);
+                        }
+                        Err(problem) => {
+                            errors.push(format!("member {}: {problem}", l.member_index));
+                            let f = Finding::CheckpointCopy { member: l.member_index, offset: l.offset, problem };
+                            self.findings.push(f);
+                        }
+                    }
                 }
-                None => {
-                    let problem = if errors.is_empty() { "no copy listed".into() } else { errors.join("; ") };
-                    findings.push(Finding::CheckpointLost { generation: root.generation, problem });
-                    None
-                }
+                let problem = match good.map(|b| postcard::from_bytes::<State>(&b)) {
+                    Some(Ok(s)) => return Some(self.replay(s, replay)),
+                    Some(Err(e)) => format!("the checkpoint verifies but does not decode: {e}"),
+                    None if errors.is_empty() => "no copy listed".into(),
+                    None => errors.join("; "),
+                };
+                self.findings.push(Finding::CheckpointLost { generation: root.generation, problem });
+                return None;
             }
-        }
-    };
-    if let (Some(state), Some(replay)) = (state.as_mut(), &replay) {
-        'records: for (seq, payload) in &replay.records {
+        };
+        state = self.replay(state, replay);
+        Some(state)
+    }
+
+    fn replay(&mut self, mut state: State, replay: Option<Replay>) -> State {
+        'records: for (seq, payload) in replay.iter().flat_map(|r| r.records.iter()) {
             let ops: Vec<Op> = match postcard::from_bytes(payload) {
                 Ok(ops) => ops,
                 Err(e) => {
-                    findings.push(Finding::Metadata { problem: format!("journal record {seq} does not decode: {e}") });
+                    let problem = format!("journal record {seq} does not decode: {e}");
+                    self.findings.push(Finding::Metadata { problem });
                     break;
                 }
             };
             for op in &ops {
                 if let Err(e) = state.apply(op) {
-                    findings.push(Finding::Metadata { problem: format!("journal record {seq}: {e}") });
+                    self.findings.push(Finding::Metadata { problem: format!("journal record {seq}: {e}") });
                     break 'records;
                 }
             }
         }
-    } else if replay.is_none() && state.is_some() {
-        findings.push(Finding::Metadata { problem: format!("no member has a journal region of {jlen} bytes") });
-    }
-    let Some(mut state) = state else {
-        pass.findings = findings;
-        pass.stats = stats;
-        return pass;
-    };
-    // Inodes a crash left with no link: the engine drops them at open.
-    let unlinked: Vec<u64> = state.inodes.iter().filter(|(_, i)| i.attrs.nlink == 0).map(|(ino, _)| *ino).collect();
-    for ino in unlinked {
-        let _ = state.apply(&Op::DropInode { ino });
-        findings.push(Finding::UnlinkedInode { ino });
-    }
-    // The engine's own verdict.
-    let devs: Vec<Arc<dyn Device>> = ident.members.values().map(|m| m.dev.clone()).collect();
-    match Pool::open(devs, PoolOptions { read_only: true, ..Default::default() }) {
-        Ok(p) => {
-            pass.engine_ok = true;
-            drop(p);
+        let unlinked: Vec<u64> = state.inodes.iter().filter(|(_, i)| i.attrs.nlink == 0).map(|(ino, _)| *ino).collect();
+        for ino in unlinked {
+            let _ = state.apply(&Op::DropInode { ino });
+            self.findings.push(Finding::UnlinkedInode { ino });
         }
-        Err(e) => findings.push(Finding::EngineRefuses { error: e.to_string() }),
+        state
     }
 
-    // Members the pool has.
-    let fragments_on = |i: u32| state.all_fragments().filter(|(_, _, f)| f.member == i).count() as u64;
-    let mut listed: BTreeSet<u32> = BTreeSet::new();
-    for rec in &state.members {
-        listed.insert(rec.index);
-        if rec.state == MemberState::Removed {
-            continue;
+    /// The engine's own verdict: does it open the pool read-only?
+    fn engine_verdict(&mut self) {
+        let devs: Vec<Arc<dyn Device>> = self.ident.members.values().map(|m| m.dev.clone()).collect();
+        match Pool::open(devs, PoolOptions { read_only: true, ..Default::default() }) {
+            Ok(_) => self.engine_ok = true,
+            Err(e) => self.findings.push(Finding::EngineRefuses { error: e.to_string() }),
         }
-        match ident.members.get(&rec.index) {
-            None => findings.push(Finding::MemberMissing {
-                member: rec.index,
-                path_hint: rec.path_hint.clone(),
-                fragments: fragments_on(rec.index),
-            }),
-            Some(m) if m.choice.superblock.member_uuid.as_u128() != rec.uuid => {
-                findings.push(Finding::MemberMismatch {
+    }
+
+    /// The members the pool has (member table, root) against the devices.
+    /// Returns the member indexes the pool knows.
+    fn members(&mut self, root: &RootRecord, state: &State) -> BTreeSet<u32> {
+        let mut on: HashMap<u32, u64> = HashMap::new();
+        for (_, _, f) in state.all_fragments() {
+            *on.entry(f.member).or_default() += 1;
+        }
+        let fragments_on = |i: u32| on.get(&i).copied().unwrap_or(0);
+        let mut listed: BTreeSet<u32> = BTreeSet::new();
+        for rec in &state.members {
+            listed.insert(rec.index);
+            if rec.state == MemberState::Removed {
+                continue;
+            }
+            match self.ident.members.get(&rec.index) {
+                None => self.findings.push(Finding::MemberMissing {
                     member: rec.index,
-                    device: m.name(),
-                    found: m.choice.superblock.member_uuid,
-                    expected: Uuid::from_u128(rec.uuid),
-                })
-            }
-            Some(_) => {}
-        }
-    }
-    for i in 0..root.member_count {
-        if !listed.contains(&i) && !ident.members.contains_key(&i) {
-            listed.insert(i);
-            findings.push(Finding::MemberMissing { member: i, path_hint: String::new(), fragments: fragments_on(i) });
-        }
-    }
-    for m in ident.members.values() {
-        if !listed.contains(&m.index) {
-            findings.push(Finding::MemberNotInTable { member: m.index, device: m.name() });
-        }
-    }
-    stats.members = stats.members.max(state.members.len() as u32);
-
-    // Namespace.
-    for problem in state.check() {
-        findings.push(Finding::Namespace { problem });
-    }
-    stats.inodes = state.inodes.len() as u64;
-    stats.extents = state.extents.len() as u64;
-
-    // 6. Allocation: references, double use, the bitmap.
-    let mut runs: BTreeMap<u32, Vec<RefRun>> = BTreeMap::new();
-    let mut ids: Vec<u128> = state.extents.keys().copied().collect();
-    ids.sort_unstable();
-    for id in &ids {
-        for (index, f) in state.extents[id].frags.iter().enumerate() {
-            runs.entry(f.member).or_default().push(RefRun {
-                start: f.block,
-                len: f.blocks as u64,
-                owner: Owner::Extent { id: *id, index },
-            });
-        }
-    }
-    if let Some(c) = &root.checkpoint {
-        for (copy, l) in c.copies.iter().enumerate() {
-            if let Some(m) = ident.members.get(&l.member_index) {
-                let data = m.layout().region(RegionKind::Data);
-                let bs = m.layout().block_size as u64;
-                if l.offset >= data.start {
-                    runs.entry(l.member_index).or_default().push(RefRun {
-                        start: (l.offset - data.start) / bs,
-                        len: l.len.div_ceil(bs),
-                        owner: Owner::Checkpoint { copy },
-                    });
+                    path_hint: rec.path_hint.clone(),
+                    fragments: fragments_on(rec.index),
+                }),
+                Some(m) if m.choice.superblock.member_uuid.as_u128() != rec.uuid => {
+                    self.findings.push(Finding::MemberMismatch {
+                        member: rec.index,
+                        device: m.name(),
+                        found: m.choice.superblock.member_uuid,
+                        expected: Uuid::from_u128(rec.uuid),
+                    })
                 }
+                Some(_) => {}
             }
         }
+        for i in 0..root.member_count {
+            if listed.insert(i) && !self.ident.members.contains_key(&i) {
+                let f = Finding::MemberMissing { member: i, path_hint: String::new(), fragments: fragments_on(i) };
+                self.findings.push(f);
+            }
+        }
+        for m in self.ident.members.values() {
+            if !listed.contains(&m.index) {
+                self.findings.push(Finding::MemberNotInTable { member: m.index, device: m.name() });
+            }
+        }
+        self.stats.members = self.stats.members.max(state.members.len() as u32);
+        listed
     }
-    for (member, list) in runs.iter_mut() {
-        list.sort_by_key(|r| (r.start, r.len));
-        if let Some(m) = ident.members.get(member) {
-            let total = m.layout().data_blocks();
+
+    /// Namespace invariants (`State::check`).
+    fn namespace(&mut self, state: &State) {
+        for problem in state.check() {
+            self.findings.push(Finding::Namespace { problem });
+        }
+        self.stats.inodes = state.inodes.len() as u64;
+        self.stats.extents = state.extents.len() as u64;
+    }
+
+    /// Phase 6: references: inside the data region, on a known member, no block
+    /// twice. Returns the referenced runs per member.
+    fn allocation(&mut self, root: &RootRecord, state: &State, listed: &BTreeSet<u32>) -> Runs {
+        let mut runs: Runs = BTreeMap::new();
+        for (id, index, f) in state.all_fragments() {
+            let owner = Owner::Extent { id, index };
+            runs.entry(f.member).or_default().push(RefRun { start: f.block, len: f.blocks as u64, owner });
+        }
+        for (copy, l) in root.checkpoint.iter().flat_map(|c| c.copies.iter()).enumerate() {
+            let Some(m) = self.ident.members.get(&l.member_index) else { continue };
+            let data = m.layout().region(RegionKind::Data);
+            let bs = m.layout().block_size as u64;
+            if l.offset >= data.start {
+                let start = (l.offset - data.start) / bs;
+                let r = RefRun { start, len: l.len.div_ceil(bs), owner: Owner::Checkpoint { copy } };
+                runs.entry(l.member_index).or_default().push(r);
+            }
+        }
+        for (member, list) in runs.iter_mut() {
+            list.sort_by_key(|r| (r.start, r.len, r.owner.sort_key()));
+            if let Some(m) = self.ident.members.get(member) {
+                let total = m.layout().data_blocks();
+                for r in list.iter().filter(|r| r.start + r.len > total || r.len == 0) {
+                    let (a, b) = (r.start, r.start + r.len);
+                    let problem =
+                        format!("{} at data blocks {a}..{b} lies outside the data region of {total} blocks", r.owner);
+                    self.findings.push(Finding::Allocation { member: *member, problem });
+                }
+            } else if !listed.contains(member) {
+                let problem = format!("{} references member {member}, which the pool does not have", list[0].owner);
+                self.findings.push(Finding::Allocation { member: *member, problem });
+            }
+            let mut reach: Option<RefRun> = None;
             for r in list.iter() {
-                if r.start + r.len > total || r.len == 0 {
-                    findings.push(Finding::Allocation {
-                        member: *member,
-                        problem: format!(
-                            "{} at data blocks {}..{} lies outside the data region of {total} blocks",
-                            r.owner,
-                            r.start,
-                            r.start + r.len
-                        ),
-                    });
+                if let Some(prev) = reach {
+                    if r.start < prev.end() {
+                        self.findings.push(Finding::DoubleUse {
+                            member: *member,
+                            block: r.start,
+                            first: prev.owner.to_string(),
+                            second: r.owner.to_string(),
+                        });
+                    }
+                }
+                if reach.is_none_or(|p| r.end() > p.end()) {
+                    reach = Some(*r);
                 }
             }
-        } else if !listed.contains(member) {
-            findings.push(Finding::Allocation {
-                member: *member,
-                problem: format!("{} references member {member}, which the pool does not have", list[0].owner),
-            });
         }
-        let mut reach: Option<RefRun> = None;
-        for r in list.iter() {
-            if let Some(prev) = reach {
-                if r.start < prev.start + prev.len {
-                    findings.push(Finding::DoubleUse {
-                        member: *member,
-                        block: r.start,
-                        first: prev.owner.to_string(),
-                        second: r.owner.to_string(),
-                    });
-                }
-            }
-            if reach.is_none_or(|p| r.start + r.len > p.start + p.len) {
-                reach = Some(*r);
-            }
-        }
-    }
-    let mut bitmaps: BTreeMap<u32, Option<member::BitmapScan>> = BTreeMap::new();
-    for m in ident.members.values() {
-        let list = runs.get(&m.index).map(Vec::as_slice).unwrap_or(&[]);
-        let (finding, scan) = check_bitmap(m, pool, root.generation, list);
-        findings.extend(finding);
-        bitmaps.insert(m.index, scan);
+        runs
     }
 
-    // 7. Every fragment of every extent.
-    let verify = opts.verify_data;
-    let mut tasks: BTreeMap<u32, Vec<(u128, usize, FragLoc)>> = BTreeMap::new();
-    for id in &ids {
-        for (i, f) in state.extents[id].frags.iter().enumerate() {
-            tasks.entry(f.member).or_default().push((*id, i, *f));
+    /// Phase 6 (cont.): the on-disk bitmaps; returns the scans that are authoritative.
+    fn bitmaps(&mut self, root: &RootRecord, runs: &Runs) -> BTreeMap<u32, member::BitmapScan> {
+        let mut out = BTreeMap::new();
+        for m in self.ident.members.values() {
+            let list = runs.get(&m.index).map(Vec::as_slice).unwrap_or(&[]);
+            let (findings, scan) = check_bitmap(m, self.pool, root.generation, list);
+            self.findings.extend(findings);
+            if let Some(scan) = scan {
+                out.insert(m.index, scan);
+            }
         }
+        out
     }
-    let results: Vec<(u128, usize, FragLoc, Result<u64, FragmentFault>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = tasks
-            .iter()
-            .map(|(member, list)| {
-                let m = ident.members.get(member);
-                let state = &state;
-                s.spawn(move || {
-                    list.iter()
-                        .map(|(id, i, f)| {
-                            let r = match m {
-                                None => Err(FragmentFault::Absent),
-                                Some(m) => check_fragment(m, pool, &state.extents[id], *i, f, verify),
-                            };
-                            (*id, *i, *f, r)
-                        })
-                        .collect::<Vec<_>>()
+
+    /// Phase 7: every fragment of every extent, read from its member (one thread
+    /// per member); extents with too few good fragments are lost.
+    fn fragments(&mut self, state: &State, verify: bool) {
+        let pool = self.pool;
+        let mut ids: Vec<u128> = state.extents.keys().copied().collect();
+        ids.sort_unstable();
+        let mut tasks: BTreeMap<u32, Vec<(u128, usize, FragLoc)>> = BTreeMap::new();
+        for id in &ids {
+            for (i, f) in state.extents[id].frags.iter().enumerate() {
+                tasks.entry(f.member).or_default().push((*id, i, *f));
+            }
+        }
+        type Outcome = (u128, usize, FragLoc, Result<u64, FragmentFault>);
+        let results: Vec<Outcome> = std::thread::scope(|s| {
+            let handles: Vec<_> = tasks
+                .iter()
+                .map(|(member, list)| {
+                    let m = self.ident.members.get(member);
+                    s.spawn(move || {
+                        list.iter()
+                            .map(|(id, i, f)| {
+                                let r = match m {
+                                    None => Err(FragmentFault::Absent),
+                                    Some(m) => check_fragment(m, pool, &state.extents[id], *i, f, verify),
+                                };
+                                (*id, *i, *f, r)
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
-            })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut good: HashMap<u128, u32> = HashMap::new();
+        let mut bad: BTreeMap<(u128, usize), Finding> = BTreeMap::new();
+        for (id, i, f, r) in results {
+            self.stats.fragments += 1;
+            match r {
+                Ok(bytes) => {
+                    self.stats.fragments_good += 1;
+                    self.stats.bytes_verified += bytes;
+                    *good.entry(id).or_default() += 1;
+                }
+                Err(fault) => {
+                    let extent = Uuid::from_u128(id);
+                    let finding =
+                        Finding::Fragment { member: f.member, extent, index: i as u32, block: f.block, fault };
+                    bad.insert((id, i), finding);
+                }
+            }
+        }
+        self.findings.extend(bad.into_values());
+        let lost: Vec<(u128, u32, u32)> = ids
+            .iter()
+            .map(|id| (*id, good.get(id).copied().unwrap_or(0), state.extents[id].policy().fragments_needed()))
+            .filter(|(_, g, needed)| g < needed)
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    });
-    let mut good: HashMap<u128, u32> = HashMap::new();
-    let mut frag_findings: BTreeMap<(u128, usize), Finding> = BTreeMap::new();
-    for (id, i, f, r) in results {
-        stats.fragments += 1;
-        match r {
-            Ok(bytes) => {
-                stats.fragments_good += 1;
-                stats.bytes_verified += bytes;
-                *good.entry(id).or_default() += 1;
+        if !lost.is_empty() {
+            let files = extent_files(state);
+            for (id, good, needed) in lost {
+                let files = files.get(&id).cloned().unwrap_or_default();
+                self.findings.push(Finding::ExtentLost { extent: Uuid::from_u128(id), good, needed, files });
             }
-            Err(fault) => {
-                frag_findings.insert(
-                    (id, i),
-                    Finding::Fragment {
-                        member: f.member,
-                        extent: Uuid::from_u128(id),
-                        index: i as u32,
-                        block: f.block,
-                        fault,
-                    },
-                );
-            }
-        }
-    }
-    findings.extend(frag_findings.into_values());
-    let mut lost: Vec<(u128, u32, u32)> = Vec::new();
-    for id in &ids {
-        let needed = state.extents[id].policy().fragments_needed();
-        let g = good.get(id).copied().unwrap_or(0);
-        if g < needed {
-            lost.push((*id, g, needed));
-        }
-    }
-    if !lost.is_empty() {
-        let files = extent_files(&state);
-        for (id, g, needed) in lost {
-            findings.push(Finding::ExtentLost {
-                extent: Uuid::from_u128(id),
-                good: g,
-                needed,
-                files: files.get(&id).cloned().unwrap_or_default(),
-            });
         }
     }
 
-    // 8. Orphans: walk every member's data region.
-    if opts.walk_data_region() {
-        stats.data_walked = true;
+    /// Phase 8: walk every member's data region (one thread per member) for
+    /// fragment headers nothing references.
+    fn orphans(&mut self, root: &RootRecord, state: &State, runs: &Runs, bitmaps: &BTreeMap<u32, member::BitmapScan>) {
+        self.stats.data_walked = true;
         let walked: Vec<(u32, Result<member::FragmentScan, String>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = ident
+            let handles: Vec<_> = self
+                .ident
                 .members
                 .values()
                 .map(|m| {
-                    let bm = bitmaps.get(&m.index).and_then(|b| b.as_ref());
+                    let bm = bitmaps.get(&m.index);
                     s.spawn(move || {
                         let r = member::scan_fragments(m.dev.as_ref(), m.layout(), bm, FragmentScanOptions::default());
                         (m.index, r.map_err(|e| e.to_string()))
@@ -1237,34 +1300,45 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
             let scan = match scan {
                 Ok(s) => s,
                 Err(error) => {
-                    findings.push(Finding::Unreadable { member: index, block: 0, blocks: 0, error });
+                    self.findings.push(Finding::Unreadable { member: index, block: 0, blocks: 0, error });
                     continue;
                 }
             };
-            stats.blocks_examined += scan.blocks_examined;
+            self.stats.blocks_examined += scan.blocks_examined;
             let list = runs.get(&index).map(Vec::as_slice).unwrap_or(&[]);
-            let starts: BTreeSet<u64> = list.iter().map(|r| r.start).collect();
-            let inside = |b: u64| list.iter().any(|r| r.start < b && b < r.start + r.len);
+            // Referenced: the start of a run, or inside one (payload bytes).
+            // `reach[i]`: the furthest end among runs 0..=i (sorted by start).
+            let reach: Vec<u64> = list
+                .iter()
+                .scan(0u64, |m, r| {
+                    *m = (*m).max(r.end());
+                    Some(*m)
+                })
+                .collect();
+            let referenced = |b: u64| {
+                let i = list.partition_point(|r| r.start <= b);
+                i > 0 && b < reach[i - 1]
+            };
             for f in &scan.fragments {
-                if f.header.pool_uuid != pool {
-                    stats.foreign_headers += 1;
+                if f.header.pool_uuid != self.pool {
+                    self.stats.foreign_headers += 1;
                     continue;
                 }
-                if starts.contains(&f.block) || inside(f.block) {
+                if referenced(f.block) {
                     continue;
                 }
                 match f.header.kind {
                     FragmentKind::Checkpoint => {
                         if Some(f.header.extent_uuid) != live_checkpoint {
-                            stats.stale_checkpoint_copies += 1;
+                            self.stats.stale_checkpoint_copies += 1;
                         }
                     }
                     FragmentKind::Extent if state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
-                        stats.stale_fragment_copies += 1;
+                        self.stats.stale_fragment_copies += 1;
                     }
                     FragmentKind::Extent => {
-                        stats.orphans += 1;
-                        findings.push(Finding::Orphan {
+                        self.stats.orphans += 1;
+                        self.findings.push(Finding::Orphan {
                             member: index,
                             block: f.block,
                             blocks: 1 + f.payload_blocks,
@@ -1275,29 +1349,16 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
                     }
                 }
             }
-            for b in &scan.bad_headers {
-                if !starts.contains(&b.block) && !inside(b.block) {
-                    findings.push(Finding::BadHeaderInFreeSpace {
-                        member: index,
-                        block: b.block,
-                        problem: b.error.to_string(),
-                    });
-                }
+            for b in scan.bad_headers.iter().filter(|b| !referenced(b.block)) {
+                let problem = b.error.to_string();
+                self.findings.push(Finding::BadHeaderInFreeSpace { member: index, block: b.block, problem });
             }
             for u in &scan.unreadable {
-                findings.push(Finding::Unreadable {
-                    member: index,
-                    block: u.block,
-                    blocks: u.blocks,
-                    error: u.error.clone(),
-                });
+                let (block, blocks, error) = (u.block, u.blocks, u.error.clone());
+                self.findings.push(Finding::Unreadable { member: index, block, blocks, error });
             }
         }
     }
-
-    pass.findings = findings;
-    pass.stats = stats;
-    pass
 }
 
 /// Read and verify one checkpoint copy; its payload, or what is wrong.

@@ -401,7 +401,8 @@ fn members_missing_at_open() {
             }
             let pool = rig.open_without(&missing);
             for (ino, data) in &files {
-                let got = pool.read(*ino, 0, data.len()).unwrap_or_else(|x| panic!("{policy} without {missing:?}: {x}"));
+                let got =
+                    pool.read(*ino, 0, data.len()).unwrap_or_else(|x| panic!("{policy} without {missing:?}: {x}"));
                 assert!(got == *data, "{policy} without {missing:?}: wrong data");
             }
             // Nothing committed: the next open starts from the same state.
@@ -476,7 +477,9 @@ fn verify_writes_catches_a_lying_device() {
     let lie = |rig: &Rig| {
         // Every member silently drops large writes (fragment payloads).
         for d in &rig.faulty {
-            d.set_fault_hook(Box::new(|op| (op.kind == IoKind::Write && op.len >= 256 * 1024).then_some(Fault::DropWrite)));
+            d.set_fault_hook(Box::new(|op| {
+                (op.kind == IoKind::Write && op.len >= 256 * 1024).then_some(Fault::DropWrite)
+            }));
         }
     };
     let data = pattern(MIB as usize, 11);
@@ -570,8 +573,9 @@ fn loop_rig(devs: &[common::LoopDevice], policy: Policy) -> Rig {
     let inner: Vec<Arc<dyn Device>> = devs
         .iter()
         .map(|d| {
-            Arc::new(RawDevice::open(d.path(), RawOpenOptions { read_only: false, exclusive: true }).expect("open loop"))
-                as Arc<dyn Device>
+            Arc::new(
+                RawDevice::open(d.path(), RawOpenOptions { read_only: false, exclusive: true }).expect("open loop"),
+            ) as Arc<dyn Device>
         })
         .collect();
     Rig::new(inner, policy)
@@ -583,7 +587,8 @@ fn loop_devices_erasure_4_2_core_cases() {
         return;
     }
     let policy: Policy = "erasure:4+2".parse().unwrap();
-    let devs: Vec<common::LoopDevice> = (0..8).map(|_| common::LoopDevice::new(128 * MIB).expect("loop device")).collect();
+    let devs: Vec<common::LoopDevice> =
+        (0..8).map(|_| common::LoopDevice::new(128 * MIB).expect("loop device")).collect();
     {
         let rig = loop_rig(&devs, policy);
         check_tolerated_losses(&rig, policy, Some(2));

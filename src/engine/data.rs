@@ -58,7 +58,7 @@ use super::error::{EngineError, Result};
 use super::placement::{self, MemberView};
 use super::pool::{now_ns, Member, Meta, Pool};
 use super::redundancy;
-use super::state::{Attrs, Body, Extent, FileKind, FragLoc, Ino, MemberState, Op, EXTENT_SIZE};
+use super::state::{Attrs, Body, Extent, FileKind, FragLoc, Ino, MemberState, Op, State, EXTENT_SIZE};
 use crate::device::{AlignedBuf, WriteReq};
 use dfs_alloc::Run;
 use dfs_format::fragment::FragmentKind;
@@ -68,11 +68,45 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// Dirty extents a file may hold before the writer flushes them all.
-pub const MAX_DIRTY_EXTENTS: usize = 8;
+pub const MAX_DIRTY_EXTENTS: usize = 16;
 
 /// Full extents behind the write cursor that are flushed together (their
 /// fragments written in parallel).
-pub const FLUSH_BATCH: usize = 4;
+pub const FLUSH_BATCH: usize = 8;
+
+/// Bytes of IO buffers kept for reuse (see [`take_buf`]).
+const BUF_CACHE_BYTES: usize = 64 << 20;
+
+/// Recycled IO buffers. A fresh 1 MiB buffer costs 256 page faults and the
+/// kernel's zeroing of every page (then `alloc_zeroed`'s own memset): more
+/// CPU than the copy into it. Buffers of the sizes the data path uses
+/// (extent slots, fragment reads, erasure slabs) are kept here instead,
+/// process-wide, up to [`BUF_CACHE_BYTES`].
+static BUF_CACHE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+
+/// An aligned buffer of exactly `len` bytes with undefined (old) contents.
+fn take_buf(len: usize) -> AlignedBuf {
+    let mut cache = BUF_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    match cache.iter().rposition(|b| b.len() == len) {
+        Some(i) => cache.swap_remove(i),
+        None => {
+            drop(cache);
+            AlignedBuf::zeroed(len)
+        }
+    }
+}
+
+/// Give a buffer back for reuse (dropped if the cache is full).
+fn give_buf(buf: AlignedBuf) {
+    if buf.is_empty() || buf.len() > BUF_CACHE_BYTES / 8 {
+        return;
+    }
+    let mut cache = BUF_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let held: usize = cache.iter().map(|b| b.len()).sum();
+    if held + buf.len() <= BUF_CACHE_BYTES {
+        cache.push(buf);
+    }
+}
 
 /// Extents of one `read` call read in parallel.
 pub const READ_PARALLEL: usize = 8;
@@ -82,7 +116,8 @@ pub const READ_PARALLEL: usize = 8;
 /// file lock, so no writer changes them meanwhile).
 #[derive(Debug)]
 pub(crate) struct DirtyExtent {
-    data: Arc<Vec<u8>>,
+    /// `EXTENT_SIZE` bytes, aligned: replicas are written straight from it.
+    data: Arc<AlignedBuf>,
     gen: u64,
 }
 
@@ -100,7 +135,7 @@ pub(crate) struct FileBuf {
 /// One extent being flushed: a snapshot of its buffer.
 struct FlushJob {
     idx: u64,
-    data: Arc<Vec<u8>>,
+    data: Arc<AlignedBuf>,
     gen: u64,
     /// Bytes of the extent (up to the file size).
     len: usize,
@@ -146,8 +181,18 @@ impl ReadFrag {
     }
 }
 
+impl Drop for ReadFrag {
+    fn drop(&mut self) {
+        give_buf(std::mem::replace(&mut self.buf, AlignedBuf::zeroed(0)));
+    }
+}
+
 fn file_map(m: &Meta, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
-    let inode = m.state.inodes.get(&ino).ok_or(EngineError::NotFound)?;
+    file_map_in(&m.state, ino)
+}
+
+fn file_map_in(st: &State, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
+    let inode = st.inodes.get(&ino).ok_or(EngineError::NotFound)?;
     match &inode.body {
         Body::File(map) => Ok((&inode.attrs, map)),
         Body::Dir { .. } => Err(EngineError::IsDir),
@@ -178,7 +223,11 @@ impl Pool {
 
     /// The policy new extents of `ino` get: its pinned policy, else the pool default.
     pub(crate) fn effective_policy(m: &Meta, ino: Ino) -> Policy {
-        let p = m.state.inodes.get(&ino).and_then(|i| i.policy).unwrap_or(m.state.config.default_policy);
+        Self::effective_policy_in(&m.state, ino)
+    }
+
+    fn effective_policy_in(st: &State, ino: Ino) -> Policy {
+        let p = st.inodes.get(&ino).and_then(|i| i.policy).unwrap_or(st.config.default_policy);
         Policy::decode(p).unwrap_or(Policy::Replication { copies: 1 })
     }
 
@@ -187,7 +236,8 @@ impl Pool {
         if self.opts.read_only {
             return Err(EngineError::ReadOnly);
         }
-        let end = offset.checked_add(data.len() as u64).ok_or_else(|| EngineError::Invalid("offset overflow".into()))?;
+        let end =
+            offset.checked_add(data.len() as u64).ok_or_else(|| EngineError::Invalid("offset overflow".into()))?;
         if end > i64::MAX as u64 {
             return Err(EngineError::Invalid("file too large".into()));
         }
@@ -199,12 +249,14 @@ impl Pool {
             let within = (pos % EXTENT_SIZE) as usize;
             let n = ((EXTENT_SIZE as usize - within) as u64).min(end - pos) as usize;
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
-            self.ensure_buffered(ino, idx)?;
+            let filled = self.ensure_buffered(ino, idx, (n == EXTENT_SIZE as usize).then_some(src))?;
             let mut m = self.meta();
             let fb = m.files.get_mut(&ino).ok_or(EngineError::NotFound)?;
             let de = fb.extents.get_mut(&idx).ok_or(EngineError::NotFound)?;
-            // No flush of this file runs (we hold its lock): no copy here.
-            Arc::make_mut(&mut de.data)[within..within + n].copy_from_slice(src);
+            if !filled {
+                // No flush of this file runs (we hold its lock): no copy here.
+                Arc::make_mut(&mut de.data)[within..within + n].copy_from_slice(src);
+            }
             de.gen += 1;
             fb.size = fb.size.max(pos + n as u64);
             fb.mtime_ns = now_ns();
@@ -230,26 +282,46 @@ impl Pool {
         Ok(data.len())
     }
 
-    /// Make sure extent `idx` of `ino` is in the buffer (loading its committed content).
-    fn ensure_buffered(&self, ino: Ino, idx: u64) -> Result<()> {
+    /// Make sure extent `idx` of `ino` is in the buffer, loading its
+    /// committed content; or, given `whole` (all of the extent's new bytes),
+    /// starting from those. True when the buffer was created from `whole`.
+    /// A buffer is complete before it is inserted: readers never see a
+    /// recycled buffer's old contents.
+    fn ensure_buffered(&self, ino: Ino, idx: u64, whole: Option<&[u8]>) -> Result<bool> {
         let committed = {
             let m = self.meta();
             if m.files.get(&ino).is_some_and(|fb| fb.extents.contains_key(&idx)) {
-                return Ok(());
+                return Ok(false);
             }
             let (_, map) = file_map(&m, ino)?;
             map.get(&idx).and_then(|id| m.state.extents.get(id)).cloned()
         };
-        let mut data = vec![0u8; EXTENT_SIZE as usize];
-        if let Some(e) = committed {
-            let bytes = self.read_extent(&e)?;
-            data[..bytes.len()].copy_from_slice(&bytes);
+        let mut data = take_buf(EXTENT_SIZE as usize);
+        match (whole, committed) {
+            (Some(src), _) => data.copy_from_slice(src),
+            (None, Some(e)) => {
+                if let Err(err) = self.read_extent_into(&e, &mut data[..e.len as usize]) {
+                    give_buf(data);
+                    return Err(err);
+                }
+                data[e.len as usize..].fill(0);
+            }
+            (None, None) => data.fill(0),
         }
         let mut m = self.meta();
         let size = file_map(&m, ino)?.0.size;
         let fb = m.files.entry(ino).or_insert_with(|| FileBuf { size, ..Default::default() });
-        fb.extents.entry(idx).or_insert(DirtyExtent { data: Arc::new(data), gen: 0 });
-        Ok(())
+        match fb.extents.entry(idx) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                drop(m);
+                give_buf(data);
+                Ok(false)
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(DirtyExtent { data: Arc::new(data), gen: 0 });
+                Ok(whole.is_some())
+            }
+        }
     }
 
     /// Encode and write every dirty extent of `ino` and queue their commit.
@@ -310,39 +382,48 @@ impl Pool {
             return Ok(());
         }
         let jobs: Vec<FlushJob> = {
-            let m = self.meta();
-            let Some(fb) = m.files.get(&ino) else { return Ok(()) };
-            let (attrs, map) = file_map(&m, ino)?;
+            let mut guard = self.meta();
+            let m = &mut *guard;
+            let Some(fb) = m.files.get_mut(&ino) else { return Ok(()) };
+            let (attrs, map) = file_map_in(&m.state, ino)?;
             let size = fb.size.max(attrs.size);
-            let policy = Self::effective_policy(&m, ino);
-            idxs.iter()
-                .filter_map(|&idx| {
-                    let de = fb.extents.get(&idx)?;
-                    let start = idx * EXTENT_SIZE;
-                    Some(FlushJob {
-                        idx,
-                        data: de.data.clone(),
-                        gen: de.gen,
-                        len: size.saturating_sub(start).min(EXTENT_SIZE) as usize,
-                        policy,
-                        existing: map.get(&idx).copied(),
-                    })
-                })
-                .collect()
+            let policy = Self::effective_policy_in(&m.state, ino);
+            let mut jobs = Vec::new();
+            for &idx in idxs {
+                let Some(de) = fb.extents.get_mut(&idx) else { continue };
+                let start = idx * EXTENT_SIZE;
+                let len = size.saturating_sub(start).min(EXTENT_SIZE) as usize;
+                // Bytes past the end are not part of the extent: zero them so
+                // the buffer is the replicas' zero-padded payload. Readers never
+                // look past the size, and no flush shares the buffer (we hold
+                // the file lock), so this does not copy.
+                if de.data[len..].iter().any(|&b| b != 0) {
+                    Arc::make_mut(&mut de.data)[len..].fill(0);
+                }
+                jobs.push(FlushJob {
+                    idx,
+                    data: de.data.clone(),
+                    gen: de.gen,
+                    len,
+                    policy,
+                    existing: map.get(&idx).copied(),
+                });
+            }
+            jobs
         };
         let written = par_map(&jobs, |job| {
             let bytes = &job.data[..job.len];
             if job.len == 0 || bytes.iter().all(|&b| b == 0) {
                 Ok(None)
             } else {
-                self.write_extent(job.policy, bytes).map(Some)
+                self.write_extent_padded(job.policy, bytes, Some(&job.data)).map(Some)
             }
         });
         let mut first_err = None;
         for (job, res) in jobs.into_iter().zip(written) {
             match res {
                 Ok(new_extent) => {
-                    if let Err(e) = self.finish_flush(ino, &job, new_extent) {
+                    if let Err(e) = self.finish_flush(ino, job, new_extent) {
                         first_err.get_or_insert(e);
                     }
                 }
@@ -356,8 +437,10 @@ impl Pool {
 
     /// Queue the transaction of one flushed extent and drop its buffer if no
     /// write changed it meanwhile.
-    fn finish_flush(&self, ino: Ino, job: &FlushJob, new_extent: Option<Extent>) -> Result<()> {
-        let start = job.idx * EXTENT_SIZE;
+    fn finish_flush(&self, ino: Ino, job: FlushJob, new_extent: Option<Extent>) -> Result<()> {
+        let FlushJob { idx, data, gen, len, existing, .. } = job;
+        drop(data);
+        let start = idx * EXTENT_SIZE;
         let mut m = self.meta();
         let attrs = match file_map(&m, ino) {
             Ok((a, _)) => *a,
@@ -373,10 +456,10 @@ impl Pool {
         let fb = m.files.get(&ino).ok_or(EngineError::NotFound)?;
         let mtime = fb.mtime_ns.max(attrs.mtime_ns);
         let mut ops = Vec::new();
-        if new_extent.is_some() || job.existing.is_some() {
-            ops.push(Op::SetExtent { ino, index: job.idx, extent: new_extent });
+        if new_extent.is_some() || existing.is_some() {
+            ops.push(Op::SetExtent { ino, index: idx, extent: new_extent });
         }
-        let new_size = attrs.size.max(start + job.len as u64);
+        let new_size = attrs.size.max(start + len as u64);
         if new_size != attrs.size || mtime != attrs.mtime_ns {
             ops.push(Op::SetAttrs {
                 ino,
@@ -386,10 +469,15 @@ impl Pool {
         if !ops.is_empty() {
             self.apply_txn(&mut m, ops)?;
         }
+        let mut spare = None;
         if let Some(fb) = m.files.get_mut(&ino) {
-            if fb.extents.get(&job.idx).is_some_and(|de| de.gen == job.gen) {
-                fb.extents.remove(&job.idx);
+            if fb.extents.get(&idx).is_some_and(|de| de.gen == gen) {
+                spare = fb.extents.remove(&idx).and_then(|de| Arc::try_unwrap(de.data).ok());
             }
+        }
+        drop(m);
+        if let Some(buf) = spare {
+            give_buf(buf);
         }
         Ok(())
     }
@@ -405,9 +493,10 @@ impl Pool {
 
     /// Read up to `len` bytes at `offset` of file `ino` (short at EOF).
     pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut plan: Vec<(u64, Extent)> = Vec::new();
+        // Committed extents to read: (extent, its offset in `out`, bytes of
+        // `out` it covers, where those start in the extent).
+        let mut plan: Vec<(Extent, usize, usize, usize)> = Vec::new();
         let mut out;
-        let end;
         {
             let m = self.meta();
             let (attrs, map) = file_map(&m, ino)?;
@@ -416,35 +505,63 @@ impl Pool {
             if offset >= size {
                 return Ok(Vec::new());
             }
-            end = size.min(offset.saturating_add(len as u64));
+            let end = size.min(offset.saturating_add(len as u64));
             out = vec![0u8; (end - offset) as usize];
             let mut pos = offset;
             while pos < end {
                 let idx = pos / EXTENT_SIZE;
                 let within = (pos % EXTENT_SIZE) as usize;
                 let n = ((EXTENT_SIZE - within as u64).min(end - pos)) as usize;
+                let o = (pos - offset) as usize;
                 if let Some(de) = fb.and_then(|f| f.extents.get(&idx)) {
-                    let o = (pos - offset) as usize;
                     out[o..o + n].copy_from_slice(&de.data[within..within + n]);
                 } else if let Some(e) = map.get(&idx).and_then(|id| m.state.extents.get(id)) {
-                    plan.push((idx, e.clone()));
+                    // Past the extent's end the file reads as zeros.
+                    let covered = n.min((e.len as usize).saturating_sub(within));
+                    if covered > 0 {
+                        plan.push((e.clone(), o, covered, within));
+                    }
                 }
                 pos += n as u64;
             }
         }
-        for chunk in plan.chunks(READ_PARALLEL) {
-            let results = par_map(chunk, |(_, e)| self.read_extent(e));
-            for ((idx, _), res) in chunk.iter().zip(results) {
-                let bytes = res?;
-                let ext_start = idx * EXTENT_SIZE;
-                let from = offset.max(ext_start);
-                let to = end.min(ext_start + bytes.len() as u64);
-                if from < to {
-                    let o = (from - offset) as usize;
-                    out[o..o + (to - from) as usize]
-                        .copy_from_slice(&bytes[(from - ext_start) as usize..(to - ext_start) as usize]);
+        // Each extent into its own disjoint part of `out`, READ_PARALLEL at a time.
+        let read_one = |e: &Extent, within: usize, dst: &mut [u8]| -> Result<()> {
+            if within == 0 && dst.len() == e.len as usize {
+                self.read_extent_into(e, dst)
+            } else {
+                let mut tmp = take_buf(e.len as usize);
+                let res = self.read_extent_into(e, &mut tmp);
+                if res.is_ok() {
+                    dst.copy_from_slice(&tmp[within..within + dst.len()]);
                 }
+                give_buf(tmp);
+                res
             }
+        };
+        let mut rest: &mut [u8] = &mut out;
+        let mut consumed = 0usize;
+        for chunk in plan.chunks(READ_PARALLEL) {
+            let mut parts: Vec<(&Extent, usize, &mut [u8])> = Vec::with_capacity(chunk.len());
+            for (e, o, covered, within) in chunk {
+                let (_, after) = std::mem::take(&mut rest).split_at_mut(o - consumed);
+                let (dst, after) = after.split_at_mut(*covered);
+                rest = after;
+                consumed = o + covered;
+                parts.push((e, *within, dst));
+            }
+            if parts.len() == 1 {
+                let (e, within, dst) = parts.pop().expect("one part");
+                read_one(e, within, dst)?;
+                continue;
+            }
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let read_one = &read_one;
+                let hs: Vec<_> =
+                    parts.into_iter().map(|(e, within, dst)| s.spawn(move || read_one(e, within, dst))).collect();
+                hs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+            });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
         }
         Ok(out)
     }
@@ -469,8 +586,11 @@ impl Pool {
             let idx = new_size / EXTENT_SIZE;
             let keep = (new_size % EXTENT_SIZE) as usize;
             let bytes = self.read_extent(&e)?;
-            let extent =
-                if bytes[..keep].iter().all(|&b| b == 0) { None } else { Some(self.write_extent(e.policy(), &bytes[..keep])?) };
+            let extent = if bytes[..keep].iter().all(|&b| b == 0) {
+                None
+            } else {
+                Some(self.write_extent(e.policy(), &bytes[..keep])?)
+            };
             ops.push(Op::SetExtent { ino, index: idx, extent });
         }
         let mut m = self.meta();
@@ -623,9 +743,15 @@ impl Pool {
 
     /// Encode `data` under `policy` and write its fragments to distinct members.
     pub(crate) fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<Extent> {
-        let payload_len =
-            redundancy::fragment_payload_len(policy, data.len() as u32).map_err(|e| EngineError::Other(e.to_string()))?
-                as usize;
+        self.write_extent_padded(policy, data, None)
+    }
+
+    /// [`Pool::write_extent`]; `padded`, when given, is an aligned buffer
+    /// starting with `data` and zero after it, long enough to be written as
+    /// the replicas' payload without a copy.
+    fn write_extent_padded(&self, policy: Policy, data: &[u8], padded: Option<&AlignedBuf>) -> Result<Extent> {
+        let payload_len = redundancy::fragment_payload_len(policy, data.len() as u32)
+            .map_err(|e| EngineError::Other(e.to_string()))? as usize;
         let count = policy.fragment_count() as usize;
         let max_bs = self.max_block_size() as usize;
         let slot = payload_len.div_ceil(max_bs) * max_bs;
@@ -646,42 +772,68 @@ impl Pool {
         // Payload buffers: one copy of the extent (replication) or the shards
         // encoded in place (erasure), each slot aligned and zero-padded.
         let extent_hash;
-        let buf = match policy {
+        let replicated = matches!(policy, Policy::Replication { .. });
+        let mut own: Option<AlignedBuf> = None;
+        match policy {
             Policy::Replication { .. } => {
                 extent_hash = *blake3::hash(data).as_bytes();
-                let mut buf = AlignedBuf::zeroed(slot);
-                buf[..data.len()].copy_from_slice(data);
-                buf
+                // `padded` must be the buffer `data` lives in (zero after it).
+                if !padded.is_some_and(|p| p.len() >= slot && std::ptr::eq(p.as_ptr(), data.as_ptr())) {
+                    let mut buf = take_buf(slot);
+                    buf[..data.len()].copy_from_slice(data);
+                    buf[data.len()..].fill(0);
+                    own = Some(buf);
+                }
             }
             Policy::Erasure { .. } => {
-                let mut buf = AlignedBuf::zeroed(slot * count);
+                let mut buf = take_buf(slot * count);
                 let (hash, enc) = std::thread::scope(|s| {
                     let h = s.spawn(|| *blake3::hash(data).as_bytes());
-                    let mut outs: Vec<&mut [u8]> = buf.chunks_mut(slot).map(|c| &mut c[..payload_len]).collect();
+                    let mut outs: Vec<&mut [u8]> = buf
+                        .chunks_mut(slot)
+                        .map(|c| {
+                            c[payload_len..].fill(0);
+                            &mut c[..payload_len]
+                        })
+                        .collect();
                     let enc = redundancy::encode_into(policy, data, &mut outs);
                     (h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), enc)
                 });
                 extent_hash = hash;
                 if let Err(e) = enc {
+                    give_buf(buf);
                     self.free_uncommitted(&locs);
                     return Err(EngineError::Other(e.to_string()));
                 }
-                buf
+                own = Some(buf);
             }
+        }
+        let buf: &[u8] = match (&own, padded) {
+            (Some(b), _) => b,
+            (None, Some(p)) => &p[..slot],
+            (None, None) => unreachable!("replication without a padded buffer copies it"),
         };
-        let replicated = matches!(policy, Policy::Replication { .. });
         let indexes: Vec<usize> = (0..count).collect();
         let results = par_map(&indexes, |&i| {
-            let payload = if replicated { &buf[..] } else { &buf[i * slot..(i + 1) * slot] };
+            let payload = if replicated { buf } else { &buf[i * slot..(i + 1) * slot] };
             let payload_hash = if replicated { extent_hash } else { *blake3::hash(&payload[..payload_len]).as_bytes() };
             let header = self.extent_header(id, policy, i, payload_len, data.len(), extent_hash, payload_hash);
             self.write_fragment(&locs[i], &header, payload)
         });
+        if let Some(b) = own {
+            give_buf(b);
+        }
         if let Some(e) = results.into_iter().find_map(|r| r.err()) {
             self.free_uncommitted(&locs);
             return Err(e);
         }
-        Ok(Extent { id: id.as_u128(), len: data.len() as u32, blake3: extent_hash, policy: policy.encode(), frags: locs.into() })
+        Ok(Extent {
+            id: id.as_u128(),
+            len: data.len() as u32,
+            blake3: extent_hash,
+            policy: policy.encode(),
+            frags: locs.into(),
+        })
     }
 
     pub(crate) fn member_views(&self, m: &Meta) -> Vec<MemberView> {
@@ -714,12 +866,20 @@ impl Pool {
         let loc = e.frags.get(index).ok_or(FragFault::Absent)?;
         let mem = self.members.get(loc.member as usize).and_then(|m| m.as_ref()).ok_or(FragFault::Absent)?;
         let bs = mem.layout.block_size as usize;
-        let mut buf = AlignedBuf::zeroed(loc.blocks as usize * bs);
+        let mut buf = take_buf(loc.blocks as usize * bs);
         self.counters.fragments_read.fetch_add(1, Ordering::Relaxed);
         let res = (|| {
-            mem.dev.read_at(mem.layout.data_offset(loc.block), &mut buf).map_err(|err| FragFault::Io(err.to_string()))?;
-            let h = FragmentHeader::decode(&buf)
-                .map_err(|err| FragFault::Corrupt(format!("header: {err}")))?;
+            if let Err(err) = mem.dev.read_at(mem.layout.data_offset(loc.block), &mut buf) {
+                give_buf(buf);
+                return Err(FragFault::Io(err.to_string()));
+            }
+            let h = match FragmentHeader::decode(&buf) {
+                Ok(h) => h,
+                Err(err) => {
+                    give_buf(buf);
+                    return Err(FragFault::Corrupt(format!("header: {err}")));
+                }
+            };
             let policy = e.policy();
             let expect_len = redundancy::shard_len(policy, e.len) as usize;
             let mismatch = if h.kind != FragmentKind::Extent {
@@ -738,10 +898,10 @@ impl Pool {
                 None
             };
             if let Some(why) = mismatch {
+                give_buf(buf);
                 return Err(FragFault::Corrupt(format!("header: {why}")));
             }
-            let mut f =
-                ReadFrag { buf, start: bs, len: expect_len, payload_blake3: h.payload_blake3, verified: false };
+            let mut f = ReadFrag { buf, start: bs, len: expect_len, payload_blake3: h.payload_blake3, verified: false };
             if verify {
                 if blake3::hash(f.payload()).as_bytes() != &f.payload_blake3 {
                     return Err(FragFault::Corrupt("payload BLAKE3 mismatch".into()));
@@ -767,18 +927,30 @@ impl Pool {
     /// fragments on errors, rebuilds bad fragments (lazy repair), and fails
     /// with `DataLost` (never wrong data) when too few fragments are good.
     pub fn read_extent(&self, e: &Extent) -> Result<Vec<u8>> {
-        match self.read_extent_inner(e) {
-            Ok((bytes, got, set, faults)) => {
+        let mut out = vec![0u8; e.len as usize];
+        self.read_extent_into(e, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Pool::read_extent`] into `out` (exactly `e.len` bytes). On error
+    /// `out` holds garbage.
+    pub(crate) fn read_extent_into(&self, e: &Extent, out: &mut [u8]) -> Result<()> {
+        if out.len() != e.len as usize {
+            return Err(EngineError::Other(format!("internal: {} byte buffer for a {} byte extent", out.len(), e.len)));
+        }
+        match self.read_extent_inner(e, out) {
+            Ok((got, set, faults)) => {
                 let bad: Vec<(usize, FragFault)> =
                     faults.into_iter().enumerate().filter_map(|(i, f)| f.map(|f| (i, f))).collect();
                 if !bad.is_empty() {
-                    let sources: Vec<Option<&[u8]>> =
-                        (0..got.len()).map(|i| if set.contains(&i) { got[i].as_ref().map(|f| f.payload()) } else { None }).collect();
-                    self.lazy_repair(e, &bytes, &sources, &bad);
+                    let sources: Vec<Option<&[u8]>> = (0..got.len())
+                        .map(|i| if set.contains(&i) { got[i].as_ref().map(|f| f.payload()) } else { None })
+                        .collect();
+                    self.lazy_repair(e, out, &sources, &bad);
                 } else {
                     self.repair.forget_lost(e.id);
                 }
-                Ok(bytes)
+                Ok(())
             }
             Err(err) => {
                 if let EngineError::DataLost { reason, .. } = &err {
@@ -789,13 +961,14 @@ impl Pool {
         }
     }
 
-    /// The read itself: the bytes, the fragments read, the set decoded
-    /// from, and what was wrong with each fragment.
+    /// The read itself, decoding into `out`: the fragments read, the set
+    /// decoded from, and what was wrong with each fragment.
     #[allow(clippy::type_complexity)]
     fn read_extent_inner(
         &self,
         e: &Extent,
-    ) -> Result<(Vec<u8>, Vec<Option<ReadFrag>>, Vec<usize>, Vec<Option<FragFault>>)> {
+        out: &mut [u8],
+    ) -> Result<(Vec<Option<ReadFrag>>, Vec<usize>, Vec<Option<FragFault>>)> {
         let policy = e.policy();
         let n = e.frags.len();
         let lost = |reason: String| EngineError::DataLost { extent: e.id, reason };
@@ -824,11 +997,12 @@ impl Pool {
             })?;
             let missing: Vec<usize> = set.iter().copied().filter(|&i| got[i].is_none()).collect();
             if missing.is_empty() {
-                let views: Vec<Option<&[u8]>> =
-                    (0..n).map(|i| if set.contains(&i) { got[i].as_ref().map(|f| f.payload()) } else { None }).collect();
-                let bytes = redundancy::decode(policy, e.len, &views).map_err(|err| lost(err.to_string()))?;
-                if blake3::hash(&bytes).as_bytes() == &e.blake3 {
-                    return Ok((bytes, got, set, faults));
+                let views: Vec<Option<&[u8]>> = (0..n)
+                    .map(|i| if set.contains(&i) { got[i].as_ref().map(|f| f.payload()) } else { None })
+                    .collect();
+                redundancy::decode_into(policy, e.len, &views, out).map_err(|err| lost(err.to_string()))?;
+                if blake3::hash(out).as_bytes() == &e.blake3 {
+                    return Ok((got, set, faults));
                 }
                 // Find the culprits: the fragments whose payload fails its own hash.
                 let mut culprits = Vec::new();

@@ -194,9 +194,7 @@ impl Pool {
                 .enumerate()
                 .filter(|(i, _)| !wanted.contains(i))
                 .map(|(_, f)| f.member)
-                .chain(
-                    bad.iter().filter(|(_, f)| !matches!(f, FragFault::Corrupt(_))).map(|(i, _)| e.frags[*i].member),
-                )
+                .chain(bad.iter().filter(|(_, f)| !matches!(f, FragFault::Corrupt(_))).map(|(i, _)| e.frags[*i].member))
                 .collect();
             let mut chosen = Vec::new();
             for (index, fault) in bad {

@@ -23,6 +23,10 @@
 //! - Directory streams are snapshots taken at opendir (and again on
 //!   rewinddir), so concurrent changes never make `readdir` skip or repeat
 //!   an entry that was not itself changed.
+//! - sync(1) and syncfs(2) never reach a FUSE filesystem (the kernel sends
+//!   `FUSE_SYNCFS` only to virtiofs), so a mount commits on its own every
+//!   [`MountConfig::commit_interval`] (5 s, as ext4's `commit=5`): what
+//!   was closed (flushed) then is durable within that time. fsync is exact.
 //! - Errors: [`error::errno`] is the one mapping; anything unknown is EIO.
 //!   A read-only mount is also mounted `MS_RDONLY`, so the kernel answers
 //!   EROFS before a request reaches the engine (which would say EROFS too).
@@ -93,6 +97,8 @@ use crate::engine::Pool;
 pub const FS_TYPE: &str = "fuse.dfs";
 /// The subtype.
 pub const SUBTYPE: &str = "dfs";
+/// How often a mount commits on its own (ext4's default `commit=5`).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -110,6 +116,9 @@ pub struct MountConfig {
     pub source: String,
     /// Raise the mount's read-ahead to this many KiB (0: leave it).
     pub read_ahead_kb: u32,
+    /// Commit the journal this often (`None`: only on fsync and unmount);
+    /// see "sync(1)" in the module doc.
+    pub commit_interval: Option<Duration>,
 }
 
 impl Default for MountConfig {
@@ -122,6 +131,7 @@ impl Default for MountConfig {
             threads: (cpus * 2).clamp(2, 8),
             source: "dfs".into(),
             read_ahead_kb: MAX_READAHEAD / 1024,
+            commit_interval: Some(DEFAULT_COMMIT_INTERVAL),
         }
     }
 }
@@ -134,6 +144,8 @@ pub struct Mounted {
     mountpoint: PathBuf,
     /// We called mount(2) ourselves (the session does not unmount).
     own_mount: bool,
+    pool: Arc<Pool>,
+    commit_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -205,16 +217,42 @@ fn detach(mountpoint: &Path) {
     }
 }
 
+/// The `MAJ:MIN` of the newest mount on `mountpoint`, from mountinfo (never
+/// by stat: the mount is not served yet, so a stat would wait forever).
+fn mount_dev_id(mountpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.as_os_str().as_bytes();
+    text.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| f[2].to_string())
+    })
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Raise the read-ahead of the mount's bdi (`/sys/class/bdi/MAJ:MIN`), so
 /// that sequential reads reach 1 MiB requests. Best effort.
 fn raise_read_ahead(mountpoint: &Path, kb: u32) {
     if kb == 0 {
         return;
     }
-    let Ok(md) = std::fs::metadata(mountpoint) else { return };
-    let dev = md.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let Some(id) = mount_dev_id(mountpoint) else { return };
+    let path = format!("/sys/class/bdi/{id}/read_ahead_kb");
     if let Err(e) = std::fs::write(&path, format!("{kb}\n")) {
         tracing::debug!("{path}: {e} (read-ahead left as is)");
     }
@@ -228,7 +266,8 @@ pub fn mount(pool: Arc<Pool>, mountpoint: &Path, cfg: &MountConfig) -> io::Resul
             "a read-only mount needs a pool opened read-only, and a read-write mount a writable pool",
         ));
     }
-    let fs = DfsFuse::new(pool, cfg.ttl);
+    let mountpoint = &std::fs::canonicalize(mountpoint)?;
+    let fs = DfsFuse::new(pool.clone(), cfg.ttl);
     let (session, own_mount) = match mount_syscall(mountpoint, cfg)? {
         Some(fd) => {
             let acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
@@ -255,7 +294,13 @@ pub fn mount(pool: Arc<Pool>, mountpoint: &Path, cfg: &MountConfig) -> io::Resul
     };
     raise_read_ahead(mountpoint, cfg.read_ahead_kb);
     tracing::info!(mountpoint = %mountpoint.display(), source = %cfg.source, read_only = cfg.read_only, "mounted");
-    Ok(Mounted { session, mountpoint: mountpoint.to_path_buf(), own_mount })
+    Ok(Mounted {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+        own_mount,
+        pool,
+        commit_interval: cfg.commit_interval.filter(|d| !d.is_zero()),
+    })
 }
 
 impl Mounted {
@@ -266,15 +311,70 @@ impl Mounted {
 
     /// Serve requests until the filesystem is unmounted.
     pub fn run(self) -> io::Result<()> {
-        self.session.run()
+        let committer = Committer::start(self.pool.clone(), self.commit_interval);
+        let res = self.session.run();
+        drop(committer);
+        res
     }
 
     /// Serve requests on background threads until the returned handle is
     /// unmounted or dropped.
     pub fn spawn(self) -> io::Result<BackgroundMount> {
-        let Mounted { session, mountpoint, own_mount } = self;
+        let Mounted { session, mountpoint, own_mount, pool, commit_interval } = self;
         let bg = session.spawn()?;
-        Ok(BackgroundMount { bg: Some(bg), mountpoint, own_mount })
+        let committer = Committer::start(pool, commit_interval);
+        Ok(BackgroundMount { bg: Some(bg), mountpoint, own_mount, _committer: committer })
+    }
+}
+
+/// The periodic commit: a thread calling `Pool::commit` every interval
+/// until dropped.
+#[derive(Debug)]
+struct Committer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(pool: Arc<Pool>, every: Option<Duration>) -> Option<Committer> {
+        let every = every?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("dfs-commit".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                loop {
+                    let until = std::time::Instant::now() + every;
+                    while !flag.load(Ordering::Acquire) {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::park_timeout(left);
+                    }
+                    if flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let _s = tracing::debug_span!("commit", periodic = true).entered();
+                    if let Err(e) = pool.commit() {
+                        tracing::error!("periodic commit failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!("no periodic commit thread: {e}"))
+            .ok()?;
+        Some(Committer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
@@ -285,6 +385,7 @@ pub struct BackgroundMount {
     bg: Option<BackgroundSession>,
     mountpoint: PathBuf,
     own_mount: bool,
+    _committer: Option<Committer>,
 }
 
 impl BackgroundMount {

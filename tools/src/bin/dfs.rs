@@ -32,7 +32,7 @@ enum Command {
         /// Where to mount it (an existing directory)
         #[arg(long, value_name = "DIR")]
         mountpoint: PathBuf,
-        /// Mount options: ro, rw, allow_other, policy=P, verify, device=PATH, log=FILE, degraded
+        /// Mount options: ro, rw, allow_other, policy=P, verify, device=PATH, log=FILE, degraded, commit=SECS
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
         /// Stay in the foreground

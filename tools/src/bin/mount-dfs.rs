@@ -21,7 +21,7 @@ struct Args {
     dev: String,
     /// Mount point (an existing directory)
     dir: PathBuf,
-    /// Mount options: ro, rw, allow_other, policy=P, verify, device=PATH, log=FILE, degraded
+    /// Mount options: ro, rw, allow_other, policy=P, verify, device=PATH, log=FILE, degraded, commit=SECS
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// Stay in the foreground (log to stderr unless log= is given)

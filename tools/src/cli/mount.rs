@@ -10,7 +10,9 @@
 //! persists like any xattr), `verify` (read back and check every fragment
 //! after writing it), `device=PATH` (another member to look at first;
 //! repeatable), `log=FILE`, `degraded` (mount although members the pool
-//! has were not found; without it that is an error, as with btrfs). `defaults`, `auto`, `noauto`, `_netdev`,
+//! has were not found; without it that is an error, as with btrfs),
+//! `commit=SECS` (commit on its own this often, default 5, 0 = only on
+//! fsync and unmount: sync(1) does not reach FUSE). `defaults`, `auto`, `noauto`, `_netdev`,
 //! `nofail`, `user`, `users`, `nouser`, `owner`, `group`, `x-*` and
 //! `comment=*` (fstab's and systemd's) are accepted and ignored. Anything
 //! else is an error unless `-s` (sloppy) is given.
@@ -70,6 +72,8 @@ pub struct MountOptions {
     pub verify: bool,
     /// Mount even when members are missing.
     pub degraded: bool,
+    /// Periodic commit interval in seconds (0: off; default 5).
+    pub commit_secs: Option<u64>,
     pub devices: Vec<PathBuf>,
     pub log: Option<PathBuf>,
 }
@@ -88,6 +92,9 @@ pub fn parse_options(lists: &[String], sloppy: bool) -> Result<MountOptions, Str
             ("allow_other", None) => o.allow_other = Some(true),
             ("verify", None) => o.verify = true,
             ("degraded", None) => o.degraded = true,
+            ("commit", Some(v)) => {
+                o.commit_secs = Some(v.parse().map_err(|_| format!("commit={v}: not a number of seconds"))?);
+            }
             ("policy", Some(v)) => {
                 o.policy = Some(v.parse().map_err(|e| format!("policy={v}: {e}"))?);
             }
@@ -158,7 +165,7 @@ pub fn run(prog: &str, req: &MountRequest) -> ExitCode {
         Err(e) => return crate::fail(prog, &e),
     };
     if p.foreground {
-        return match serve(&p, None, req.verbose) {
+        return match serve(&p, &mut None, req.verbose) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => crate::fail(prog, &e),
         };
@@ -179,11 +186,14 @@ pub fn run(prog: &str, req: &MountRequest) -> ExitCode {
     if pid == 0 {
         drop(rd);
         daemonize();
-        let mut notify = wr;
-        let code = match serve(&p, Some(&mut notify), false) {
+        let mut notify = Some(wr);
+        let code = match serve(&p, &mut notify, false) {
             Ok(()) => 0,
             Err(e) => {
-                let _ = writeln!(notify, "error: {e}");
+                // Before `ready` the parent is still listening; after it, the log has it.
+                if let Some(n) = notify.as_mut() {
+                    let _ = writeln!(n, "error: {e}");
+                }
                 1
             }
         };
@@ -333,9 +343,9 @@ fn unmount_on_signal(set: libc::sigset_t, dir: PathBuf) {
     }
 }
 
-/// Open the pool, mount, say `ready` on `notify`, serve until unmounted,
-/// close the pool.
-fn serve(p: &Prepared, notify: Option<&mut File>, verbose: bool) -> Result<(), String> {
+/// Open the pool, mount, say `ready` on `notify` (and close it, so the
+/// parent sees EOF), serve until unmounted, close the pool.
+fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), String> {
     let ro = p.opts.read_only;
     let dopts = DiscoverOptions { extra: p.opts.devices.clone(), ..Default::default() };
     let found = find_members(&p.source, &dopts).map_err(|e| e.to_string())?;
@@ -378,6 +388,11 @@ fn serve(p: &Prepared, notify: Option<&mut File>, verbose: bool) -> Result<(), S
         read_only: ro,
         allow_other: p.opts.allow_other.unwrap_or(root),
         source,
+        commit_interval: match p.opts.commit_secs {
+            Some(0) => None,
+            Some(s) => Some(std::time::Duration::from_secs(s)),
+            None => Some(dynamicfs::fuse::DEFAULT_COMMIT_INTERVAL),
+        },
         ..Default::default()
     };
     let pool = Arc::new(pool);
@@ -390,7 +405,7 @@ fn serve(p: &Prepared, notify: Option<&mut File>, verbose: bool) -> Result<(), S
         read_only = ro,
         "serving"
     );
-    if let Some(n) = notify {
+    if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready");
     }
     if verbose {
@@ -460,6 +475,8 @@ mod tests {
         assert_eq!(o.devices, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(o.log, Some(PathBuf::from("/l")));
         assert!(!opts("ro,rw").unwrap().read_only);
+        assert_eq!(opts("commit=0").unwrap().commit_secs, Some(0));
+        assert!(opts("commit=x").is_err());
         assert!(opts("x-systemd.automount,comment=foo").is_ok());
     }
 
