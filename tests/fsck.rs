@@ -23,7 +23,11 @@
 //!   fragment on it absent, the data still readable from the others; a
 //!   repair re-protects every extent on the surviving members but cannot
 //!   bring the member back (exit status 1 + 4);
-//! - a clean pool stays untouched by a repair run; a pool in use is refused.
+//! - an unreadable fragment (IO errors on its range): rebuilt on another
+//!   member; the bad range itself stays reported (exit status 1 + 4);
+//! - a clean pool stays untouched by a repair run; a pool in use is refused
+//!   for a repair and noted by a check; no member, two pools, one member
+//!   given twice are operational errors.
 
 use std::sync::Arc;
 
