@@ -4,7 +4,7 @@
 //! ```text
 //! bench_engine --devices /dev/loopA,/dev/loopB,... [--mib 1024] [--runs 3]
 //!              [--policies replication:3,erasure:4+2] [--fio-mib 1024]
-//!              [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs]
+//!              [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs] [--skip-cpu]
 //! ```
 //!
 //! `scripts/bench-engine` sets up six loop devices and runs this. Every
@@ -52,13 +52,14 @@ struct Opts {
     fio_mib: u64,
     btrfs_mnt: Option<PathBuf>,
     skip_fio: bool,
+    skip_cpu: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("bench_engine: {msg}");
     eprintln!(
         "usage: bench_engine --devices D1,D2,... [--mib N] [--runs N] [--policies P1,P2] [--fio-mib N] \
-         [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs]"
+         [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs] [--skip-cpu]"
     );
     std::process::exit(2)
 }
@@ -72,6 +73,7 @@ fn parse_args() -> Opts {
         fio_mib: 1024,
         btrfs_mnt: None,
         skip_fio: false,
+        skip_cpu: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -88,6 +90,7 @@ fn parse_args() -> Opts {
             "--btrfs-mnt" => o.btrfs_mnt = Some(PathBuf::from(val())),
             "--skip-fio" => o.skip_fio = true,
             "--skip-btrfs" => o.btrfs_mnt = None,
+            "--skip-cpu" => o.skip_cpu = true,
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -375,7 +378,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("bench_engine: {} devices, {} MiB, {} runs, {cores} cores", o.devices.len(), o.mib, o.runs);
 
-    let (blake3_rate, enc_rate, dec_rate) = cpu_limits();
+    let (blake3_rate, enc_rate, dec_rate) = if o.skip_cpu { (0.0, 0.0, 0.0) } else { cpu_limits() };
     eprintln!("CPU, one core: BLAKE3 {blake3_rate:.0} MiB/s, RS 4+2 encode {enc_rate:.0} MiB/s, decode (2 lost) {dec_rate:.0} MiB/s");
 
     // Device limit.

@@ -280,12 +280,12 @@ fn creates(dirs: usize, per_dir: usize, fsync: bool) -> (Creates, Vec<Arc<dyn De
 
 // ------------------------------------------------------------ 2. the 1 M-extent pool
 
-const SYNTH_DIRS: u64 = 125;
 const SYNTH_FILES_PER_DIR: u64 = 1000;
 const SYNTH_EXTENTS_PER_FILE: u64 = 8;
 
-/// The synthesized namespace (and, with `extents`, its 1 M extents).
-fn synth_state(fp: &dynamicfs::mkfs::FormattedPool, data_start_block: &mut [u64], extents: bool) -> State {
+/// The synthesized namespace of `dirs` × 1000 files (and, with `extents`,
+/// 8 extents per file).
+fn synth_state(fp: &dynamicfs::mkfs::FormattedPool, dirs: u64, data_start_block: &mut [u64], extents: bool) -> State {
     let policy = Policy::Replication { copies: 2 };
     let members: Vec<MemberRec> = fp
         .members
@@ -317,7 +317,7 @@ fn synth_state(fp: &dynamicfs::mkfs::FormattedPool, data_start_block: &mut [u64]
     let mut root_entries = BTreeMap::new();
     let n_members = fp.members.len() as u64;
     let mut k = 0u64;
-    for d in 0..SYNTH_DIRS {
+    for d in 0..dirs {
         let dino = ino;
         ino += 1;
         let mut entries = BTreeMap::new();
@@ -368,7 +368,7 @@ fn synth_state(fp: &dynamicfs::mkfs::FormattedPool, data_start_block: &mut [u64]
         root_entries.insert(format!("d{d:03}").into_bytes().into_boxed_slice(), dino);
     }
     let root = st.inodes.get_mut(&ROOT_INO).expect("root");
-    root.attrs.nlink = 2 + SYNTH_DIRS as u32;
+    root.attrs.nlink = 2 + dirs as u32;
     root.body = Body::Dir { parent: ROOT_INO, entries: root_entries };
     st.next_ino = ino;
     st
@@ -440,6 +440,7 @@ struct BigOpen {
     phase_blake3_secs: f64,
     phase_decode_secs: f64,
     phase_allocators_secs: f64,
+    phase_allocators_sorted_secs: f64,
     phase_encode_secs: f64,
 }
 
@@ -449,7 +450,7 @@ fn big_open() -> BigOpen {
     let devs: Vec<Arc<dyn Device>> = sparse.iter().map(|d| d.clone() as Arc<dyn Device>).collect();
     let fp = format(&devs, Policy::Replication { copies: 2 });
     let mut next = vec![0u64; devs.len()];
-    let full = synth_state(&fp, &mut next, true);
+    let full = synth_state(&fp, 125, &mut next, true);
     let problems = full.check();
     assert!(problems.is_empty(), "synthesized state: {:?}", &problems[..problems.len().min(5)]);
     let bytes = postcard::to_stdvec(&full).expect("encode");
@@ -462,7 +463,7 @@ fn big_open() -> BigOpen {
     // decoded from their serialized form as open decodes them.
     let (state_heap, s) = decoded_heap(&bytes);
     drop(s);
-    let ns_bytes = postcard::to_stdvec(&synth_state(&fp, &mut vec![0; devs.len()], false)).expect("encode");
+    let ns_bytes = postcard::to_stdvec(&synth_state(&fp, 125, &mut vec![0; devs.len()], false)).expect("encode");
     let (namespace_heap, s) = decoded_heap(&ns_bytes);
     drop(s);
     drop(ns_bytes);
@@ -491,6 +492,23 @@ fn big_open() -> BigOpen {
             .expect("mark_used");
     }
     let phase_allocators_secs = t.elapsed().as_secs_f64();
+    drop(allocs);
+    // The same, with the runs sorted by (member, block) first.
+    let t = Instant::now();
+    let mut allocs: Vec<dfs_alloc::Allocator> = fp
+        .members
+        .iter()
+        .map(|(_, l)| {
+            dfs_alloc::Allocator::new(l.data_blocks(), dfs_format::bitmap::bits_per_bitmap_block(l.block_size) as u32)
+                .expect("allocator")
+        })
+        .collect();
+    let mut runs: Vec<(u32, u64, u32)> = st.all_fragments().map(|(_, _, f)| (f.member, f.block, f.blocks)).collect();
+    runs.sort_unstable();
+    for (member, block, blocks) in runs {
+        allocs[member as usize].mark_used(dfs_alloc::Run { start: block, len: blocks as u64 }).expect("mark_used");
+    }
+    let phase_allocators_sorted_secs = t.elapsed().as_secs_f64();
     drop(allocs);
     let t = Instant::now();
     std::hint::black_box(postcard::to_stdvec(&st).expect("encode"));
@@ -530,8 +548,24 @@ fn big_open() -> BigOpen {
         phase_blake3_secs,
         phase_decode_secs,
         phase_allocators_secs,
+        phase_allocators_sorted_secs,
         phase_encode_secs,
     }
+}
+
+/// Heap per extent at `dirs` × 8000 extents (decoded state with extents
+/// minus the same namespace without), to show the hash table's load factor.
+fn per_extent_at(dirs: u64) -> f64 {
+    let devs: Vec<Arc<dyn Device>> =
+        (0..3).map(|i| Arc::new(Sparse::new(&format!("s{i}"), 8 * GIB)) as Arc<dyn Device>).collect();
+    let fp = format(&devs, Policy::Replication { copies: 2 });
+    let full = postcard::to_stdvec(&synth_state(&fp, dirs, &mut [0; 3], true)).expect("encode");
+    let ns = postcard::to_stdvec(&synth_state(&fp, dirs, &mut [0; 3], false)).expect("encode");
+    let (a, s) = decoded_heap(&full);
+    drop(s);
+    let (b, s) = decoded_heap(&ns);
+    drop(s);
+    (a - b) as f64 / (dirs * SYNTH_FILES_PER_DIR * SYNTH_EXTENTS_PER_FILE) as f64
 }
 
 // ------------------------------------------------------------ 4. syncs per fsync
@@ -637,6 +671,8 @@ fn main() {
     // 2 + 3b. The 1 M-extent pool.
     let big = big_open();
     let per_extent = (big.state_heap - big.namespace_heap) as f64 / big.extents as f64;
+    // 896 000 extents: just below the table's resize point (2^20 * 7/8).
+    let per_extent_896k = per_extent_at(112);
     let per_inode_big = big.namespace_heap as f64 / big.inodes as f64;
     println!();
     println!("{:<58} {:>14}", "open and memory", "");
@@ -653,20 +689,21 @@ fn main() {
         big.open_secs
     );
     println!("{:<58} {:>14.3} s", "reopen of the same pool (engine-written checkpoint)", big.reopen_secs);
-    println!("{:<58} {:>14.3} s", "  of which (same calls, timed apart): BLAKE3 of checkpoint", big.phase_blake3_secs);
-    println!("{:<58} {:>14.3} s", "                                     decode (postcard)", big.phase_decode_secs);
-    println!(
-        "{:<58} {:>14.3} s",
-        "                                     allocators (mark_used x2M)", big.phase_allocators_secs
-    );
-    println!(
-        "{:<58} {:>14.3} s",
-        "                                     encode for the open's checkpoint", big.phase_encode_secs
-    );
+    println!("  steps of open, same calls timed apart:");
+    for (label, secs) in [
+        ("BLAKE3 of the checkpoint", big.phase_blake3_secs),
+        ("decode the checkpoint (postcard)", big.phase_decode_secs),
+        ("allocators: mark_used x 2 M, table order", big.phase_allocators_secs),
+        ("allocators: mark_used x 2 M, sorted (what open does)", big.phase_allocators_sorted_secs),
+        ("encode the state for the open's checkpoint", big.phase_encode_secs),
+    ] {
+        println!("{:<58} {:>14.3} s", format!("    {label}"), secs);
+    }
     println!("{:<58} {:>14.1} B  (target <= 512)", "heap per inode (empty file, one directory)", per_inode_flat);
     println!("{:<58} {:>14.1} B", "heap per inode (100 directories x 1000)", per_inode_tree);
     println!("{:<58} {:>14.1} B", "heap per inode (synthesized namespace, whole state)", per_inode_big);
-    println!("{:<58} {:>14.1} B  (target <= 256)", "heap per extent (4 KiB extent, replication:2)", per_extent);
+    println!("{:<58} {:>14.1} B  (target <= 256)", "heap per extent (1 M extents of 4 KiB, replication:2)", per_extent);
+    println!("{:<58} {:>14.1} B", "heap per extent (896 000 extents: hash table 85% full)", per_extent_896k);
     println!(
         "{:<58} {:>14.1} B",
         "heap delta of the 1 M open (device blocks excluded) / extent",
@@ -737,7 +774,8 @@ fn main() {
             "phases_one_million": {
                 "blake3": big.phase_blake3_secs,
                 "decode": big.phase_decode_secs,
-                "allocators": big.phase_allocators_secs,
+                "allocators_table_order": big.phase_allocators_secs,
+                "allocators_sorted": big.phase_allocators_sorted_secs,
                 "encode": big.phase_encode_secs,
             },
         },
@@ -753,6 +791,7 @@ fn main() {
             "bytes_per_inode": per_inode_flat,
             "bytes_per_inode_tree": per_inode_tree,
             "bytes_per_extent": per_extent,
+            "bytes_per_extent_at_896k": per_extent_896k,
             "pool_heap_delta_per_extent_excluding_device_blocks": big.pool_heap_delta as f64 / big.extents as f64,
             "rss_delta_per_extent_excluding_device_blocks": big.rss_delta as f64 / big.extents as f64,
             "target_bytes_per_inode": 512,

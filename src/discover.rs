@@ -121,7 +121,8 @@ pub struct Discovered {
 pub enum DiscoverError {
     #[error("{0}")]
     BadSource(String),
-    #[error("{}: {reason}", path.display())]
+    /// `reason` names the path.
+    #[error("{reason}")]
     NotAMember { path: PathBuf, reason: String },
     #[error("no member of pool {0} found (searched the given paths and every block device)")]
     NoneFound(uuid::Uuid),
@@ -144,7 +145,7 @@ fn probe_open(path: &Path) -> Option<Arc<dyn Device>> {
 /// Read the superblock of `path`; `Err` says why it is not a member.
 fn probe(path: &Path) -> Result<(Arc<dyn Device>, Superblock), String> {
     let dev = match member_kind(path) {
-        Ok(_) => probe_open(path).ok_or_else(|| "cannot be opened".to_string())?,
+        Ok(_) => probe_open(path).ok_or_else(|| format!("{}: cannot be opened", path.display()))?,
         Err(e) => return Err(e.to_string()),
     };
     let choice = read_superblocks(dev.as_ref()).map_err(|e| e.to_string())?;

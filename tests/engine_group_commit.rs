@@ -11,6 +11,18 @@
 //! Two devices: plain `MemDevice`s (sync is free, so only the commit's CPU
 //! time lets ops pile up), and `MemDevice`s behind a wrapper whose sync takes
 //! 200 µs (a fast NVMe flush), which is what makes group commit matter.
+//!
+//! Measured (2 CPUs, 4 members, replication:2): 1 writer 5.0 syncs per
+//! fsync (2 data members + 3 journal copies), 8 writers 1.8-2.2. At 64
+//! writers the figure has moved with the data path, not with the commit
+//! code: 1.3-1.5 while a 4 KiB write copied a 1 MiB buffer, 0.35-0.49 once
+//! it did not (14-17 fsyncs per commit), 0.7-0.9 with the worker-pool data
+//! path in progress (7-9 per commit). Nothing in the engine gathers a
+//! batch: the batch is whatever queued while the previous commit ran, so a
+//! faster commit means smaller batches. A commit also syncs every member
+//! that got data and then every journal copy (members holding both are
+//! synced twice): 6.5-7 syncs, so < 0.5 needs 14 fsyncs per commit. The
+//! assertion stays at < 0.5 (the "well below 1").
 
 use dfs_format::Policy;
 use dynamicfs::device::{Device, DeviceIdentity, MemDevice};
@@ -116,6 +128,19 @@ fn run(threads: usize, per_thread: usize, sync_latency: Duration) -> Outcome {
     out
 }
 
+/// The median of three runs' syncs per fsync: the batch size depends on
+/// thread scheduling, and one unlucky run on a loaded 2-CPU machine should
+/// not decide the test.
+fn median_syncs_per_fsync(threads: usize, per_thread: usize, sync_latency: Duration) -> f64 {
+    // The tests of this file measure one at a time (they would steal each
+    // other's CPUs otherwise).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut v: Vec<f64> = (0..3).map(|_| run(threads, per_thread, sync_latency).syncs_per_fsync()).collect();
+    v.sort_by(f64::total_cmp);
+    v[1]
+}
+
 #[test]
 fn one_writer_pays_a_full_commit_per_fsync() {
     // The baseline the others are measured against: 2 data members + 3
@@ -128,8 +153,8 @@ fn one_writer_pays_a_full_commit_per_fsync() {
 #[test]
 fn concurrent_fsyncs_share_syncs_on_mem_devices() {
     let o8 = run(8, 150, Duration::ZERO);
-    let o64 = run(64, 40, Duration::ZERO);
-    assert!(o64.syncs_per_fsync() < 0.5, "64 writers: {:.3} device syncs per fsync ({o64:?})", o64.syncs_per_fsync());
+    let s64 = median_syncs_per_fsync(64, 40, Duration::ZERO);
+    assert!(s64 < 0.5, "64 writers: {s64:.3} device syncs per fsync (median of 3 runs)");
     // 8 writers cannot go below 1: a commit costs 5-7 syncs (2-4 data
     // members + 3 journal copies), more than there are writers to share it.
     assert!(o8.syncs_per_fsync() < 3.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
@@ -139,7 +164,7 @@ fn concurrent_fsyncs_share_syncs_on_mem_devices() {
 fn concurrent_fsyncs_share_syncs_with_sync_latency() {
     let latency = Duration::from_micros(200);
     let o8 = run(8, 60, latency);
-    let o64 = run(64, 20, latency);
+    let s64 = median_syncs_per_fsync(64, 20, latency);
     assert!(o8.syncs_per_fsync() < 3.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
-    assert!(o64.syncs_per_fsync() < 0.5, "64 writers: {:.3} device syncs per fsync ({o64:?})", o64.syncs_per_fsync());
+    assert!(s64 < 0.5, "64 writers: {s64:.3} device syncs per fsync (median of 3 runs)");
 }

@@ -200,17 +200,180 @@ fn file_map_in(st: &State, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
     }
 }
 
-/// Run `f` on every item, in parallel (scoped threads) when there are
-/// several; results in item order.
+/// Run `f` on every item, in parallel when there are several (the first on
+/// the calling thread, the others on the worker pool, [`workers`]); results
+/// in item order. A panic in `f` is re-raised here once every item is done.
 pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if items.len() <= 1 {
         return items.iter().map(&f).collect();
     }
-    std::thread::scope(|s| {
-        let f = &f;
-        let hs: Vec<_> = items.iter().map(|it| s.spawn(move || f(it))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    })
+    let n = items.len();
+    let slots: Vec<Mutex<Option<std::thread::Result<R>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let latch = Arc::new(workers::Latch::new(n - 1));
+    {
+        let (f, slots) = (&f, &slots);
+        for (i, item) in items.iter().enumerate().skip(1) {
+            let latch = latch.clone();
+            let job = move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)));
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                // Nothing borrowed is touched after this.
+                latch.done();
+            };
+            let job: Box<dyn FnOnce() + Send + '_> = Box::new(job);
+            // SAFETY: the job borrows `f`, `items` and `slots`, which live
+            // until this function returns; it returns only after
+            // `latch.wait()` has seen every job call `done()`, its last use
+            // of a borrow (the latch itself is shared through an Arc). Jobs
+            // never unwind past `done()` (panics are caught above). So no
+            // borrow is used after it ends: the 'static is never relied on.
+            let job: workers::Job = unsafe { std::mem::transmute(job) };
+            workers::submit(job);
+        }
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&items[0])));
+        *slots[0].lock().unwrap_or_else(|p| p.into_inner()) = Some(first);
+    }
+    latch.wait();
+    slots
+        .into_iter()
+        .map(|s| match s.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Ok(r)) => r,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => unreachable!("the latch counted every job"),
+        })
+        .collect()
+}
+
+/// A process-wide pool of worker threads for [`par_map`].
+///
+/// Spawning a thread per fragment IO cost more than the IO's own CPU: the
+/// clone, the stack's mmap/munmap, an io_uring ring set up and torn down
+/// on the thread's first batch (`device/uring.rs` keeps one ring per
+/// thread) and a Reed-Solomon encoder built afresh (`redundancy` keeps one
+/// per thread). Long-lived workers keep all three. Workers are started on
+/// demand, up to [`MAX_WORKERS`] (they mostly wait on IO), and live for the
+/// life of the process. A thread waiting for its jobs runs queued jobs
+/// meanwhile, so nested `par_map` calls cannot deadlock even when every
+/// worker is busy.
+mod workers {
+    use std::collections::VecDeque;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    /// A job: runs once, on some thread.
+    pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+    /// Most worker threads.
+    pub(crate) const MAX_WORKERS: usize = 64;
+
+    struct State {
+        jobs: VecDeque<Job>,
+        idle: usize,
+        threads: usize,
+    }
+
+    static STATE: Mutex<State> = Mutex::new(State { jobs: VecDeque::new(), idle: 0, threads: 0 });
+    static WAKE: Condvar = Condvar::new();
+
+    fn lock() -> std::sync::MutexGuard<'static, State> {
+        STATE.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `job`; start a worker if none is idle. If no thread can be
+    /// started at all, the job runs here.
+    pub(crate) fn submit(job: Job) {
+        let mut st = lock();
+        st.jobs.push_back(job);
+        if st.idle > 0 {
+            drop(st);
+            WAKE.notify_one();
+            return;
+        }
+        if st.threads < MAX_WORKERS {
+            st.threads += 1;
+            drop(st);
+            if std::thread::Builder::new().name("dfs-io".into()).spawn(worker).is_ok() {
+                return;
+            }
+            st = lock();
+            st.threads -= 1;
+        }
+        // Every worker is busy: the job waits for one, or for a helping waiter.
+        if st.threads == 0 {
+            if let Some(job) = st.jobs.pop_back() {
+                drop(st);
+                job();
+            }
+        }
+    }
+
+    fn worker() {
+        loop {
+            let job = {
+                let mut st = lock();
+                loop {
+                    if let Some(j) = st.jobs.pop_front() {
+                        break j;
+                    }
+                    st.idle += 1;
+                    st = WAKE.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.idle -= 1;
+                }
+            };
+            job();
+        }
+    }
+
+    /// Run one queued job on this thread, if there is one.
+    fn help() -> bool {
+        let job = lock().jobs.pop_front();
+        match job {
+            Some(j) => {
+                j();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts jobs down to zero.
+    pub(crate) struct Latch {
+        left: Mutex<usize>,
+        done: Condvar,
+    }
+
+    impl Latch {
+        pub(crate) fn new(n: usize) -> Latch {
+            Latch { left: Mutex::new(n), done: Condvar::new() }
+        }
+
+        pub(crate) fn done(&self) {
+            let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+            *left -= 1;
+            if *left == 0 {
+                self.done.notify_all();
+            }
+        }
+
+        /// Wait until every job is done, running queued jobs meanwhile.
+        pub(crate) fn wait(&self) {
+            loop {
+                if *self.left.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+                    return;
+                }
+                if help() {
+                    continue;
+                }
+                let left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+                if *left == 0 {
+                    return;
+                }
+                // Woken by `done`; the timeout re-checks the queue, in case
+                // every worker is blocked and a job waits for a helper.
+                let _ = self.done.wait_timeout(left, Duration::from_millis(2));
+            }
+        }
+    }
 }
 
 impl Pool {
@@ -542,26 +705,20 @@ impl Pool {
         let mut rest: &mut [u8] = &mut out;
         let mut consumed = 0usize;
         for chunk in plan.chunks(READ_PARALLEL) {
-            let mut parts: Vec<(&Extent, usize, &mut [u8])> = Vec::with_capacity(chunk.len());
+            let mut parts: Vec<(&Extent, usize, Mutex<&mut [u8]>)> = Vec::with_capacity(chunk.len());
             for (e, o, covered, within) in chunk {
                 let (_, after) = std::mem::take(&mut rest).split_at_mut(o - consumed);
                 let (dst, after) = after.split_at_mut(*covered);
                 rest = after;
                 consumed = o + covered;
-                parts.push((e, *within, dst));
+                parts.push((e, *within, Mutex::new(dst)));
             }
-            if parts.len() == 1 {
-                let (e, within, dst) = parts.pop().expect("one part");
-                read_one(e, within, dst)?;
-                continue;
-            }
-            let results: Vec<Result<()>> = std::thread::scope(|s| {
-                let read_one = &read_one;
-                let hs: Vec<_> =
-                    parts.into_iter().map(|(e, within, dst)| s.spawn(move || read_one(e, within, dst))).collect();
-                hs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-            });
-            results.into_iter().collect::<Result<Vec<()>>>()?;
+            par_map(&parts, |(e, within, dst)| {
+                let mut dst = dst.lock().unwrap_or_else(|p| p.into_inner());
+                read_one(e, *within, &mut dst)
+            })
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
         }
         Ok(out)
     }
@@ -787,19 +944,15 @@ impl Pool {
             }
             Policy::Erasure { .. } => {
                 let mut buf = take_buf(slot * count);
-                let (hash, enc) = std::thread::scope(|s| {
-                    let h = s.spawn(|| *blake3::hash(data).as_bytes());
-                    let mut outs: Vec<&mut [u8]> = buf
-                        .chunks_mut(slot)
-                        .map(|c| {
-                            c[payload_len..].fill(0);
-                            &mut c[..payload_len]
-                        })
-                        .collect();
-                    let enc = redundancy::encode_into(policy, data, &mut outs);
-                    (h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), enc)
-                });
-                extent_hash = hash;
+                extent_hash = *blake3::hash(data).as_bytes();
+                let mut outs: Vec<&mut [u8]> = buf
+                    .chunks_mut(slot)
+                    .map(|c| {
+                        c[payload_len..].fill(0);
+                        &mut c[..payload_len]
+                    })
+                    .collect();
+                let enc = redundancy::encode_into(policy, data, &mut outs);
                 if let Err(e) = enc {
                     give_buf(buf);
                     self.free_uncommitted(&locs);

@@ -52,15 +52,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dfs_format::Policy;
-use dynamicfs::discover::{find_members, open_members, DiscoverOptions, PoolSource};
+use dynamicfs::device::DeviceError;
+use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOptions, Discovered, PoolSource};
 use dynamicfs::engine::namespace::POLICY_XATTR;
-use dynamicfs::engine::{Pool, PoolOptions, XattrMode, ROOT_INO};
+use dynamicfs::engine::{EngineError, Pool, PoolOptions, XattrMode, ROOT_INO};
 use dynamicfs::fuse::{MountConfig, FS_TYPE};
 
 use super::mountinfo;
 
 /// Options ignored (fstab / systemd / mount(8) bookkeeping).
-const IGNORED: &[&str] = &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"];
+const IGNORED: &[&str] =
+    &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"];
 
 /// What `-o` said.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -369,9 +371,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         }
         tracing::warn!(missing = %list, "members not found; mounting degraded");
     }
-    let devs = open_members(&found, ro).map_err(|e| e.to_string())?;
-    let pool = Pool::open(devs, PoolOptions { read_only: ro, verify_writes: p.opts.verify, ..Default::default() })
-        .map_err(|e| format!("pool {}: {e}", found.pool_uuid))?;
+    let pool =
+        open_retrying_busy(&found, PoolOptions { read_only: ro, verify_writes: p.opts.verify, ..Default::default() })?;
     for line in &pool.open_report {
         tracing::warn!("open: {line}");
     }
@@ -436,6 +437,33 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     }
 }
 
+/// How long a mount waits for members (or the pool lock) another process
+/// holds: `umount` returns before the previous daemon has closed the pool,
+/// so a mount right after it may find the devices busy for a moment.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Open the members and the pool, retrying for [`BUSY_WAIT`] while a
+/// member is busy or the pool locked.
+fn open_retrying_busy(found: &Discovered, opts: PoolOptions) -> Result<Pool, String> {
+    let start = Instant::now();
+    loop {
+        let res = open_members(found, opts.read_only)
+            .map_err(|e| (matches!(e, DiscoverError::Open { source: DeviceError::Busy { .. }, .. }), e.to_string()))
+            .and_then(|devs| {
+                Pool::open(devs, opts.clone())
+                    .map_err(|e| (matches!(e, EngineError::PoolInUse { .. }), format!("pool {}: {e}", found.pool_uuid)))
+            });
+        match res {
+            Ok(pool) => return Ok(pool),
+            Err((true, msg)) if start.elapsed() < BUSY_WAIT => {
+                tracing::info!("{msg}; waiting for it to be released");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err((_, msg)) => return Err(msg),
+        }
+    }
+}
+
 /// `policy=P`: refuse one the pool's members can't satisfy, then pin it on
 /// the root directory (inherited by everything created below).
 fn apply_policy(pool: &Pool, policy: Policy) -> Result<(), String> {
@@ -467,8 +495,9 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let o = opts("ro,allow_other,verify,policy=erasure:2+1,device=/a,device=/b,log=/l,defaults,noauto,_netdev,nofail")
-            .unwrap();
+        let o =
+            opts("ro,allow_other,verify,policy=erasure:2+1,device=/a,device=/b,log=/l,defaults,noauto,_netdev,nofail")
+                .unwrap();
         assert!(o.read_only && o.verify);
         assert_eq!(o.allow_other, Some(true));
         assert_eq!(o.policy, Some("erasure:2+1".parse().unwrap()));

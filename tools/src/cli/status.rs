@@ -76,8 +76,9 @@ pub fn gather(arg: &str) -> Result<Status, String> {
         Some(m) => PoolSource::parse(&m.source).map_err(|e| format!("{arg}: mounted from {:?}: {e}", m.source))?,
         None => PoolSource::parse(arg).map_err(|e| e.to_string())?,
     };
-    let (pool, found) = open_pool(&source, &DiscoverOptions::default(), PoolOptions { read_only: true, ..Default::default() })
-        .map_err(|e| e.to_string())?;
+    let (pool, found) =
+        open_pool(&source, &DiscoverOptions::default(), PoolOptions { read_only: true, ..Default::default() })
+            .map_err(|e| e.to_string())?;
     let state = pool.state_snapshot();
     let ckpt = pool.checkpoint_blocks();
     let mut used_blocks: BTreeMap<u32, u64> = BTreeMap::new();
@@ -103,7 +104,8 @@ pub fn gather(arg: &str) -> Result<Status, String> {
         let (size, used, free) = match opened {
             Some(m) => {
                 let bs = m.layout.block_size as u64;
-                let used = (used_blocks.get(&(i as u32)).copied().unwrap_or(0) + ckpt.get(i).copied().unwrap_or(0)) * bs;
+                let used =
+                    (used_blocks.get(&(i as u32)).copied().unwrap_or(0) + ckpt.get(i).copied().unwrap_or(0)) * bs;
                 let data = m.layout.data_blocks() * bs;
                 (Some(m.layout.size), Some(used), Some(data.saturating_sub(used)))
             }
@@ -160,9 +162,17 @@ pub fn render(s: &Status) -> String {
         out.push_str("Note:            the pool is mounted; figures are what is durable on disk (last commit)\n");
     }
     out.push_str("\nMembers:\n");
-    let mut t = Table::new(&["INDEX", "PATH", "SIZE", "USED", "FREE", "STATE"], &[true, false, true, true, true, false]);
+    let mut t =
+        Table::new(&["INDEX", "PATH", "SIZE", "USED", "FREE", "STATE"], &[true, false, true, true, true, false]);
     for m in &s.members {
-        t.row(vec![m.index.to_string(), m.path.clone(), opt_iec(m.size), opt_iec(m.used), opt_iec(m.free), m.state.clone()]);
+        t.row(vec![
+            m.index.to_string(),
+            m.path.clone(),
+            opt_iec(m.size),
+            opt_iec(m.used),
+            opt_iec(m.free),
+            m.state.clone(),
+        ]);
     }
     out.push_str(&t.render(2));
     out.push_str(&format!("\nFiles: {}   Directories: {}   Inodes: {}\n", s.files, s.directories, s.inodes));
