@@ -19,7 +19,12 @@
 //!    `Pool::write` calls into one file followed by `Pool::sync_all` (the
 //!    time includes the final commit), then read back as 1 MiB `Pool::read`
 //!    calls (cold: devices are O_DIRECT, the engine has no cache; every
-//!    block checked). The file is then deleted and the deletion committed.
+//!    MiB checked), once from one thread (one extent in flight: QD1 for
+//!    replication, K shards for erasure) and once from 4 threads reading
+//!    alternate MiB (`read_4_threads`: what a multi-threaded FUSE session
+//!    with kernel read-ahead sends). The file is then deleted and the
+//!    deletion committed. CPU use of the process and of the machine is
+//!    printed per run (the machine's share shows other load).
 //! 4. With `--btrfs-mnt` and `mkfs.btrfs` present: btrfs raid1c3 and raid6
 //!    (data and metadata) on the same devices, `--mib` MiB written with
 //!    `dd bs=1M oflag=direct` + `sync`, read back with `iflag=direct`.

@@ -42,14 +42,28 @@
 //! one file only, so reads and writes of different files (and reads of the
 //! same file) proceed in parallel.
 //!
-//! ## Write layout and copies
+//! ## Write layout, copies and threads
 //!
 //! Each fragment is written as two requests of one `write_batch`: its
-//! header block and its payload blocks. The payload comes from one aligned
-//! buffer per extent: for `replication:N` the extent is copied once and the
-//! N replicas are written from that same buffer; for `erasure:K+M` the
-//! shards are encoded straight into aligned slots. The extent's BLAKE3 is
-//! also the payload BLAKE3 of every replica, so it is computed once.
+//! header block and its payload blocks. A file's dirty extents are aligned
+//! buffers, and the `N` replicas of `replication:N` are written straight
+//! from the file's buffer (no copy at all); for `erasure:K+M` the shards
+//! are encoded into one aligned slab. The extent's BLAKE3 is also the
+//! payload BLAKE3 of every replica, so it is computed once. IO buffers are
+//! recycled (`BUF_CACHE_BYTES`), and the parallel work (extents of a
+//! flush or a read, fragments of an extent) runs on a process-wide pool of
+//! long-lived worker threads ([`par_map`]), which keep their io_uring ring
+//! and Reed-Solomon encoder: spawning a thread per fragment cost more CPU
+//! than the IO path itself.
+//!
+//! Measured (`scripts/bench-engine`, 6 loop devices, 2 cores): what is left
+//! of the CPU per MiB written is BLAKE3 (1 pass for replication, 2.5 for
+//! 4+2: the extent plus every shard, both in the format) and memcpy (the
+//! application's buffer into the file buffer; for erasure also into the
+//! shards and through reed-solomon-simd), about 0.25 core at 200 MiB/s for
+//! `replication:3` and 2 ms per MiB for `erasure:4+2`. A writer is
+//! synchronous (there is no write-behind thread), so a batch's encoding
+//! and its IO overlap only across the extents of the batch.
 //!
 //! Invariant kept by truncate: no committed extent reaches past the inode
 //! size, so growing a file always shows zeros.
@@ -201,7 +215,7 @@ fn file_map_in(st: &State, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
 }
 
 /// Run `f` on every item, in parallel when there are several (the first on
-/// the calling thread, the others on the worker pool, [`workers`]); results
+/// the calling thread, the others on the worker pool, `workers`); results
 /// in item order. A panic in `f` is re-raised here once every item is done.
 pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if items.len() <= 1 {
