@@ -17,8 +17,10 @@
 //!
 //! plus read-after-write verification (`PoolOptions::verify_writes`), reads
 //! and writes of different files running while a read is stuck in a
-//! device, and the core cases on real loop devices (`erasure:4+2`; skipped
-//! without root and `/dev/loop-control`).
+//! device, write-behind (failed fragment writes reported by fsync and
+//! retried; overwrites and unlinks while writes are in flight), and the
+//! core cases on real loop devices (`erasure:4+2`; skipped without root and
+//! `/dev/loop-control`).
 
 #[allow(unused_imports)]
 mod common;
@@ -564,6 +566,81 @@ fn reads_and_writes_of_different_files_proceed_while_a_read_is_stuck() {
     assert!(still_stuck, "the read of a was not actually blocked");
     assert!(reader.join().unwrap().unwrap() == a_data);
     rig.heal();
+}
+
+#[test]
+fn write_behind_errors_surface_at_fsync_and_are_retried() {
+    let policy: Policy = "replication:2".parse().unwrap();
+    let rig = Rig::mem(3, 64 * MIB, policy);
+    let pool = rig.open();
+    let (ino, _) = pool.create(ROOT_INO, b"wb", FileKind::File, 0o644, 0, 0, 0).unwrap();
+    // Every fragment payload write fails for now.
+    for d in &rig.faulty {
+        d.set_fault_hook(Box::new(|op| (op.kind == IoKind::Write && op.len >= 256 * 1024).then_some(Fault::Error)));
+    }
+    let data = pattern(20 * MIB as usize + 5, 21);
+    for (i, chunk) in data.chunks(MIB as usize).enumerate() {
+        pool.write(ino, i as u64 * MIB, chunk).expect("buffered writes succeed under the dirty limit");
+    }
+    assert!(pool.read(ino, 0, data.len()).unwrap() == data, "dirty data must stay readable");
+    assert!(pool.fsync(ino).is_err(), "fsync must report the failed writes");
+    rig.heal();
+    pool.fsync(ino).expect("retried once the devices work");
+    assert!(pool.read(ino, 0, data.len()).unwrap() == data);
+    assert!(pool.check_allocations().is_empty(), "{:?}", pool.check_allocations());
+    drop(pool);
+    let pool = rig.open();
+    assert!(pool.read(ino, 0, data.len()).unwrap() == data);
+    verify_all(&pool);
+}
+
+#[test]
+fn overwrites_and_unlinks_while_writes_are_in_flight() {
+    let policy: Policy = "erasure:2+1".parse().unwrap();
+    let rig = Rig::mem(4, 256 * MIB, policy);
+    let pool = Arc::new(rig.open());
+    let last: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = pool.clone();
+                s.spawn(move || {
+                    let name = format!("t{t}");
+                    let (ino, _) = pool.create(ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0).unwrap();
+                    let mut data = Vec::new();
+                    // Each round rewrites extents whose previous versions may
+                    // still be in flight; the last round must win.
+                    for round in 0..3u64 {
+                        data = pattern(10 * MIB as usize + 333 * t as usize, t * 10 + round);
+                        for (i, chunk) in data.chunks(MIB as usize).enumerate() {
+                            pool.write(ino, i as u64 * MIB, chunk).unwrap();
+                        }
+                        assert!(pool.read(ino, 0, data.len()).unwrap() == data, "t{t} round {round}");
+                    }
+                    // A scratch file unlinked with its writes in flight.
+                    let scratch = format!("s{t}");
+                    let (sino, _) = pool.create(ROOT_INO, scratch.as_bytes(), FileKind::File, 0o644, 0, 0, 0).unwrap();
+                    for i in 0..12u64 {
+                        pool.write(sino, i * MIB, &pattern(MIB as usize, i)).unwrap();
+                    }
+                    pool.unlink(ROOT_INO, scratch.as_bytes()).unwrap();
+                    pool.fsync(ino).unwrap();
+                    data
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    pool.sync_all().unwrap();
+    assert!(pool.check_allocations().is_empty(), "{:?}", pool.check_allocations());
+    drop(pool);
+    let pool = rig.open();
+    for (t, data) in last.iter().enumerate() {
+        let (ino, attrs) = pool.lookup(ROOT_INO, format!("t{t}").as_bytes()).unwrap();
+        assert_eq!(attrs.size, data.len() as u64);
+        assert!(pool.read(ino, 0, data.len()).unwrap() == *data, "t{t}: last round lost after reopen");
+    }
+    verify_all(&pool);
+    assert!(pool.state_snapshot().check().is_empty());
 }
 
 // ---------------------------------------------------------------------------

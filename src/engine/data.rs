@@ -2,17 +2,31 @@
 //!
 //! A file is a map from extent index (offset / 1 MiB) to an immutable
 //! extent of up to 1 MiB. Writes land in a per-file buffer of whole extents
-//! (`FileBuf`). An extent is encoded and written once the write cursor has
-//! moved past it, in groups of [`FLUSH_BATCH`] so that the fragments of
-//! several extents are in flight at once; everything is written when the
-//! file holds more than [`MAX_DIRTY_EXTENTS`] dirty extents, and on flush /
-//! fsync / release / sync. Writing an extent: encode under its policy
-//! (`redundancy`), choose distinct members weighted by free space
-//! (`placement`), allocate a run on each, write header block + payload to
-//! each in parallel, then queue `SetExtent` + the new size in one
-//! transaction. The replaced extent's space is freed only after that
-//! commit is durable (`pool.rs`). An extent of zeros is not written: holes
-//! cost nothing.
+//! (`FileBuf`). Writing an extent: encode under its policy (`redundancy`),
+//! choose distinct members weighted by free space (`placement`), allocate a
+//! run on each, write header block + payload to each in parallel, then
+//! queue `SetExtent` + the new size in one transaction. The replaced
+//! extent's space is freed only after that commit is durable (`pool.rs`).
+//! An extent of zeros is not written: holes cost nothing.
+//!
+//! ## Write-behind
+//!
+//! Once the write cursor has left [`FLUSH_BATCH`] extents behind, they are
+//! placed and allocated, and their hashing, encoding and fragment writes
+//! handed to the worker pool; `write` returns without waiting for them. Their transactions are
+//! queued later, in the order they were sent, by whichever call of that
+//! file finds them written (a later `write`, or flush / fsync / release /
+//! truncate / sync, which wait for all of them). At most [`MAX_IN_FLIGHT`]
+//! extents of a file are in flight; beyond [`MAX_DIRTY_EXTENTS`] dirty
+//! extents (in flight included) the writer writes everything and waits.
+//! Until its transaction is queued an extent stays in the buffer, so reads
+//! see it; a newer write to it copies the buffer (the old one is still
+//! being written) and its own transaction comes after. A failed fragment
+//! write frees that extent's space and leaves it dirty, to be written
+//! again; fsync reports it (a writeback error), `write` only when the file
+//! is over its dirty limit. A file deleted with writes in flight waits for
+//! them and frees their space; nothing is ever written after its buffer is
+//! gone (a dropped pool waits for its writes).
 //!
 //! ## Reads
 //!
@@ -38,32 +52,35 @@
 //!
 //! The `meta` lock is never held across device IO here: it is taken to
 //! snapshot what to read or write, to allocate, and to apply the resulting
-//! transaction. A per-file lock serializes writers, flushes and truncates of
-//! one file only, so reads and writes of different files (and reads of the
-//! same file) proceed in parallel.
+//! transaction. (One exception: deleting a file whose writes are still in
+//! flight waits for them under the lock, see `forget_buffer`.) A per-file
+//! lock serializes writers, flushes and truncates of one file only, so
+//! reads and writes of different files (and reads of the same file)
+//! proceed in parallel. Code holding the `meta` lock never waits for worker
+//! jobs in a way that would run them on its own thread (a job may take the
+//! lock).
 //!
 //! ## Write layout, copies and threads
 //!
-//! Each fragment is written as two requests of one `write_batch`: its
-//! header block and its payload blocks. A file's dirty extents are aligned
-//! buffers, and the `N` replicas of `replication:N` are written straight
-//! from the file's buffer (no copy at all); for `erasure:K+M` the shards
-//! are encoded into one aligned slab. The extent's BLAKE3 is also the
-//! payload BLAKE3 of every replica, so it is computed once. IO buffers are
-//! recycled (`BUF_CACHE_BYTES`), and the parallel work (extents of a
-//! flush or a read, fragments of an extent) runs on a process-wide pool of
-//! long-lived worker threads ([`par_map`]), which keep their io_uring ring
-//! and Reed-Solomon encoder: spawning a thread per fragment cost more CPU
-//! than the IO path itself.
+//! A file's dirty extents are aligned buffers, and the `N` replicas of
+//! `replication:N` are written straight from the file's buffer (no copy at
+//! all), each as two requests of one `write_batch` (its own header block,
+//! then the shared payload). For `erasure:K+M` the shards are encoded into
+//! one aligned slab with room for each fragment's header block right
+//! before its shard, so each fragment is one request. The extent's BLAKE3
+//! is also the payload BLAKE3 of every replica, so it is computed once. IO
+//! buffers are recycled (`BUF_CACHE_BYTES`), and the parallel work (extents
+//! of a flush or a read, fragments of an extent) runs on a process-wide
+//! pool of long-lived worker threads ([`par_map`]), which keep their
+//! io_uring ring and Reed-Solomon encoder: spawning a thread per fragment
+//! cost more CPU than the IO path itself.
 //!
 //! Measured (`scripts/bench-engine`, 6 loop devices, 2 cores): what is left
 //! of the CPU per MiB written is BLAKE3 (1 pass for replication, 2.5 for
 //! 4+2: the extent plus every shard, both in the format) and memcpy (the
 //! application's buffer into the file buffer; for erasure also into the
-//! shards and through reed-solomon-simd), about 0.25 core at 200 MiB/s for
-//! `replication:3` and 2 ms per MiB for `erasure:4+2`. A writer is
-//! synchronous (there is no write-behind thread), so a batch's encoding
-//! and its IO overlap only across the extents of the batch.
+//! shards and through reed-solomon-simd): about 0.25 core at 200 MiB/s for
+//! `replication:3`, 2 ms per MiB for `erasure:4+2`.
 //!
 //! Invariant kept by truncate: no committed extent reaches past the inode
 //! size, so growing a file always shows zeros.
@@ -76,17 +93,22 @@ use super::state::{Attrs, Body, Extent, FileKind, FragLoc, Ino, MemberState, Op,
 use crate::device::{AlignedBuf, WriteReq};
 use dfs_alloc::Run;
 use dfs_format::fragment::FragmentKind;
-use dfs_format::{FragmentHeader, Policy};
+use dfs_format::{FragmentHeader, Policy, FRAGMENT_HEADER_LEN};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-/// Dirty extents a file may hold before the writer flushes them all.
-pub const MAX_DIRTY_EXTENTS: usize = 16;
+/// Dirty extents a file may hold (in flight included) before the writer
+/// flushes them all and waits.
+pub const MAX_DIRTY_EXTENTS: usize = 32;
 
-/// Full extents behind the write cursor that are flushed together (their
-/// fragments written in parallel).
+/// Full extents behind the write cursor that are encoded and sent together.
 pub const FLUSH_BATCH: usize = 8;
+
+/// Extents of one file whose fragment writes may be in flight while the
+/// writer carries on (write-behind); beyond this the writer waits for the
+/// oldest.
+pub const MAX_IN_FLIGHT: usize = 16;
 
 /// Bytes of IO buffers kept for reuse (see [`take_buf`]).
 const BUF_CACHE_BYTES: usize = 64 << 20;
@@ -133,6 +155,8 @@ pub(crate) struct DirtyExtent {
     /// `EXTENT_SIZE` bytes, aligned: replicas are written straight from it.
     data: Arc<AlignedBuf>,
     gen: u64,
+    /// The generation whose fragments are being written now, if any.
+    sent: Option<u64>,
 }
 
 /// The write buffer of one file.
@@ -144,17 +168,274 @@ pub(crate) struct FileBuf {
     mtime_ns: i64,
     /// Serializes writers, flushes and truncates of this file.
     lock: Arc<Mutex<()>>,
+    /// Extents whose fragments are being written, oldest first; their
+    /// transactions are queued in this order once written.
+    in_flight: std::collections::VecDeque<InFlight>,
 }
 
-/// One extent being flushed: a snapshot of its buffer.
-struct FlushJob {
+/// An extent of a file being written (write-behind).
+#[derive(Debug)]
+struct InFlight {
     idx: u64,
-    data: Arc<AlignedBuf>,
     gen: u64,
-    /// Bytes of the extent (up to the file size).
+    /// Bytes of the extent.
     len: usize,
+    /// None for an extent of zeros (a hole: nothing written).
+    write: Option<ExtentWrite>,
+}
+
+/// The fragments of one new extent being written by the worker pool.
+#[derive(Debug)]
+struct ExtentWrite {
+    /// The extent, its BLAKE3 not yet known (computed by the encoding job).
+    extent: Extent,
+    io: Arc<IoBatch>,
+}
+
+impl ExtentWrite {
+    fn is_done(&self) -> bool {
+        self.io.latch.is_done()
+    }
+}
+
+impl Drop for ExtentWrite {
+    /// Never leave a fragment write running past its owner (a dropped pool
+    /// must not write into space a reopened pool may have reused). Does not
+    /// run queued jobs: the owner may hold the `meta` lock.
+    fn drop(&mut self) {
+        self.io.latch.wait_without_helping();
+    }
+}
+
+/// Results of the fragment writes of one extent.
+#[derive(Debug)]
+struct IoBatch {
+    results: Mutex<Vec<Option<Result<u64>>>>,
+    /// Set by the encoding job.
+    extent_blake3: Mutex<Option<[u8; 32]>>,
+    /// Counts the fragment writes.
+    latch: workers::Latch,
+}
+
+/// Where one fragment goes.
+struct Target {
+    dev: Arc<dyn crate::device::Device>,
+    offset: u64,
+    bs: usize,
+    /// Header block + payload blocks.
+    blocks: usize,
+}
+
+/// Everything the encoding job needs (it runs after `start_extent` returned).
+struct EncodePlan {
+    pool: uuid::Uuid,
+    id: uuid::Uuid,
     policy: Policy,
-    existing: Option<u128>,
+    /// Bytes of the extent.
+    len: usize,
+    payload_len: usize,
+    /// Payload bytes rounded up to the largest block size.
+    slot: usize,
+    max_bs: usize,
+    targets: Vec<Target>,
+    verify: bool,
+}
+
+/// The header of fragment `index` of an extent of pool `pool`.
+#[allow(clippy::too_many_arguments)]
+fn extent_header(
+    pool: uuid::Uuid,
+    id: uuid::Uuid,
+    policy: Policy,
+    index: usize,
+    payload_len: usize,
+    extent_len: usize,
+    extent_blake3: [u8; 32],
+    payload_blake3: [u8; 32],
+) -> FragmentHeader {
+    FragmentHeader {
+        kind: FragmentKind::Extent,
+        pool_uuid: pool,
+        extent_uuid: id,
+        fragment_index: index as u16,
+        fragment_count: policy.fragment_count() as u16,
+        policy,
+        payload_len: payload_len as u32,
+        extent_len: extent_len as u32,
+        generation: 0,
+        created_ns: now_ns() as u64,
+        payload_blake3,
+        extent_blake3,
+    }
+}
+
+/// The encoding job of one extent (on a worker): hash the extent, build
+/// the fragments' payloads (the extent's own buffer for replicas, a slab of
+/// header block + shard per fragment for erasure), then hand each
+/// fragment's write to the pool. Every fragment's result slot is filled and
+/// the latch counted down exactly once per fragment, whatever happens.
+fn encode_and_send(plan: EncodePlan, data: Arc<AlignedBuf>, io: Arc<IoBatch>) {
+    let EncodePlan { pool, id, policy, len, payload_len, slot, max_bs, targets, verify } = plan;
+    let count = targets.len();
+    let fail = |io: &IoBatch, e: EngineError| {
+        let msg = e.to_string();
+        let mut r = io.results.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in r.iter_mut() {
+            *slot = Some(Err(EngineError::Other(msg.clone())));
+        }
+        drop(r);
+        for _ in 0..count {
+            io.latch.done();
+        }
+    };
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Vec<FragWrite>> {
+        let extent_hash = *blake3::hash(&data[..len]).as_bytes();
+        *io.extent_blake3.lock().unwrap_or_else(|p| p.into_inner()) = Some(extent_hash);
+        let mut writes = Vec::with_capacity(count);
+        match policy {
+            Policy::Replication { .. } => {
+                for (i, t) in targets.into_iter().enumerate() {
+                    writes.push(FragWrite {
+                        index: i,
+                        header: Some(extent_header(pool, id, policy, i, payload_len, len, extent_hash, extent_hash)),
+                        payload: data.clone(),
+                        range: 0..(t.blocks - 1) * t.bs,
+                        dev: t.dev,
+                        offset: t.offset,
+                        bs: t.bs,
+                        verify,
+                    });
+                }
+            }
+            Policy::Erasure { .. } => {
+                let stride = max_bs + slot;
+                let mut buf = take_buf(stride * count);
+                let mut outs: Vec<&mut [u8]> = buf
+                    .chunks_mut(stride)
+                    .map(|c| {
+                        c[max_bs + payload_len..].fill(0);
+                        &mut c[max_bs..max_bs + payload_len]
+                    })
+                    .collect();
+                if let Err(e) = redundancy::encode_into(policy, &data[..len], &mut outs) {
+                    give_buf(buf);
+                    return Err(EngineError::Other(e.to_string()));
+                }
+                for (i, (c, t)) in buf.chunks_mut(stride).zip(&targets).enumerate() {
+                    let hash = *blake3::hash(&c[max_bs..max_bs + payload_len]).as_bytes();
+                    let header = extent_header(pool, id, policy, i, payload_len, len, extent_hash, hash);
+                    let block = &mut c[max_bs - t.bs..max_bs];
+                    block.fill(0);
+                    block[..FRAGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+                }
+                let buf = Arc::new(buf);
+                for (i, t) in targets.into_iter().enumerate() {
+                    let start = i * stride + max_bs;
+                    writes.push(FragWrite {
+                        index: i,
+                        header: None,
+                        payload: buf.clone(),
+                        range: start..start + (t.blocks - 1) * t.bs,
+                        dev: t.dev,
+                        offset: t.offset,
+                        bs: t.bs,
+                        verify,
+                    });
+                }
+            }
+        }
+        Ok(writes)
+    }));
+    drop(data);
+    let writes = match built {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => return fail(&io, e),
+        Err(_) => return fail(&io, EngineError::Other("internal: encoding panicked".into())),
+    };
+    // The first fragment is written here, the others on other workers.
+    let mut writes = writes.into_iter();
+    let first = writes.next();
+    for w in writes {
+        let io = io.clone();
+        workers::submit(Box::new(move || run_frag_write(w, &io)));
+    }
+    if let Some(w) = first {
+        run_frag_write(w, &io);
+    }
+}
+
+/// Run one fragment write, record its result, count it down; the last
+/// holder of the payload buffer gives it back for reuse.
+fn run_frag_write(w: FragWrite, io: &IoBatch) {
+    let i = w.index;
+    let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())) {
+        Ok((r, payload)) => {
+            if let Ok(buf) = Arc::try_unwrap(payload) {
+                give_buf(buf);
+            }
+            r
+        }
+        Err(_) => Err(EngineError::Other("internal: a fragment write panicked".into())),
+    };
+    io.results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+    io.latch.done();
+}
+
+/// One fragment write, owning all it needs, so it can run on a worker
+/// after the call that started it has returned.
+struct FragWrite {
+    index: usize,
+    dev: Arc<dyn crate::device::Device>,
+    offset: u64,
+    bs: usize,
+    /// The header, or None when its block already precedes `range` in
+    /// `payload` (erasure slabs: one request per fragment).
+    header: Option<FragmentHeader>,
+    payload: Arc<AlignedBuf>,
+    /// The payload blocks in `payload` (header block excluded).
+    range: std::ops::Range<usize>,
+    verify: bool,
+}
+
+impl FragWrite {
+    /// Write it; gives the payload buffer back.
+    fn run(self) -> (Result<u64>, Arc<AlignedBuf>) {
+        let r = self.write();
+        (r, self.payload)
+    }
+
+    fn write(&self) -> Result<u64> {
+        let bs = self.bs;
+        let payload = &self.payload[self.range.clone()];
+        let hdr = self.header.as_ref().map(|h| AlignedBuf::from_slice_padded(&h.encode(), bs));
+        let whole = &self.payload[self.range.start.saturating_sub(bs)..self.range.end];
+        match &hdr {
+            Some(hdr) => self.dev.write_batch(&[
+                WriteReq { offset: self.offset, buf: hdr },
+                WriteReq { offset: self.offset + bs as u64, buf: payload },
+            ])?,
+            None => self.dev.write_at(self.offset, whole)?,
+        }
+        if self.verify {
+            let mut check = take_buf(bs + payload.len());
+            let res = self.dev.read_at(self.offset, &mut check);
+            let same = res.is_ok()
+                && match &hdr {
+                    Some(hdr) => check[..bs] == hdr[..] && check[bs..] == *payload,
+                    None => check[..] == *whole,
+                };
+            give_buf(check);
+            res?;
+            if !same {
+                return Err(EngineError::Other(format!(
+                    "{}: read-after-write mismatch at offset {}",
+                    self.dev.identity(),
+                    self.offset
+                )));
+            }
+        }
+        Ok((bs + payload.len()) as u64)
+    }
 }
 
 /// Why one fragment could not be used.
@@ -198,6 +479,15 @@ impl ReadFrag {
 impl Drop for ReadFrag {
     fn drop(&mut self) {
         give_buf(std::mem::replace(&mut self.buf, AlignedBuf::zeroed(0)));
+    }
+}
+
+/// Give never-committed fragment space back to the allocators.
+fn free_locs(m: &mut Meta, frags: &[FragLoc]) {
+    for f in frags {
+        if let Some(Some(a)) = m.allocs.get_mut(f.member as usize) {
+            let _ = a.free(Run { start: f.block, len: f.blocks as u64 });
+        }
     }
 }
 
@@ -266,9 +556,9 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync)
 /// thread) and a Reed-Solomon encoder built afresh (`redundancy` keeps one
 /// per thread). Long-lived workers keep all three. Workers are started on
 /// demand, up to [`MAX_WORKERS`] (they mostly wait on IO), and live for the
-/// life of the process. A thread waiting for its jobs runs queued jobs
-/// meanwhile, so nested `par_map` calls cannot deadlock even when every
-/// worker is busy.
+/// life of the process. When every worker is busy and no more can be
+/// started, a thread waiting for its jobs runs queued jobs meanwhile, so
+/// nested `par_map` calls cannot deadlock.
 mod workers {
     use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex};
@@ -288,6 +578,8 @@ mod workers {
 
     static STATE: Mutex<State> = Mutex::new(State { jobs: VecDeque::new(), idle: 0, threads: 0 });
     static WAKE: Condvar = Condvar::new();
+    /// A worker could not be started: waiters run queued jobs themselves.
+    static SPAWN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
     fn lock() -> std::sync::MutexGuard<'static, State> {
         STATE.lock().unwrap_or_else(|p| p.into_inner())
@@ -309,6 +601,7 @@ mod workers {
             if std::thread::Builder::new().name("dfs-io".into()).spawn(worker).is_ok() {
                 return;
             }
+            SPAWN_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
             st = lock();
             st.threads -= 1;
         }
@@ -334,13 +627,25 @@ mod workers {
                     st.idle -= 1;
                 }
             };
-            job();
+            // Jobs catch their own panics; this keeps the worker alive anyway.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
         }
     }
 
-    /// Run one queued job on this thread, if there is one.
+    /// Run one queued job on this thread, if there is one that no worker
+    /// will take soon: only when every worker is busy and no more can be
+    /// started. (Otherwise a waiter would run, say, someone's blocking
+    /// write and come back late.)
     fn help() -> bool {
-        let job = lock().jobs.pop_front();
+        let job = {
+            let mut st = lock();
+            let saturated = st.threads >= MAX_WORKERS || SPAWN_FAILED.load(std::sync::atomic::Ordering::Relaxed);
+            if saturated && st.idle == 0 {
+                st.jobs.pop_front()
+            } else {
+                None
+            }
+        };
         match job {
             Some(j) => {
                 j();
@@ -351,6 +656,7 @@ mod workers {
     }
 
     /// Counts jobs down to zero.
+    #[derive(Debug)]
     pub(crate) struct Latch {
         left: Mutex<usize>,
         done: Condvar,
@@ -366,6 +672,20 @@ mod workers {
             *left -= 1;
             if *left == 0 {
                 self.done.notify_all();
+            }
+        }
+
+        /// True when every job is done.
+        pub(crate) fn is_done(&self) -> bool {
+            *self.left.lock().unwrap_or_else(|p| p.into_inner()) == 0
+        }
+
+        /// Wait until every job is done, without running other jobs (for
+        /// callers holding locks that a queued job might take).
+        pub(crate) fn wait_without_helping(&self) {
+            let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+            while *left > 0 {
+                left = self.done.wait(left).unwrap_or_else(|p| p.into_inner());
             }
         }
 
@@ -439,23 +759,38 @@ impl Pool {
             fb.mtime_ns = now_ns();
             pos += n as u64;
         }
-        // Flush the extents the cursor has left behind once there are
-        // FLUSH_BATCH of them, or everything if too many are dirty.
-        let to_flush: Vec<u64> = {
-            let m = self.meta();
-            let fb = m.files.get(&ino).ok_or(EngineError::NotFound)?;
-            if fb.extents.len() > MAX_DIRTY_EXTENTS {
-                fb.extents.keys().copied().collect()
-            } else {
-                let behind: Vec<u64> = fb.extents.keys().copied().filter(|&i| (i + 1) * EXTENT_SIZE <= end).collect();
-                if behind.len() >= FLUSH_BATCH {
-                    behind
-                } else {
-                    Vec::new()
-                }
+        // Queue the transactions of extents already written; send the
+        // extents the cursor has left behind once there are FLUSH_BATCH of
+        // them; bound what is in flight and what is dirty. A failed
+        // fragment write leaves its extent dirty, to be written again; it
+        // fails this call only when the file is over its dirty limit
+        // (otherwise fsync reports it, as a writeback error).
+        let writeback = |res: Result<()>| {
+            if let Err(e) = res {
+                tracing::warn!(ino, %e, "write-behind failed; the extent stays dirty and is retried");
             }
         };
-        self.flush_extents(ino, &to_flush)?;
+        writeback(self.reap(ino, false));
+        let (to_send, all) = {
+            let m = self.meta();
+            let fb = m.files.get(&ino).ok_or(EngineError::NotFound)?;
+            let unsent = |i: &u64| fb.extents.get(i).is_some_and(|de| de.sent != Some(de.gen));
+            if fb.extents.len() > MAX_DIRTY_EXTENTS {
+                (fb.extents.keys().copied().filter(unsent).collect(), true)
+            } else {
+                let behind: Vec<u64> =
+                    fb.extents.keys().copied().filter(|&i| (i + 1) * EXTENT_SIZE <= end).filter(unsent).collect();
+                (if behind.len() >= FLUSH_BATCH { behind } else { Vec::new() }, false)
+            }
+        };
+        self.send_extents(ino, &to_send)?;
+        if all {
+            self.reap(ino, true)?;
+        } else {
+            while self.meta().files.get(&ino).is_some_and(|fb| fb.in_flight.len() > MAX_IN_FLIGHT) {
+                writeback(self.reap_one(ino));
+            }
+        }
         Ok(data.len())
     }
 
@@ -495,7 +830,7 @@ impl Pool {
                 Ok(false)
             }
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(DirtyExtent { data: Arc::new(data), gen: 0 });
+                v.insert(DirtyExtent { data: Arc::new(data), gen: 0, sent: None });
                 Ok(whole.is_some())
             }
         }
@@ -513,11 +848,17 @@ impl Pool {
     }
 
     fn flush_locked(&self, ino: Ino) -> Result<()> {
-        let idxs: Vec<u64> =
-            self.meta().files.get(&ino).map(|fb| fb.extents.keys().copied().collect()).unwrap_or_default();
-        for chunk in idxs.chunks(MAX_DIRTY_EXTENTS) {
-            self.flush_extents(ino, chunk)?;
-        }
+        let idxs: Vec<u64> = self
+            .meta()
+            .files
+            .get(&ino)
+            .map(|fb| fb.extents.iter().filter(|(_, de)| de.sent != Some(de.gen)).map(|(i, _)| *i).collect())
+            .unwrap_or_default();
+        let sent = idxs.chunks(FLUSH_BATCH).try_for_each(|chunk| self.send_extents(ino, chunk));
+        // Whatever happened, wait for everything in flight.
+        let reaped = self.reap(ino, true);
+        sent?;
+        reaped?;
         // A size change without data (zeros written past EOF) still needs committing.
         let mut m = self.meta();
         if let Some(fb) = m.files.get(&ino) {
@@ -550,19 +891,26 @@ impl Pool {
         self.commit()
     }
 
-    /// Flush extents `idxs` of `ino` (the caller holds the file lock): their
-    /// fragments are written in parallel, then each extent's transaction is
-    /// queued in index order. Extents written before an error are still
-    /// committed; the failed ones stay dirty.
-    fn flush_extents(&self, ino: Ino, idxs: &[u64]) -> Result<()> {
+    /// Start writing extents `idxs` of `ino` (the caller holds the file
+    /// lock): place and allocate them, and hand their encoding and fragment
+    /// writes to the worker pool; [`Pool::reap`] queues their transactions
+    /// once written. Fails only if an extent can't be placed or encoded
+    /// (nothing of it is then in flight; it stays dirty).
+    fn send_extents(&self, ino: Ino, idxs: &[u64]) -> Result<()> {
         if idxs.is_empty() {
             return Ok(());
         }
-        let jobs: Vec<FlushJob> = {
+        struct Job {
+            idx: u64,
+            data: Arc<AlignedBuf>,
+            gen: u64,
+            len: usize,
+        }
+        let (jobs, policy) = {
             let mut guard = self.meta();
             let m = &mut *guard;
             let Some(fb) = m.files.get_mut(&ino) else { return Ok(()) };
-            let (attrs, map) = file_map_in(&m.state, ino)?;
+            let (attrs, _) = file_map_in(&m.state, ino)?;
             let size = fb.size.max(attrs.size);
             let policy = Self::effective_policy_in(&m.state, ino);
             let mut jobs = Vec::new();
@@ -571,39 +919,49 @@ impl Pool {
                 let start = idx * EXTENT_SIZE;
                 let len = size.saturating_sub(start).min(EXTENT_SIZE) as usize;
                 // Bytes past the end are not part of the extent: zero them so
-                // the buffer is the replicas' zero-padded payload. Readers never
-                // look past the size, and no flush shares the buffer (we hold
-                // the file lock), so this does not copy.
+                // the buffer is the replicas' zero-padded payload. Readers
+                // never look past the size. (If an earlier generation is
+                // still being written from this buffer, this copies it.)
                 if de.data[len..].iter().any(|&b| b != 0) {
                     Arc::make_mut(&mut de.data)[len..].fill(0);
                 }
-                jobs.push(FlushJob {
-                    idx,
-                    data: de.data.clone(),
-                    gen: de.gen,
-                    len,
-                    policy,
-                    existing: map.get(&idx).copied(),
-                });
+                jobs.push(Job { idx, data: de.data.clone(), gen: de.gen, len });
             }
-            jobs
+            (jobs, policy)
         };
-        let written = par_map(&jobs, |job| {
-            let bytes = &job.data[..job.len];
-            if job.len == 0 || bytes.iter().all(|&b| b == 0) {
-                Ok(None)
-            } else {
-                self.write_extent_padded(job.policy, bytes, Some(&job.data)).map(Some)
-            }
-        });
-        let mut first_err = None;
-        for (job, res) in jobs.into_iter().zip(written) {
-            match res {
-                Ok(new_extent) => {
-                    if let Err(e) = self.finish_flush(ino, job, new_extent) {
-                        first_err.get_or_insert(e);
-                    }
+        // Here only placement and allocation: hashing, encoding and the
+        // writes run on the worker pool.
+        let started: Vec<Result<Option<ExtentWrite>>> = jobs
+            .iter()
+            .map(|job| {
+                let bytes = &job.data[..job.len];
+                if job.len == 0 || bytes.iter().all(|&b| b == 0) {
+                    Ok(None)
+                } else {
+                    self.start_extent(policy, bytes, Some(&job.data)).map(Some)
                 }
+            })
+            .collect();
+        let mut first_err = None;
+        let mut m = self.meta();
+        for (job, res) in jobs.into_iter().zip(started) {
+            match res {
+                Ok(write) => match m.files.get_mut(&ino) {
+                    Some(fb) => {
+                        if let Some(de) = fb.extents.get_mut(&job.idx) {
+                            de.sent = Some(job.gen);
+                        }
+                        fb.in_flight.push_back(InFlight { idx: job.idx, gen: job.gen, len: job.len, write });
+                    }
+                    None => {
+                        // The file went away: wait for the writes, free the space.
+                        if let Some(w) = write {
+                            let frags = w.extent.frags.clone();
+                            drop(w);
+                            free_locs(&mut m, &frags);
+                        }
+                    }
+                },
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -612,27 +970,83 @@ impl Pool {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Queue the transaction of one flushed extent and drop its buffer if no
+    /// Queue the transactions of the extents of `ino` whose writes are done,
+    /// in the order they were sent; with `wait`, wait for all of them. The
+    /// first failure is returned (its extent stays dirty, to be written
+    /// again), after the rest have been reaped.
+    fn reap(&self, ino: Ino, wait: bool) -> Result<()> {
+        let mut first_err = None;
+        loop {
+            let next = {
+                let m = self.meta();
+                match m.files.get(&ino).and_then(|fb| fb.in_flight.front()) {
+                    None => break,
+                    Some(f) => wait || f.write.as_ref().is_none_or(|w| w.is_done()),
+                }
+            };
+            if !next {
+                break;
+            }
+            if let Err(e) = self.reap_one(ino) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Wait for the oldest extent in flight of `ino` and queue its transaction.
+    fn reap_one(&self, ino: Ino) -> Result<()> {
+        let Some(f) = self.meta().files.get_mut(&ino).and_then(|fb| fb.in_flight.pop_front()) else {
+            return Ok(());
+        };
+        let InFlight { idx, gen, len, write } = f;
+        let result = match write {
+            None => Ok(None),
+            Some(w) => self.finish_extent(w).map(Some),
+        };
+        match result {
+            Ok(extent) => self.finish_flush(ino, idx, gen, len, extent),
+            Err(e) => {
+                let mut m = self.meta();
+                if let Some(de) = m.files.get_mut(&ino).and_then(|fb| fb.extents.get_mut(&idx)) {
+                    if de.sent == Some(gen) {
+                        de.sent = None;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Queue the transaction of one written extent and drop its buffer if no
     /// write changed it meanwhile.
-    fn finish_flush(&self, ino: Ino, job: FlushJob, new_extent: Option<Extent>) -> Result<()> {
-        let FlushJob { idx, data, gen, len, existing, .. } = job;
-        drop(data);
+    fn finish_flush(&self, ino: Ino, idx: u64, gen: u64, len: usize, new_extent: Option<Extent>) -> Result<()> {
         let start = idx * EXTENT_SIZE;
         let mut m = self.meta();
-        let attrs = match file_map(&m, ino) {
-            Ok((a, _)) => *a,
+        let (attrs, existing) = match file_map(&m, ino) {
+            Ok((a, map)) => (*a, map.get(&idx).copied()),
             Err(_) => {
                 // The file went away while we wrote: the extent was never committed.
-                drop(m);
                 if let Some(e) = new_extent {
-                    self.free_uncommitted(&e.frags);
+                    free_locs(&mut m, &e.frags);
                 }
                 return Ok(());
             }
         };
-        let fb = m.files.get(&ino).ok_or(EngineError::NotFound)?;
+        let Some(fb) = m.files.get(&ino) else {
+            if let Some(e) = new_extent {
+                free_locs(&mut m, &e.frags);
+            }
+            return Ok(());
+        };
         let mtime = fb.mtime_ns.max(attrs.mtime_ns);
         let mut ops = Vec::new();
+        if let Some(e) = &new_extent {
+            // Written since the last commit: the commit must sync them first.
+            for f in e.frags.iter() {
+                m.dirty_data.insert(f.member);
+            }
+        }
         if new_extent.is_some() || existing.is_some() {
             ops.push(Op::SetExtent { ino, index: idx, extent: new_extent });
         }
@@ -660,12 +1074,7 @@ impl Pool {
     }
 
     pub(crate) fn free_uncommitted(&self, frags: &[FragLoc]) {
-        let mut m = self.meta();
-        for f in frags {
-            if let Some(Some(a)) = m.allocs.get_mut(f.member as usize) {
-                let _ = a.free(Run { start: f.block, len: f.blocks as u64 });
-            }
-        }
+        free_locs(&mut self.meta(), frags);
     }
 
     /// Read up to `len` bytes at `offset` of file `ino` (short at EOF).
@@ -789,9 +1198,18 @@ impl Pool {
         attrs
     }
 
-    /// Drop the write buffer of a file being deleted.
+    /// Drop the write buffer of a file being deleted: its writes in flight
+    /// are waited for (they are fragment IO only) and their space freed.
     pub(crate) fn forget_buffer(m: &mut Meta, ino: Ino) {
-        m.files.remove(&ino);
+        if let Some(mut fb) = m.files.remove(&ino) {
+            for f in fb.in_flight.drain(..) {
+                if let Some(w) = f.write {
+                    let frags = w.extent.frags.clone();
+                    drop(w);
+                    free_locs(m, &frags);
+                }
+            }
+        }
     }
 
     /// Drop the (clean) write buffer of a file nobody has open any more.
@@ -896,31 +1314,22 @@ impl Pool {
         extent_blake3: [u8; 32],
         payload_blake3: [u8; 32],
     ) -> FragmentHeader {
-        FragmentHeader {
-            kind: FragmentKind::Extent,
-            pool_uuid: self.uuid,
-            extent_uuid: id,
-            fragment_index: index as u16,
-            fragment_count: policy.fragment_count() as u16,
-            policy,
-            payload_len: payload_len as u32,
-            extent_len: extent_len as u32,
-            generation: 0,
-            created_ns: now_ns() as u64,
-            payload_blake3,
-            extent_blake3,
-        }
+        extent_header(self.uuid, id, policy, index, payload_len, extent_len, extent_blake3, payload_blake3)
     }
 
-    /// Encode `data` under `policy` and write its fragments to distinct members.
+    /// Encode `data` under `policy` and write its fragments to distinct
+    /// members (returns once they are written).
     pub(crate) fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<Extent> {
-        self.write_extent_padded(policy, data, None)
+        let w = self.start_extent(policy, data, None)?;
+        self.finish_extent(w)
     }
 
-    /// [`Pool::write_extent`]; `padded`, when given, is an aligned buffer
-    /// starting with `data` and zero after it, long enough to be written as
-    /// the replicas' payload without a copy.
-    fn write_extent_padded(&self, policy: Policy, data: &[u8], padded: Option<&AlignedBuf>) -> Result<Extent> {
+    /// Place and allocate the fragments of `data` (here), then encode it
+    /// and write them on the worker pool: the caller goes on while the
+    /// extent is hashed, encoded and written. `padded`, when given, is the
+    /// aligned buffer `data` starts, zero after it: it is shared, not
+    /// copied (replicas are written from it).
+    fn start_extent(&self, policy: Policy, data: &[u8], padded: Option<&Arc<AlignedBuf>>) -> Result<ExtentWrite> {
         let payload_len = redundancy::fragment_payload_len(policy, data.len() as u32)
             .map_err(|e| EngineError::Other(e.to_string()))? as usize;
         let count = policy.fragment_count() as usize;
@@ -940,67 +1349,90 @@ impl Pool {
             })?;
             self.allocate_fragments(&mut m, &chosen, payload_len)?
         };
-        // Payload buffers: one copy of the extent (replication) or the shards
-        // encoded in place (erasure), each slot aligned and zero-padded.
-        let extent_hash;
-        let replicated = matches!(policy, Policy::Replication { .. });
-        let mut own: Option<AlignedBuf> = None;
-        match policy {
-            Policy::Replication { .. } => {
-                extent_hash = *blake3::hash(data).as_bytes();
-                // `padded` must be the buffer `data` lives in (zero after it).
-                if !padded.is_some_and(|p| p.len() >= slot && std::ptr::eq(p.as_ptr(), data.as_ptr())) {
-                    let mut buf = take_buf(slot);
-                    buf[..data.len()].copy_from_slice(data);
-                    buf[data.len()..].fill(0);
-                    own = Some(buf);
-                }
-            }
-            Policy::Erasure { .. } => {
-                let mut buf = take_buf(slot * count);
-                extent_hash = *blake3::hash(data).as_bytes();
-                let mut outs: Vec<&mut [u8]> = buf
-                    .chunks_mut(slot)
-                    .map(|c| {
-                        c[payload_len..].fill(0);
-                        &mut c[..payload_len]
-                    })
-                    .collect();
-                let enc = redundancy::encode_into(policy, data, &mut outs);
-                if let Err(e) = enc {
-                    give_buf(buf);
+        let mut targets = Vec::with_capacity(count);
+        for loc in &locs {
+            match self.member(loc.member) {
+                Ok(m) => targets.push(Target {
+                    dev: m.dev.clone(),
+                    offset: m.layout.data_offset(loc.block),
+                    bs: m.layout.block_size as usize,
+                    blocks: loc.blocks as usize,
+                }),
+                Err(e) => {
                     self.free_uncommitted(&locs);
-                    return Err(EngineError::Other(e.to_string()));
+                    return Err(e);
                 }
-                own = Some(buf);
             }
         }
-        let buf: &[u8] = match (&own, padded) {
-            (Some(b), _) => b,
-            (None, Some(p)) => &p[..slot],
-            (None, None) => unreachable!("replication without a padded buffer copies it"),
+        let len = data.len();
+        // Replicas are written from this buffer: the payload blocks.
+        let need = slot.max(len.next_multiple_of(max_bs));
+        let data = match padded {
+            Some(p) if p.len() >= need && std::ptr::eq(p.as_ptr(), data.as_ptr()) => p.clone(),
+            _ => {
+                let mut buf = take_buf(need);
+                buf[..len].copy_from_slice(data);
+                buf[len..].fill(0);
+                Arc::new(buf)
+            }
         };
-        let indexes: Vec<usize> = (0..count).collect();
-        let results = par_map(&indexes, |&i| {
-            let payload = if replicated { buf } else { &buf[i * slot..(i + 1) * slot] };
-            let payload_hash = if replicated { extent_hash } else { *blake3::hash(&payload[..payload_len]).as_bytes() };
-            let header = self.extent_header(id, policy, i, payload_len, data.len(), extent_hash, payload_hash);
-            self.write_fragment(&locs[i], &header, payload)
+        let plan = EncodePlan {
+            pool: self.uuid,
+            id,
+            policy,
+            len,
+            payload_len,
+            slot,
+            max_bs,
+            targets,
+            verify: self.opts.verify_writes,
+        };
+        let io = Arc::new(IoBatch {
+            results: Mutex::new((0..count).map(|_| None).collect()),
+            extent_blake3: Mutex::new(None),
+            latch: workers::Latch::new(count),
         });
-        if let Some(b) = own {
-            give_buf(b);
+        let job_io = io.clone();
+        workers::submit(Box::new(move || encode_and_send(plan, data, job_io)));
+        let extent =
+            Extent { id: id.as_u128(), len: len as u32, blake3: [0; 32], policy: policy.encode(), frags: locs.into() };
+        Ok(ExtentWrite { extent, io })
+    }
+
+    /// Wait for the fragment writes of `w`; on any failure its space is
+    /// freed and the first error returned.
+    fn finish_extent(&self, w: ExtentWrite) -> Result<Extent> {
+        w.io.latch.wait();
+        let results = std::mem::take(&mut *w.io.results.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut extent = w.extent.clone();
+        let hash = *w.io.extent_blake3.lock().unwrap_or_else(|p| p.into_inner());
+        drop(w);
+        match hash {
+            Some(h) => extent.blake3 = h,
+            None => {
+                self.free_uncommitted(&extent.frags);
+                return Err(EngineError::Other("internal: extent encoded without its BLAKE3".into()));
+            }
         }
-        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
-            self.free_uncommitted(&locs);
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Some(Ok(_)) => {
+                    self.counters.fragments_written.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                None => {
+                    first_err.get_or_insert(EngineError::Other("internal: a fragment write never ran".into()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            self.free_uncommitted(&extent.frags);
             return Err(e);
         }
-        Ok(Extent {
-            id: id.as_u128(),
-            len: data.len() as u32,
-            blake3: extent_hash,
-            policy: policy.encode(),
-            frags: locs.into(),
-        })
+        Ok(extent)
     }
 
     pub(crate) fn member_views(&self, m: &Meta) -> Vec<MemberView> {
@@ -1206,5 +1638,43 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::par_map;
+    use std::time::Duration;
+
+    #[test]
+    fn par_map_keeps_order_and_nests_beyond_the_worker_cap() {
+        // More blocking jobs than workers, each waiting on nested jobs: no
+        // deadlock, results in order.
+        let items: Vec<u64> = (0..200).collect();
+        let out = par_map(&items, |&i| {
+            let inner: Vec<u64> = (0..3).collect();
+            let v = par_map(&inner, |&j| {
+                std::thread::sleep(Duration::from_millis(1));
+                i * 10 + j
+            });
+            v.iter().sum::<u64>()
+        });
+        let want: Vec<u64> = items.iter().map(|&i| 30 * i + 3).collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn par_map_reraises_a_panic_after_every_job_is_done() {
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let items: Vec<usize> = (0..8).collect();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            par_map(&items, |&i| {
+                std::thread::sleep(Duration::from_millis(5));
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert!(i != 3, "job 3 fails");
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 8, "returned before every job ended");
     }
 }
