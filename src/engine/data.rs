@@ -878,7 +878,19 @@ impl Pool {
 
     /// fsync: flush the file, then commit.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
-        self.flush(ino)?;
+        {
+            // Counted while flushing, so a concurrent commit waits for this
+            // fsync's ops (see "Commit" in pool.rs).
+            struct Flushing<'a>(&'a std::sync::atomic::AtomicUsize);
+            impl Drop for Flushing<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.flushing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _f = Flushing(&self.flushing);
+            self.flush(ino)?;
+        }
         self.commit()
     }
 

@@ -52,6 +52,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Longest a commit waits for concurrent fsyncs still flushing their data
+/// to join its batch (see "Commit" above).
+pub const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Most copies of the journal and of checkpoints.
 pub const METADATA_COPIES: usize = 3;
 
@@ -147,6 +151,12 @@ pub struct Pool {
     poisoned: std::sync::atomic::AtomicBool,
     /// Lazy repair bookkeeping: repairs in flight, extents found lost.
     pub(crate) repair: super::repair::RepairState,
+    /// fsyncs now writing their file's data before they commit (the group
+    /// commit waits for them to join its batch).
+    pub(crate) flushing: std::sync::atomic::AtomicUsize,
+    /// How long the last commit's device writes took, in ns (the gather
+    /// window follows it).
+    last_commit_ns: AtomicU64,
     /// Problems found and repaired (or not) at open, for tools to report.
     pub open_report: Vec<String>,
 }
@@ -430,6 +440,8 @@ impl Pool {
             _lock: lock,
             poisoned: Default::default(),
             repair: Default::default(),
+            flushing: Default::default(),
+            last_commit_ns: AtomicU64::new(0),
             open_report: report,
         };
         if !pool.opts.read_only {
@@ -513,6 +525,28 @@ impl Pool {
         if c.durable_ticket >= target {
             return Ok(());
         }
+        self.gather();
+        let started = std::time::Instant::now();
+        let r = self.commit_batch(c);
+        self.last_commit_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// Wait (bounded) for fsyncs that are still writing their data, so that
+    /// their ops ride in this commit instead of paying for the next one.
+    fn gather(&self) {
+        if self.flushing.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let window = std::time::Duration::from_nanos(self.last_commit_ns.load(Ordering::Relaxed)).min(GATHER_MAX);
+        let start = std::time::Instant::now();
+        while self.flushing.load(Ordering::Relaxed) > 0 && start.elapsed() < window {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
+    /// Commit everything queued now: data syncs, one journal record, frees.
+    fn commit_batch(&self, c: &mut CommitState) -> Result<()> {
         let (ops, frees, dirty, ticket) = {
             let mut m = self.meta();
             (
