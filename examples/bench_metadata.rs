@@ -554,7 +554,7 @@ fn big_open() -> BigOpen {
 }
 
 /// Heap per extent at `dirs` × 8000 extents (decoded state with extents
-/// minus the same namespace without), to show the hash table's load factor.
+/// minus the same namespace without), to show the figure does not depend on where the table stands in its growth.
 fn per_extent_at(dirs: u64) -> f64 {
     let devs: Vec<Arc<dyn Device>> =
         (0..3).map(|i| Arc::new(Sparse::new(&format!("s{i}"), 8 * GIB)) as Arc<dyn Device>).collect();
@@ -671,7 +671,7 @@ fn main() {
     // 2 + 3b. The 1 M-extent pool.
     let big = big_open();
     let per_extent = (big.state_heap - big.namespace_heap) as f64 / big.extents as f64;
-    // 896 000 extents: just below the table's resize point (2^20 * 7/8).
+    // 896 000 extents: where a hash table would sit just below its resize point (2^20 * 7/8).
     let per_extent_896k = per_extent_at(112);
     let per_inode_big = big.namespace_heap as f64 / big.inodes as f64;
     println!();
@@ -703,7 +703,7 @@ fn main() {
     println!("{:<58} {:>14.1} B", "heap per inode (100 directories x 1000)", per_inode_tree);
     println!("{:<58} {:>14.1} B", "heap per inode (synthesized namespace, whole state)", per_inode_big);
     println!("{:<58} {:>14.1} B  (target <= 256)", "heap per extent (1 M extents of 4 KiB, replication:2)", per_extent);
-    println!("{:<58} {:>14.1} B", "heap per extent (896 000 extents: hash table 85% full)", per_extent_896k);
+    println!("{:<58} {:>14.1} B", "heap per extent (896 000 extents)", per_extent_896k);
     println!(
         "{:<58} {:>14.1} B",
         "heap delta of the 1 M open (device blocks excluded) / extent",

@@ -231,6 +231,9 @@ fn one_journal_copy_corrupt_opens_from_the_others() {
     let s = lookup_path(&pool, "d/s").expect("symlink");
     assert_eq!(pool.readlink(s).expect("readlink"), b"../a");
     assert!(report_has(&pool, "replayed 2 journal records"), "{:?}", pool.open_report);
+    // The damaged copy is named in the report.
+    let damaged = format!("{}: journal copy holds 0 of 2 records", devs[0].identity());
+    assert!(report_has(&pool, &damaged), "{:?}", pool.open_report);
     assert_consistent(&pool);
     // New work after the repair is journaled to all copies again.
     let c = new_file(&pool, ROOT_INO, "c", b"after the repair");

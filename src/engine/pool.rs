@@ -326,19 +326,32 @@ impl Pool {
         // Journal replay: every present member's copy; the longest chain wins.
         let (jlen, jbs) = (root.journal_len, root.journal_block_size);
         let start = JournalPos { offset: root.journal_offset, seq: root.journal_seq, prev_crc: 0 };
-        let mut best_replay: Option<Replay> = None;
+        let mut replays: Vec<(String, Replay)> = Vec::new();
         for m in members.iter().flatten() {
             let region = m.layout.region(RegionKind::Journal);
             if region.len < jlen {
                 continue;
             }
             let copy = JournalCopy { member: m.index, device: m.dev.clone(), region_start: region.start };
-            let r = replay_copy(&copy, uuid, jlen, jbs, start);
-            if best_replay.as_ref().is_none_or(|b| r.records.len() > b.records.len()) {
-                best_replay = Some(r);
+            replays.push((m.dev.identity().to_string(), replay_copy(&copy, uuid, jlen, jbs, start)));
+        }
+        let longest = replays
+            .iter()
+            .map(|(_, r)| r.records.len())
+            .max()
+            .ok_or_else(|| corrupted("no member holds a journal copy"))?;
+        // A copy shorter than the longest chain lost records (damage, or a
+        // member that missed commits): the fresh checkpoint written below
+        // supersedes it; say so.
+        for (dev, r) in &replays {
+            if r.records.len() < longest {
+                report.push(format!(
+                    "{dev}: journal copy holds {} of {longest} records after the root (damaged or stale); superseded by a fresh checkpoint",
+                    r.records.len()
+                ));
             }
         }
-        let replay = best_replay.ok_or_else(|| corrupted("no member holds a journal copy"))?;
+        let replay = replays.into_iter().map(|(_, r)| r).find(|r| r.records.len() == longest).expect("longest exists");
         let mut replayed_ops = 0u64;
         for (seq, payload) in &replay.records {
             let ops: Vec<Op> = postcard::from_bytes(payload)
