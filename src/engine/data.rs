@@ -110,6 +110,23 @@ pub const FLUSH_BATCH: usize = 8;
 /// oldest.
 pub const MAX_IN_FLIGHT: usize = 16;
 
+/// Whether every byte of `b` is zero. Word-wide and branch-free per block
+/// (so it vectorizes): a byte-at-a-time scan of a mostly empty 1 MiB
+/// extent buffer (the tail of every small file) took a millisecond.
+pub fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(256);
+    for c in &mut chunks {
+        let mut acc = 0u64;
+        for w in c.chunks_exact(8) {
+            acc |= u64::from_ne_bytes(w.try_into().unwrap());
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
 /// Bytes of IO buffers kept for reuse (see [`take_buf`]).
 const BUF_CACHE_BYTES: usize = 64 << 20;
 
@@ -922,7 +939,7 @@ impl Pool {
                 // the buffer is the replicas' zero-padded payload. Readers
                 // never look past the size. (If an earlier generation is
                 // still being written from this buffer, this copies it.)
-                if de.data[len..].iter().any(|&b| b != 0) {
+                if !is_zero(&de.data[len..]) {
                     Arc::make_mut(&mut de.data)[len..].fill(0);
                 }
                 jobs.push(Job { idx, data: de.data.clone(), gen: de.gen, len });
@@ -935,7 +952,7 @@ impl Pool {
             .iter()
             .map(|job| {
                 let bytes = &job.data[..job.len];
-                if job.len == 0 || bytes.iter().all(|&b| b == 0) {
+                if job.len == 0 || is_zero(bytes) {
                     Ok(None)
                 } else {
                     self.start_extent(policy, bytes, Some(&job.data)).map(Some)
@@ -1166,11 +1183,8 @@ impl Pool {
             let idx = new_size / EXTENT_SIZE;
             let keep = (new_size % EXTENT_SIZE) as usize;
             let bytes = self.read_extent(&e)?;
-            let extent = if bytes[..keep].iter().all(|&b| b == 0) {
-                None
-            } else {
-                Some(self.write_extent(e.policy(), &bytes[..keep])?)
-            };
+            let extent =
+                if is_zero(&bytes[..keep]) { None } else { Some(self.write_extent(e.policy(), &bytes[..keep])?) };
             ops.push(Op::SetExtent { ino, index: idx, extent });
         }
         let mut m = self.meta();
@@ -1643,8 +1657,28 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::par_map;
+    use super::{is_zero, par_map};
     use std::time::Duration;
+
+    #[test]
+    fn is_zero_sees_any_set_bit_anywhere() {
+        for len in [0usize, 1, 7, 8, 255, 256, 257, 1000, 4096, 65536 + 13] {
+            let mut b = vec![0u8; len];
+            assert!(is_zero(&b), "len {len}");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                for bit in [0u8, 7] {
+                    if len == 0 {
+                        continue;
+                    }
+                    b[at] = 1 << bit;
+                    assert!(!is_zero(&b), "len {len}: byte {at} bit {bit} missed");
+                    // Unaligned starts too.
+                    assert_eq!(is_zero(&b[1.min(len)..]), at == 0 && len > 0, "len {len} from 1, byte {at}");
+                    b[at] = 0;
+                }
+            }
+        }
+    }
 
     #[test]
     fn par_map_keeps_order_and_nests_beyond_the_worker_cap() {
