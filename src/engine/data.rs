@@ -41,7 +41,9 @@
 //! few good fragments the read fails with `DataLost` (EIO) and the extent is
 //! reported (`Pool::lost_extents`, counter `extents_lost`, an error log).
 //! The extents of one `read` call are read in parallel, [`READ_PARALLEL`] at
-//! a time.
+//! a time. An extent read in part (FUSE asks for 128 KiB) is kept whole,
+//! verified, in a small cache of [`PARTIAL_READ_CACHE`] extents, so the
+//! next part of it costs no IO.
 //!
 //! A read that found bad fragments but still returned correct data rewrites
 //! them (lazy repair, `repair.rs`); fragments on members that are missing
@@ -135,6 +137,33 @@ const BUF_CACHE_BYTES: usize = 64 << 20;
 /// CPU than the copy into it. Buffers of the sizes the data path uses
 /// (extent slots, fragment reads, erasure slabs) are kept here instead,
 /// process-wide, up to [`BUF_CACHE_BYTES`].
+/// Extents most recently read in part, whole and verified, newest last
+/// (at most [`PARTIAL_READ_CACHE`]). A read of part of an extent must
+/// fetch and check all of it (one BLAKE3 per extent), and the kernel asks
+/// a FUSE file system for 128 KiB at a time: without this, a sequential
+/// read fetched every extent eight times. Extents are immutable and their
+/// UUIDs never reused, so an entry can't go stale; repair rewrites
+/// fragments, never content.
+static PARTIAL_READS: Mutex<std::collections::VecDeque<(u128, Arc<AlignedBuf>)>> =
+    Mutex::new(std::collections::VecDeque::new());
+
+/// Extents kept in [`PARTIAL_READS`].
+pub const PARTIAL_READ_CACHE: usize = 16;
+
+fn cached_extent(id: u128) -> Option<Arc<AlignedBuf>> {
+    let c = PARTIAL_READS.lock().unwrap_or_else(|p| p.into_inner());
+    c.iter().rev().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+}
+
+fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
+    let mut c = PARTIAL_READS.lock().unwrap_or_else(|p| p.into_inner());
+    c.retain(|(i, _)| *i != id);
+    while c.len() >= PARTIAL_READ_CACHE {
+        c.pop_front();
+    }
+    c.push_back((id, buf));
+}
+
 static BUF_CACHE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
 /// An aligned buffer of exactly `len` bytes with undefined (old) contents.
@@ -1132,13 +1161,18 @@ impl Pool {
         let read_one = |e: &Extent, within: usize, dst: &mut [u8]| -> Result<()> {
             if within == 0 && dst.len() == e.len as usize {
                 self.read_extent_into(e, dst)
+            } else if let Some(whole) = cached_extent(e.id) {
+                dst.copy_from_slice(&whole[within..within + dst.len()]);
+                Ok(())
             } else {
                 let mut tmp = take_buf(e.len as usize);
                 let res = self.read_extent_into(e, &mut tmp);
                 if res.is_ok() {
                     dst.copy_from_slice(&tmp[within..within + dst.len()]);
+                    cache_extent(e.id, Arc::new(tmp));
+                } else {
+                    give_buf(tmp);
                 }
-                give_buf(tmp);
                 res
             }
         };
