@@ -488,6 +488,72 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
+// Policy strings (user input: mkfs --policy, mount -o policy=, the xattr)
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `replication:N` and `erasure:K+M` parse exactly when every count is
+    /// within its limits (no zero, nothing beyond the maxima), print back to
+    /// the same text, and nonsense is a typed error, never a weaker policy.
+    #[test]
+    fn policy_strings_parse_strictly(a in 0u32..300, b in 0u32..300, erasure in any::<bool>()) {
+        use dfs_format::policy::{MAX_COPIES, MAX_DATA_SHARDS, MAX_PARITY_SHARDS};
+        let text = if erasure { format!("erasure:{a}+{b}") } else { format!("replication:{a}") };
+        let valid = if erasure {
+            (1..=MAX_DATA_SHARDS as u32).contains(&a) && (1..=MAX_PARITY_SHARDS as u32).contains(&b)
+        } else {
+            (1..=MAX_COPIES as u32).contains(&a)
+        };
+        match text.parse::<Policy>() {
+            Ok(p) => {
+                prop_assert!(valid, "{text} accepted");
+                prop_assert_eq!(p.to_string(), text.clone());
+                let want = if erasure { ec(a as u8, b as u8) } else { rep(a as u8) };
+                prop_assert_eq!(p, want);
+                prop_assert!(p.validate().is_ok());
+            }
+            Err(e) => {
+                prop_assert!(!valid, "{text} refused: {e}");
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
+    /// Any text at all: an error or a valid policy, never a panic.
+    #[test]
+    fn policy_garbage_is_an_error(text in "\\PC{0,24}", prefix in prop_oneof![
+        Just(""), Just("replication:"), Just("erasure:"), Just("erasure:4+"), Just("replication:-")
+    ]) {
+        let s = format!("{prefix}{text}");
+        if let Ok(p) = s.parse::<Policy>() {
+            prop_assert!(p.validate().is_ok(), "{s} parsed to an invalid {p}");
+        }
+    }
+}
+
+#[test]
+fn policy_nonsense_is_refused() {
+    for s in [
+        "erasure:0+2",
+        "erasure:4+0",
+        "replication:0",
+        "replication:",
+        "erasure:4",
+        "erasure:4+2+1",
+        "replication:3x",
+        " replication:3",
+        "raid6",
+        "",
+        "erasure:65+2",
+        "replication:17",
+        "erasure:-1+2",
+    ] {
+        assert!(s.parse::<Policy>().is_err(), "{s:?} must be refused");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Placement
 
 const GIB: u64 = 1 << 30;
