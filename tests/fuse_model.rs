@@ -11,7 +11,7 @@
 //! through another member, and every file must be byte-exact.
 //!
 //! Needs root, loop devices and /dev/fuse; skips with a message otherwise.
-//! Cases: 16 of up to 40 operations by default (`DFS_MODEL_CASES` to change).
+//! Cases: 16 of up to 50 operations (after a fixed prelude) by default (`DFS_MODEL_CASES` to change).
 
 mod common;
 mod fuse_util;
@@ -19,7 +19,6 @@ mod fuse_util;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -213,14 +212,38 @@ fn random_operations_match_a_local_directory_then_remount() {
         ..Config::default()
     });
     let case = AtomicUsize::new(0);
-    let result = runner.run(&proptest::collection::vec(op_strategy(), 1..40), |ops| {
+    // Operation kind -> (succeeded, failed with the same errno on both sides).
+    let tally: std::sync::Mutex<BTreeMap<String, (u32, u32)>> = Default::default();
+    let result = runner.run(&proptest::collection::vec(op_strategy(), 1..50), |ops| {
         let n = case.fetch_add(1, Ordering::Relaxed);
         let (dm, dl) = (mnt.join(format!("case-{n}")), local.path().join(format!("case-{n}")));
         fs::create_dir(&dm).unwrap();
         fs::create_dir(&dl).unwrap();
+        // A small tree first, so that most operations find what they act on.
+        let prelude = [
+            Op::Mkdir(2),
+            Op::Mkdir(5),
+            Op::Create(0),
+            Op::Write { p: 0, off: 0, len: 5000, seed: 1 },
+            Op::Create(3),
+            Op::Write { p: 3, off: MIB as u64 - 100, len: 300, seed: 2 },
+            Op::SetXattr { p: 0, name: 0, value: 3, flags: 0 },
+        ];
+        for op in &prelude {
+            prop_assert_eq!(apply(&dm, op), Ok(()), "prelude {:?} on the mount", op);
+            prop_assert_eq!(apply(&dl, op), Ok(()), "prelude {:?} locally", op);
+        }
         for (i, op) in ops.iter().enumerate() {
             let (rm, rl) = (apply(&dm, op), apply(&dl, op));
             prop_assert_eq!(rm, rl, "step {} {:?}: errno differs (mount vs local)", i, op);
+            let kind = format!("{op:?}").split([' ', '(']).next().unwrap_or("").to_string();
+            let mut t = tally.lock().unwrap();
+            let e = t.entry(kind).or_default();
+            if rm.is_ok() {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
             compare(&format!("case {n} step {i} {op:?}"), &dm, &dl)?;
         }
         Ok(())
@@ -228,6 +251,17 @@ fn random_operations_match_a_local_directory_then_remount() {
     if let Err(e) = result {
         panic!("{e}");
     }
+    let tally = tally.into_inner().unwrap();
+    eprintln!("operations (ok, same errno): {tally:?}");
+    // The sequences must exercise success paths, not only errors.
+    for k in ["Create", "Write", "Mkdir", "Rename"] {
+        assert!(tally.get(k).is_some_and(|t| t.0 > 0), "no successful {k} in {tally:?}");
+    }
+    // The comparison itself can fail: a file on one side only is seen.
+    let probe = local.path().join("case-0/probe-only-here");
+    fs::write(&probe, b"x").unwrap();
+    assert!(compare("probe", &mnt.join("case-0"), &local.path().join("case-0")).is_err());
+    fs::remove_file(&probe).unwrap();
     let before = snapshot(&mnt);
     assert!(!before.is_empty());
     unmount_and_close(pool, m);
