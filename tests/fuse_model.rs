@@ -205,12 +205,8 @@ fn random_operations_match_a_local_directory_then_remount() {
     let (pool, m) = fx.mount_via(0, false);
 
     let cases = std::env::var("DFS_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner =
+        TestRunner::new(Config { cases, max_shrink_iters: 200, failure_persistence: None, ..Config::default() });
     let case = AtomicUsize::new(0);
     // Operation kind -> (succeeded, failed with the same errno on both sides).
     let tally: std::sync::Mutex<BTreeMap<String, (u32, u32)>> = Default::default();

@@ -142,7 +142,14 @@ fn shared_writable_mmap_then_read_and_remount() {
         f.set_len(len as u64).unwrap();
         // SAFETY: a fresh shared mapping of the file's length; unmapped below.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED, "mmap: {}", errno());
         // SAFETY: addr is a writable mapping of len bytes.
@@ -297,7 +304,7 @@ fn enospc_when_full_then_space_comes_back() {
     let err = err.or_else(|| f.sync_all().err()).expect("a full pool must fail a write or the fsync");
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     drop(f); // close may report it again
-    // Removing the file gives the space back: a new file fits again.
+             // Removing the file gives the space back: a new file fits again.
     fs::remove_file(&p).unwrap();
     File::open(&mnt).unwrap().sync_all().unwrap();
     let small = pattern(5 * MIB, 2);

@@ -171,10 +171,7 @@ fn mount_write_umount_remount_read() {
 }
 
 fn getxattr(p: &Path, name: &str) -> Option<String> {
-    let (p, n) = (
-        std::ffi::CString::new(p.to_str().unwrap()).unwrap(),
-        std::ffi::CString::new(name).unwrap(),
-    );
+    let (p, n) = (std::ffi::CString::new(p.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
     let mut buf = vec![0u8; 256];
     // SAFETY: valid NUL-terminated strings and a buffer of its length.
     let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
