@@ -89,7 +89,7 @@ fn c(r: i32) -> Result<(), i32> {
 fn apply(root: &Path, op: &Op) -> Result<(), i32> {
     let at = |i: usize| root.join(PATHS[i]);
     match *op {
-        Op::Create(p) => io(OpenOptions::new().write(true).create(true).mode(0o644).open(at(p))),
+        Op::Create(p) => io(OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(at(p))),
         Op::Write { p, off, len, seed } => {
             let f = OpenOptions::new().write(true).open(at(p)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
             io(f.write_all_at(&pattern(len, seed), off))
