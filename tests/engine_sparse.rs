@@ -9,7 +9,7 @@
 
 use dfs_format::Policy;
 use dynamicfs::device::{Device, MemDevice};
-use dynamicfs::engine::namespace::POLICY_XATTR;
+use dynamicfs::engine::namespace::{parse_policy, POLICY_XATTR};
 use dynamicfs::engine::sparse::{data_ranges, seek_in};
 use dynamicfs::engine::state::Body;
 use dynamicfs::engine::{EngineError, FallocMode, FileKind, Ino, Pool, PoolOptions, SeekWhence, XattrMode, ROOT_INO};
@@ -297,4 +297,29 @@ fn policy_xattr_reencodes_and_refuses_unsatisfiable() {
     assert_eq!(pool.default_policy(), "erasure:3+1".parse().unwrap(), "the default survives reopen");
     assert_eq!(pool.read(ino, 0, data.len()).unwrap(), data);
     assert_eq!(pool.getxattr(ino, POLICY_XATTR).unwrap(), b"erasure:2+1");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// `user.dfs.policy` values: garbage is a clear EINVAL, never a panic.
+    #[test]
+    fn policy_values_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+        if let Err(e) = parse_policy(&bytes) {
+            prop_assert_eq!(e.errno(), libc::EINVAL);
+            prop_assert!(!e.to_string().is_empty());
+        }
+    }
+
+    /// Every valid policy round-trips through its text, with or without
+    /// the newline `echo` leaves.
+    #[test]
+    fn valid_policies_round_trip(copies in 1u8..=8, k in 1u8..=8, m in 0u8..=4, erasure: bool, nl: bool) {
+        let text = if erasure { format!("erasure:{k}+{m}") } else { format!("replication:{copies}") };
+        let with = if nl { format!("{text}\n") } else { text.clone() };
+        match text.parse::<Policy>().ok().filter(|p| p.validate().is_ok()) {
+            Some(p) => prop_assert_eq!(parse_policy(with.as_bytes()).unwrap(), p),
+            None => prop_assert!(parse_policy(with.as_bytes()).is_err()),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Model-based test of the mount: random sequences of namespace and data
 //! operations (create, write at offsets, truncate, rename with its flags,
 //! link, unlink, mkdir, rmdir, symlink, setxattr / removexattr with their
-//! flags, chmod, fsync) run both on a mounted pool of three loop devices of
+//! flags, chmod, fsync, punch hole, copy_file_range) run both on a mounted pool of three loop devices of
 //! different sizes (64, 96 and 160 MiB, direct IO) and on a local temporary
 //! directory; after every step the errno of the operation and the whole
 //! tree (kinds, sizes, permissions, link counts, contents, symlink targets,
@@ -19,6 +19,7 @@ mod fuse_util;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,18 +39,61 @@ const RFLAGS: [u32; 3] = [0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE];
 #[derive(Debug, Clone)]
 enum Op {
     Create(usize),
-    Write { p: usize, off: u64, len: usize, seed: u8 },
-    Truncate { p: usize, size: u64 },
-    Rename { from: usize, to: usize, flags: usize },
-    Link { from: usize, to: usize },
+    Write {
+        p: usize,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
+    Truncate {
+        p: usize,
+        size: u64,
+    },
+    Rename {
+        from: usize,
+        to: usize,
+        flags: usize,
+    },
+    Link {
+        from: usize,
+        to: usize,
+    },
     Unlink(usize),
     Mkdir(usize),
     Rmdir(usize),
-    Symlink { target: usize, p: usize },
-    SetXattr { p: usize, name: usize, value: u8, flags: usize },
-    RemoveXattr { p: usize, name: usize },
-    Chmod { p: usize, mode: usize },
+    Symlink {
+        target: usize,
+        p: usize,
+    },
+    SetXattr {
+        p: usize,
+        name: usize,
+        value: u8,
+        flags: usize,
+    },
+    RemoveXattr {
+        p: usize,
+        name: usize,
+    },
+    Chmod {
+        p: usize,
+        mode: usize,
+    },
     Fsync(usize),
+    /// fallocate(PUNCH_HOLE | KEEP_SIZE).
+    Punch {
+        p: usize,
+        off: u64,
+        len: u64,
+    },
+    /// copy_file_range from one path to another.
+    Copy {
+        from: usize,
+        to: usize,
+        off_in: u64,
+        off_out: u64,
+        len: usize,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -69,7 +113,10 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(p, name, value, flags)| Op::SetXattr { p, name, value, flags }),
         1 => (p.clone(), 0..XNAMES.len()).prop_map(|(p, name)| Op::RemoveXattr { p, name }),
         1 => (p.clone(), 0..MODES.len()).prop_map(|(p, mode)| Op::Chmod { p, mode }),
-        1 => p.prop_map(Op::Fsync),
+        1 => p.clone().prop_map(Op::Fsync),
+        1 => (p.clone(), 0u64..3 * MIB as u64, 1u64..2 * MIB as u64).prop_map(|(p, off, len)| Op::Punch { p, off, len }),
+        1 => (p.clone(), p, 0u64..2 * MIB as u64, 0u64..2 * MIB as u64, 1usize..2 * MIB)
+            .prop_map(|(from, to, off_in, off_out, len)| Op::Copy { from, to, off_in, off_out, len }),
     ]
 }
 
@@ -120,6 +167,30 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
         Op::Fsync(p) => {
             let f = fs::File::open(at(p)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
             io(f.sync_all())
+        }
+        Op::Punch { p, off, len } => {
+            let f = OpenOptions::new().write(true).open(at(p)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: valid fd.
+            c(rc(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }))
+        }
+        Op::Copy { from, to, off_in, off_out, len } => {
+            let fi = fs::File::open(at(from)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            let fo = OpenOptions::new().write(true).open(at(to)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            let (mut oi, mut oo) = (off_in as i64, off_out as i64);
+            let mut left = len;
+            while left > 0 {
+                // SAFETY: valid fds and offset pointers.
+                let n = unsafe { libc::copy_file_range(fi.as_raw_fd(), &mut oi, fo.as_raw_fd(), &mut oo, left, 0) };
+                if n < 0 {
+                    return Err(errno());
+                }
+                if n == 0 {
+                    break;
+                }
+                left -= n as usize;
+            }
+            Ok(())
         }
     }
 }
