@@ -177,10 +177,15 @@ fn sparse_image_members_of_256_mib_and_4_gib_fill_in_proportion() {
 
 #[test]
 fn unsatisfiable_policies_are_refused_not_weakened() {
-    for (members, policy) in [(3usize, "replication:4"), (5, "erasure:4+2")] {
+    for (members, policy, too_much) in [(3usize, "replication:3", "replication:4"), (5, "erasure:3+2", "erasure:4+2")] {
         let (_devs, pool) = pool_on(&vec![64 * MIB; members], "replication:2".parse().unwrap());
         let ino = new_file(&pool, "f");
+        // Pinning one the members can't satisfy is refused up front (EINVAL)...
+        let pinned = pool.setxattr(ino, b"user.dfs.policy", too_much.as_bytes(), Default::default());
+        assert!(matches!(pinned, Err(EngineError::PolicyUnsatisfiable { .. })), "{too_much}: {pinned:?}");
+        // ... and one that became unsatisfiable (a member failed) is refused by the data path.
         pool.setxattr(ino, b"user.dfs.policy", policy.as_bytes(), Default::default()).expect("pin policy");
+        pool.set_member_state(0, dynamicfs::engine::state::MemberState::Failed).expect("fail a member");
         pool.write(ino, 0, &vec![7u8; 3 * MIB as usize / 2]).expect("buffered write");
         let err = pool.fsync(ino).expect_err("an unsatisfiable policy must be refused");
         assert!(matches!(err, EngineError::PolicyUnsatisfiable { .. }), "{policy} on {members}: {err}");

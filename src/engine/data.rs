@@ -537,7 +537,7 @@ fn free_locs(m: &mut Meta, frags: &[FragLoc]) {
     }
 }
 
-fn file_map(m: &Meta, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
+pub(crate) fn file_map(m: &Meta, ino: Ino) -> Result<(&Attrs, &BTreeMap<u64, u128>)> {
     file_map_in(&m.state, ino)
 }
 
@@ -757,7 +757,7 @@ mod workers {
 }
 
 impl Pool {
-    fn file_lock(&self, ino: Ino) -> Result<Arc<Mutex<()>>> {
+    pub(crate) fn file_lock(&self, ino: Ino) -> Result<Arc<Mutex<()>>> {
         let mut m = self.meta();
         let size = file_map(&m, ino)?.0.size;
         let fb = m.files.entry(ino).or_insert_with(|| FileBuf { size, ..Default::default() });
@@ -893,7 +893,7 @@ impl Pool {
         self.flush_locked(ino)
     }
 
-    fn flush_locked(&self, ino: Ino) -> Result<()> {
+    pub(crate) fn flush_locked(&self, ino: Ino) -> Result<()> {
         let idxs: Vec<u64> = self
             .meta()
             .files

@@ -32,6 +32,9 @@ pub enum EngineError {
     Range,
     #[error("operation not permitted")]
     NotPermitted,
+    /// SEEK_DATA / SEEK_HOLE at or past the end, or no data after the offset.
+    #[error("no data or hole at or after that offset")]
+    NoSuchOffset,
     #[error("pool {pool} is in use by PID {pid} (lock {lock})")]
     PoolInUse { pool: uuid::Uuid, pid: u32, lock: String },
     #[error("policy {policy} cannot be satisfied: {reason}")]
@@ -64,6 +67,7 @@ impl EngineError {
             EngineError::NoData => libc::ENODATA,
             EngineError::Range => libc::ERANGE,
             EngineError::NotPermitted => libc::EPERM,
+            EngineError::NoSuchOffset => libc::ENXIO,
             EngineError::PoolInUse { .. } => libc::EBUSY,
             _ => libc::EIO,
         }

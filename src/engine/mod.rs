@@ -16,9 +16,11 @@ pub mod placement;
 pub mod pool;
 pub mod redundancy;
 pub mod repair;
+pub mod sparse;
 pub mod state;
 
 pub use error::{EngineError, Result};
 pub use namespace::{DirEntry, RenameFlags, SetAttr, StatFs, TimeSet, XattrMode};
 pub use pool::{Pool, PoolOptions};
+pub use sparse::{FallocMode, SeekWhence};
 pub use state::{Attrs, FileKind, Ino, ROOT_INO};

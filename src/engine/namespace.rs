@@ -92,6 +92,18 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A `user.dfs.policy` value: UTF-8 policy text (a trailing newline or
+/// NUL is allowed, as `setfattr` and `echo` leave them), validated.
+pub fn parse_policy(value: &[u8]) -> Result<Policy> {
+    let text = std::str::from_utf8(value).map_err(|_| EngineError::Invalid("policy is not UTF-8".into()))?;
+    let p: Policy = text
+        .trim_end_matches(['\n', '\0'])
+        .parse()
+        .map_err(|e: dfs_format::FormatError| EngineError::Invalid(e.to_string()))?;
+    p.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    Ok(p)
+}
+
 fn inode(m: &Meta, ino: Ino) -> Result<&Inode> {
     m.state.inodes.get(&ino).ok_or(EngineError::NotFound)
 }
@@ -572,21 +584,28 @@ impl Pool {
         let i = inode(&m, ino)?;
         let a = Attrs { ctime_ns: now_ns(), ..i.attrs };
         if name == POLICY_XATTR {
-            let text = std::str::from_utf8(value).map_err(|_| EngineError::Invalid("policy is not UTF-8".into()))?;
-            let p: Policy = text
-                .trim_end_matches(['\n', '\0'])
-                .parse()
-                .map_err(|e: dfs_format::FormatError| EngineError::Invalid(e.to_string()))?;
+            if !matches!(i.attrs.kind, FileKind::File | FileKind::Dir) {
+                return Err(EngineError::Invalid("policies apply to files and directories".into()));
+            }
+            let p = parse_policy(value)?;
+            self.check_satisfiable(&m, p)?;
             let exists = i.policy.is_some();
             match mode {
                 XattrMode::Create if exists => return Err(EngineError::Exists),
                 XattrMode::Replace if !exists => return Err(EngineError::NoData),
                 _ => {}
             }
+            let is_file = i.attrs.kind == FileKind::File;
             self.apply_txn(
                 &mut m,
                 vec![Op::SetPolicy { ino, policy: Some(p.encode()) }, Op::SetAttrs { ino, attrs: a }],
             )?;
+            drop(m);
+            if is_file {
+                // Existing extents are re-encoded online (recorded in the
+                // policy history); new ones already follow the pin.
+                self.change_policy(ino, &format!("inode {ino} (user.dfs.policy)"), false, p, &|_, _| {})?;
+            }
             return Ok(());
         }
         let exists = i.xattrs.as_ref().is_some_and(|x| x.contains_key(name));
@@ -623,6 +642,43 @@ impl Pool {
             vec![Op::SetXattr { ino, name: name.into(), value: None }, Op::SetAttrs { ino, attrs: a }],
         )?;
         Ok(())
+    }
+
+    /// Refuse a policy the pool's online members cannot satisfy.
+    fn check_satisfiable(&self, m: &Meta, p: Policy) -> Result<()> {
+        let views = self.member_views(m);
+        if super::placement::can_satisfy(p, &views) {
+            return Ok(());
+        }
+        let online = views.iter().filter(|v| v.state == super::placement::MemberState::Online).count();
+        Err(EngineError::PolicyUnsatisfiable {
+            policy: p.to_string(),
+            reason: format!("needs {} online members, the pool has {online}", p.fragment_count()),
+        })
+    }
+
+    /// The pool's default policy (what files without a pinned policy, and
+    /// without a pinning ancestor at creation, get).
+    pub fn default_policy(&self) -> Policy {
+        Policy::decode(self.meta().state.config.default_policy).unwrap_or(Policy::Replication { copies: 1 })
+    }
+
+    /// Set the pool's default policy (`Op::SetConfig`; the mount option
+    /// `policy=`). Extents already written keep theirs; new extents of
+    /// files without a pinned policy use it. Committed before returning.
+    pub fn set_default_policy(&self, p: Policy) -> Result<()> {
+        self.writable()?;
+        p.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut m = self.meta();
+        self.check_satisfiable(&m, p)?;
+        if m.state.config.default_policy == p.encode() {
+            return Ok(());
+        }
+        let mut config = m.state.config.clone();
+        config.default_policy = p.encode();
+        self.apply_txn(&mut m, vec![Op::SetConfig { config }])?;
+        drop(m);
+        self.commit()
     }
 
     /// Pool-wide space and file counts.

@@ -23,6 +23,7 @@ pub fn is_expected(e: &EngineError) -> bool {
             | EngineError::Range
             | EngineError::Invalid(_)
             | EngineError::NotPermitted
+            | EngineError::NoSuchOffset
             | EngineError::ReadOnly
             | EngineError::PolicyUnsatisfiable { .. }
     )

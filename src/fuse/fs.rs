@@ -20,7 +20,9 @@ use fuser::{
 
 use super::error::{fuse_error, fuse_unsupported};
 use crate::engine::namespace::XATTR_NAME_MAX;
-use crate::engine::{Attrs, DirEntry, FileKind, Ino, Pool, RenameFlags, SetAttr, TimeSet, XattrMode};
+use crate::engine::{
+    Attrs, DirEntry, FallocMode, FileKind, Ino, Pool, RenameFlags, SeekWhence, SetAttr, TimeSet, XattrMode,
+};
 
 /// Largest write request asked of the kernel: one extent. The kernel caps
 /// requests at its `max_pages_limit` (256 pages = 1 MiB on x86-64) anyway.
@@ -608,6 +610,8 @@ impl Filesystem for DfsFuse {
         }
     }
 
+    /// Never called: POSIX and flock locks are left to the kernel (we do not
+    /// ask for `FUSE_POSIX_LOCKS` / `FUSE_FLOCK_LOCKS`, see the module doc).
     fn getlk(
         &self,
         req: &Request,
@@ -623,6 +627,7 @@ impl Filesystem for DfsFuse {
         fuse_unsupported!("getlk", req, reply);
     }
 
+    /// Never called (see `getlk`).
     fn setlk(
         &self,
         req: &Request,
@@ -670,37 +675,80 @@ impl Filesystem for DfsFuse {
         fuse_unsupported!("poll", req, reply);
     }
 
+    /// Mode 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE (with or
+    /// without KEEP_SIZE); anything else (collapse, insert, unshare) is
+    /// EOPNOTSUPP, as on a filesystem without them.
     fn fallocate(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        fuse_unsupported!("fallocate", req, reply);
+        let _s = op_span!(req, "fallocate", ino = ino.0, offset = offset, length = length, mode = mode);
+        let Some(mode) = falloc_mode(mode) else {
+            return reply.error(fuser::Errno::from_i32(libc::EOPNOTSUPP));
+        };
+        match self.pool.fallocate(ino.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => fuse_error!("fallocate", reply, e),
+        }
     }
 
-    fn lseek(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
-        fuse_unsupported!("lseek", req, reply);
+    /// SEEK_DATA and SEEK_HOLE (the kernel resolves the other whences).
+    fn lseek(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _s = op_span!(req, "lseek", ino = ino.0, offset = offset, whence = whence);
+        let whence = match whence {
+            libc::SEEK_DATA => SeekWhence::Data,
+            libc::SEEK_HOLE => SeekWhence::Hole,
+            _ => return reply.error(fuser::Errno::from_i32(libc::EINVAL)),
+        };
+        if offset < 0 {
+            return reply.error(fuser::Errno::from_i32(libc::ENXIO));
+        }
+        match self.pool.seek(ino.0, offset as u64, whence) {
+            Ok(pos) => reply.offset(pos as i64),
+            Err(e) => fuse_error!("lseek", reply, e),
+        }
     }
 
+    /// One engine call copying inside the daemon: the data crosses FUSE
+    /// once instead of twice (read to the caller, write back).
     fn copy_file_range(
         &self,
         req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         _fh_in: FileHandle,
-        _offset_in: u64,
-        _ino_out: INodeNo,
+        offset_in: u64,
+        ino_out: INodeNo,
         _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
+        offset_out: u64,
+        len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        fuse_unsupported!("copy_file_range", req, reply);
+        let _s = op_span!(req, "copy_file_range", ino_in = ino_in.0, ino_out = ino_out.0, len = len);
+        // The reply carries a u32 count: copy at most 1 GiB per call (the
+        // caller loops, as for any short copy).
+        let len = len.min(1 << 30);
+        match self.pool.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => fuse_error!("copy_file_range", reply, e),
+        }
+    }
+}
+
+/// The engine's fallocate mode for the kernel's mode bits (None: not supported).
+fn falloc_mode(mode: i32) -> Option<FallocMode> {
+    let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+    match mode & !libc::FALLOC_FL_KEEP_SIZE {
+        0 => Some(FallocMode::Allocate { keep_size }),
+        libc::FALLOC_FL_PUNCH_HOLE if keep_size => Some(FallocMode::PunchHole),
+        libc::FALLOC_FL_ZERO_RANGE => Some(FallocMode::ZeroRange { keep_size }),
+        _ => None,
     }
 }
 

@@ -59,10 +59,21 @@
 //!   size-extending writes are resolved by the kernel; the engine already
 //!   buffers a whole extent per file, so a second buffer buys little, and
 //!   measured on these machines it cut raw FUSE write throughput (DESIGN.md).
-//! - Not implemented (ENOSYS, the kernel falls back): POSIX locks (local to
-//!   this machine, done by the kernel), lseek SEEK_DATA/SEEK_HOLE (generic:
-//!   the whole file is data), copy_file_range (read + write), fallocate
-//!   (EOPNOTSUPP to the caller), ioctl, poll, bmap.
+//! - POSIX record locks and flock: left to the kernel. We do not ask for
+//!   `FUSE_POSIX_LOCKS` / `FUSE_FLOCK_LOCKS`, so the kernel keeps the lock
+//!   tables itself, exactly as for a local filesystem (blocking F_SETLKW,
+//!   deadlock detection, release on close, F_GETLK with the holder's pid).
+//!   That is complete because a pool is mounted by one daemon on one
+//!   machine at a time (the pool lock): there is no other node to
+//!   coordinate with. `getlk` / `setlk` are therefore never called.
+//! - fallocate: mode 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE
+//!   (`engine::sparse`: a hole costs no extent); other modes EOPNOTSUPP.
+//! - lseek SEEK_DATA / SEEK_HOLE from the extent map (`engine::sparse`).
+//! - copy_file_range: one engine call, so the bytes cross FUSE once.
+//! - mmap, shared writable mappings included, is the kernel's page cache
+//!   over our read/write (dirty pages come back as write requests at
+//!   msync / writeback); nothing to do here but not set `FOPEN_DIRECT_IO`.
+//! - Not implemented (ENOSYS): ioctl, poll, bmap.
 //!
 //! ## Mounting
 //!

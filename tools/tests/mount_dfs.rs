@@ -169,3 +169,51 @@ fn mount_write_umount_remount_read() {
     ok(&run("umount", &[&s(&mnt)]));
     wait_closed(&log, 4);
 }
+
+fn getxattr(p: &Path, name: &str) -> Option<String> {
+    let (p, n) = (std::ffi::CString::new(p.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of its length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| String::from_utf8_lossy(&buf[..r as usize]).into_owned())
+}
+
+/// `-o policy=P` sets the pool's default policy (kept across mounts, shown
+/// by getfattr on files that pin nothing), and one the members can't
+/// satisfy is refused with one line and exit 1, leaving nothing mounted.
+#[test]
+fn policy_option_sets_the_pool_default() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("dfs-mount-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let imgs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("m{i}.img"))).collect();
+    for (i, p) in imgs.iter().enumerate() {
+        File::create(p).unwrap().set_len((48 + 32 * i as u64) << 20).unwrap();
+    }
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(&run(MKFS, &["-q", "-d", &s(&imgs[0]), "-d", &s(&imgs[1]), "-d", &s(&imgs[2])]));
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let log = dir.path().join("dfs.log");
+    let _guard = Guard(mnt.clone());
+
+    let o = run(MOUNT, &[&s(&imgs[0]), &s(&mnt), "-o", &format!("policy=replication:4,log={}", s(&log))]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("policy=replication:4") && err.lines().count() == 1, "{err}");
+    assert!(!mounted(&mnt));
+
+    ok(&run(MOUNT, &[&s(&imgs[1]), &s(&mnt), "-o", &format!("policy=erasure:2+1,log={}", s(&log))]));
+    fs::write(mnt.join("f"), vec![7u8; 2_500_000]).unwrap();
+    assert_eq!(getxattr(&mnt.join("f"), "user.dfs.policy").as_deref(), Some("erasure:2+1"));
+    assert_eq!(getxattr(&mnt, "user.dfs.policy").as_deref(), Some("erasure:2+1"));
+    ok(&run("umount", &[&s(&mnt)]));
+    wait_closed(&log, 1);
+    // Without the option the default stays what the last one set.
+    ok(&run(MOUNT, &[&s(&imgs[2]), &s(&mnt), "-o", &format!("log={}", s(&log))]));
+    assert_eq!(getxattr(&mnt.join("f"), "user.dfs.policy").as_deref(), Some("erasure:2+1"));
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), vec![7u8; 2_500_000]);
+    ok(&run("umount", &[&s(&mnt)]));
+    wait_closed(&log, 2);
+}

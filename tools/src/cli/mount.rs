@@ -4,10 +4,10 @@
 //!
 //! ## Options (`-o`, comma-separated, repeatable)
 //!
-//! `ro`, `rw`, `allow_other` (the default when root), `policy=P` (the
-//! policy new files get: validated, then pinned on the root directory as
-//! `user.dfs.policy`, so everything created under it inherits it; it
-//! persists like any xattr), `verify` (read back and check every fragment
+//! `ro`, `rw`, `allow_other` (the default when root), `policy=P` (sets
+//! the pool's default policy, kept in its config: new extents of files
+//! without a pinned `user.dfs.policy` use it; refused when the online
+//! members can't satisfy it), `verify` (read back and check every fragment
 //! after writing it), `device=PATH` (another member to look at first;
 //! repeatable), `log=FILE`, `degraded` (mount although members the pool
 //! has were not found; without it that is an error, as with btrfs),
@@ -54,8 +54,7 @@ use std::time::{Duration, Instant};
 use dfs_format::Policy;
 use dynamicfs::device::DeviceError;
 use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOptions, Discovered, PoolSource};
-use dynamicfs::engine::namespace::POLICY_XATTR;
-use dynamicfs::engine::{EngineError, Pool, PoolOptions, XattrMode, ROOT_INO};
+use dynamicfs::engine::{EngineError, Pool, PoolOptions};
 use dynamicfs::fuse::{MountConfig, FS_TYPE};
 
 use super::mountinfo;
@@ -464,24 +463,15 @@ fn open_retrying_busy(found: &Discovered, opts: PoolOptions) -> Result<Pool, Str
     }
 }
 
-/// `policy=P`: refuse one the pool's members can't satisfy, then pin it on
-/// the root directory (inherited by everything created below).
+/// `policy=P`: make it the pool's default policy (what new extents of
+/// files without a pinned `user.dfs.policy` get); the engine refuses one
+/// the online members can't satisfy. It persists in the pool's config.
 fn apply_policy(pool: &Pool, policy: Policy) -> Result<(), String> {
     if pool.read_only() {
         return Err("policy= needs a read-write mount".into());
     }
-    let members = pool.members().iter().flatten().count();
-    if policy.fragment_count() as usize > members {
-        return Err(format!("policy={policy} needs {} members; the pool has {members}", policy.fragment_count()));
-    }
-    let want = policy.to_string();
-    if pool.getxattr(ROOT_INO, POLICY_XATTR).ok().as_deref() == Some(want.as_bytes()) {
-        return Ok(());
-    }
-    pool.setxattr(ROOT_INO, POLICY_XATTR, want.as_bytes(), XattrMode::Any)
-        .and_then(|()| pool.commit())
-        .map_err(|e| format!("policy={policy}: {e}"))?;
-    tracing::info!(%policy, "policy pinned on the root directory");
+    pool.set_default_policy(policy).map_err(|e| format!("policy={policy}: {e}"))?;
+    tracing::info!(%policy, "pool default policy set");
     Ok(())
 }
 
