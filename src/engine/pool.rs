@@ -596,8 +596,11 @@ impl Pool {
 
     fn checkpoint_locked_with(&self, c: &mut CommitState, mut frees: Vec<FragLoc>) -> Result<()> {
         // Snapshot the state (every applied op) and what data must be synced first.
-        let (bytes, dirty, ticket, locs, member_count) = {
+        let (bytes, dirty, ticket, locs, member_count, removed) = {
             let mut m = self.meta();
+            // Members that left the pool get no checkpoint and no root.
+            let removed: BTreeSet<u32> =
+                m.state.members.iter().filter(|r| r.state == MemberState::Removed).map(|r| r.index).collect();
             // Members the pool has, not the ones opened (the last may be missing).
             let member_count = self.members.len().max(m.state.members.len()) as u32;
             m.pending.clear();
@@ -605,7 +608,7 @@ impl Pool {
             let dirty = std::mem::take(&mut m.dirty_data);
             let bytes = postcard::to_stdvec(&m.state).map_err(|e| EngineError::Other(format!("encode state: {e}")))?;
             let mut locs = Vec::new();
-            for copy in &c.copies {
+            for copy in c.copies.iter().filter(|x| !removed.contains(&x.member)) {
                 let Some(Some(mem)) = self.members.get(copy.member as usize) else { continue };
                 let bs = mem.layout.block_size as u64;
                 let blocks = 1 + (bytes.len() as u64).div_ceil(bs);
@@ -614,7 +617,7 @@ impl Pool {
                     locs.push((copy.member, run));
                 }
             }
-            (bytes, dirty, m.ticket, locs, member_count)
+            (bytes, dirty, m.ticket, locs, member_count, removed)
         };
         if locs.is_empty() {
             return Err(EngineError::NoSpace("no member has room for a metadata checkpoint".into()));
@@ -679,7 +682,7 @@ impl Pool {
         let encoded = root.encode();
         let mut ok = 0;
         let mut first_err = None;
-        for mem in self.members.iter().flatten() {
+        for mem in self.members.iter().flatten().filter(|x| !removed.contains(&x.index)) {
             let slot = gen % mem.layout.root_slots();
             let res = write_block_padded(mem.dev.as_ref(), mem.layout.root_slot_offset(slot), &encoded)
                 .and_then(|_| mem.dev.sync().map_err(Into::into));
@@ -718,6 +721,43 @@ impl Pool {
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.release_frees(frees);
         Ok(())
+    }
+
+    /// Member `index` has left the pool (recorded `Removed` and committed):
+    /// stop writing journal records and roots to it and write a checkpoint
+    /// that no longer lives there (`rebuild.rs`, remove-disk).
+    pub(crate) fn retire_member(&self, index: u32) -> Result<()> {
+        self.check_poisoned()?;
+        let gone: BTreeSet<u32> = {
+            let m = self.meta();
+            m.state.members.iter().filter(|r| r.state != MemberState::Online).map(|r| r.index).collect()
+        };
+        let mut c = self.commit_lock();
+        let before = c.copies.len();
+        c.copies.retain(|x| x.member != index);
+        if c.copies.len() < before {
+            // Keep the number of journal copies: the next online member that
+            // has none takes one (its region is written from the head on; the
+            // checkpoint below makes older records irrelevant).
+            let jlen = c.writer.as_ref().map(|w| w.len()).unwrap_or(0);
+            let spare = self.members.iter().flatten().find(|mem| {
+                !gone.contains(&mem.index)
+                    && !c.copies.iter().any(|x| x.member == mem.index)
+                    && mem.layout.region(RegionKind::Journal).len >= jlen
+            });
+            if let Some(mem) = spare {
+                c.copies.push(JournalCopy {
+                    member: mem.index,
+                    device: mem.dev.clone(),
+                    region_start: mem.layout.region(RegionKind::Journal).start,
+                });
+            }
+        }
+        let r = self.checkpoint_locked(&mut c);
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        r
     }
 
     /// Blocks held by the current checkpoint, per member index.
