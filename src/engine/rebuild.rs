@@ -316,7 +316,7 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     wake: Arc<(Mutex<bool>, std::sync::Condvar)>,
     status: Arc<Mutex<WorkerStatus>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Worker {
@@ -328,7 +328,7 @@ impl Worker {
         let (s, w, st) = (stop.clone(), wake.clone(), status.clone());
         let thread =
             std::thread::Builder::new().name("dfs-rebuild".into()).spawn(move || run(&pool, &opts, &s, &w, &st))?;
-        Ok(Worker { stop, wake, status, thread: Some(thread) })
+        Ok(Worker { stop, wake, status, thread: Mutex::new(Some(thread)) })
     }
 
     /// Start a pass now (after fail-disk or remove-disk).
@@ -344,13 +344,20 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
+impl Worker {
+    /// Stop the thread and wait for it (the extent in hand is finished).
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.kick();
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
