@@ -219,10 +219,7 @@ fn bad_removals_are_refused_and_change_nothing() {
         other => panic!("{other:?}"),
     }
     let after = pool.list_members();
-    assert_eq!(
-        before.iter().map(|m| &m.state).collect::<Vec<_>>(),
-        after.iter().map(|m| &m.state).collect::<Vec<_>>()
-    );
+    assert_eq!(before.iter().map(|m| &m.state).collect::<Vec<_>>(), after.iter().map(|m| &m.state).collect::<Vec<_>>());
     check(&pool, &files);
 
     // No room: the others cannot hold what the member holds.
