@@ -85,6 +85,82 @@ pub struct Member {
     pub sb: Superblock,
 }
 
+/// Most members a pool can have while it is open (add-disk grows the
+/// table of an open pool up to this; the on-disk format has no such limit).
+pub const MAX_MEMBERS: usize = 256;
+
+/// The members of an open pool by index (`None` = missing). Append-only,
+/// so `add-disk` can grow it while readers hold references: slots are
+/// set once and never change.
+pub struct MemberTable {
+    slots: Box<[std::sync::OnceLock<Option<Member>>]>,
+    len: AtomicU64,
+}
+
+static NO_MEMBER: Option<Member> = None;
+
+impl std::fmt::Debug for MemberTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl MemberTable {
+    fn new(members: Vec<Option<Member>>) -> Result<MemberTable> {
+        if members.len() > MAX_MEMBERS {
+            return Err(EngineError::Invalid(format!("more than {MAX_MEMBERS} members")));
+        }
+        let t = MemberTable {
+            slots: (0..MAX_MEMBERS).map(|_| std::sync::OnceLock::new()).collect(),
+            len: AtomicU64::new(0),
+        };
+        for m in members {
+            t.push(m)?;
+        }
+        Ok(t)
+    }
+
+    /// Number of slots (members the pool has had, present or not).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire) as usize
+    }
+
+    /// True when there is no member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slot `i`, if the table has it.
+    pub fn get(&self, i: usize) -> Option<&Option<Member>> {
+        if i < self.len() {
+            self.slots[i].get().or(Some(&NO_MEMBER))
+        } else {
+            None
+        }
+    }
+
+    /// Every slot in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &Option<Member>> + '_ {
+        (0..self.len()).map(|i| self.slots[i].get().unwrap_or(&NO_MEMBER))
+    }
+
+    /// Append a slot (callers serialize appends: `meta` lock). Its index.
+    pub(crate) fn push(&self, m: Option<Member>) -> Result<usize> {
+        let i = self.len();
+        let slot = self.slots.get(i).ok_or_else(|| EngineError::Invalid(format!("more than {MAX_MEMBERS} members")))?;
+        let _ = slot.set(m);
+        self.len.store(i as u64 + 1, Ordering::Release);
+        Ok(i)
+    }
+}
+
+impl std::ops::Index<usize> for MemberTable {
+    type Output = Option<Member>;
+    fn index(&self, i: usize) -> &Option<Member> {
+        self.get(i).expect("member index in range")
+    }
+}
+
 /// Counters of what the pool did (for tests, benchmarks and metrics).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -134,7 +210,7 @@ struct CommitState {
 #[derive(Debug)]
 pub struct Pool {
     pub(crate) uuid: uuid::Uuid,
-    pub(crate) members: Vec<Option<Member>>,
+    pub(crate) members: MemberTable,
     pub(crate) meta: Mutex<Meta>,
     commit: Mutex<CommitState>,
     pub counters: Counters,
@@ -407,7 +483,7 @@ impl Pool {
         let ticket = orphan_ops.len() as u64;
         let pool = Pool {
             uuid,
-            members,
+            members: MemberTable::new(members)?,
             meta: Mutex::new(Meta {
                 state,
                 allocs,
@@ -445,7 +521,7 @@ impl Pool {
     }
 
     /// The opened members, by index (None = missing).
-    pub fn members(&self) -> &[Option<Member>] {
+    pub fn members(&self) -> &MemberTable {
         &self.members
     }
 
