@@ -13,6 +13,7 @@
 //! | `list-extents` | – | `[ExtentInfo]` |
 //! | `policy-history` | – | `[PolicyChange]` |
 //! | `change-policy` | `policy`, `path`?, `recursive`? | `PolicyChange` |
+//! | `add-disk` | `disk` (path), `size`? (directory), `force`? | `{"index", "path"}` |
 //! | `fail-disk` | `index` | `{}` |
 //! | `remove-disk` | `index`, `wait`? | `DrainProgress` |
 //! | `rebuild` | `limit`? | `RebuildIo` (degraded extents rebuilt now) |
@@ -132,6 +133,27 @@ pub fn register_admin(r: &mut Registry) {
             }
         }
         to_value(&progress)
+    });
+    r.register("add-disk", |pool, p| {
+        let path = param_str(&p, "disk")?
+            .ok_or_else(|| WireError::new(ErrorKind::Params, "parameter \"disk\" (a path) is required"))?;
+        let size = p.get("size").and_then(Value::as_u64);
+        let force = param_bool(&p, "force")?;
+        let path = std::path::PathBuf::from(path);
+        let spec = match size {
+            Some(size) => crate::mkfs::MemberSpec::Dir { path: path.clone(), size },
+            None if path.is_dir() => {
+                let size = crate::mkfs::default_dir_size(&path)
+                    .map_err(|e| WireError::new(ErrorKind::Failed, format!("{}: {e}", path.display())))?;
+                crate::mkfs::MemberSpec::Dir { path: path.clone(), size }
+            }
+            None => crate::mkfs::MemberSpec::Device(path.clone()),
+        };
+        let dev = crate::mkfs::prepare_member(&spec, force)
+            .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string().lines().collect::<Vec<_>>().join("; ")))?;
+        let index =
+            pool.add_member(dev).map_err(|e| WireError::new(ErrorKind::Failed, format!("{}: {e}", path.display())))?;
+        Ok(serde_json::json!({"index": index, "path": path.display().to_string()}))
     });
     r.register("rebuild", |pool, p| {
         let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;

@@ -836,6 +836,11 @@ impl Pool {
         r
     }
 
+    /// Length of the journal (bytes), as the root record fixes it.
+    pub(crate) fn journal_len(&self) -> u64 {
+        self.commit_lock().writer.as_ref().map(|w| w.len()).unwrap_or(0)
+    }
+
     /// Blocks held by the current checkpoint, per member index.
     /// Takes the commit lock: never call with the meta lock held.
     pub fn checkpoint_blocks(&self) -> Vec<u64> {

@@ -279,6 +279,65 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Add `dev` (already probed by the caller) as a new member, online
+    /// at once: formatted as member N of this pool, given an allocator,
+    /// recorded by a `PutMember` op, committed, then a checkpoint so the
+    /// root (member count) and its root ring know it. Returns its index.
+    pub fn add_member(&self, dev: Arc<dyn crate::device::Device>) -> Result<u32> {
+        if self.opts.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_poisoned()?;
+        let (label, policy, jlen, jbs) = {
+            let any =
+                self.members.iter().flatten().next().ok_or_else(|| EngineError::Other("no member is open".into()))?;
+            let jbs = self.members.iter().flatten().map(|m| m.layout.block_size).max().unwrap_or(4096);
+            (any.sb.label.clone(), any.sb.default_policy, self.journal_len(), jbs)
+        };
+        // One add at a time: the index is chosen and the slot pushed under `meta`.
+        let mut m = self.meta();
+        let index = self.members.len().max(m.state.members.len()) as u32;
+        if index as usize >= super::pool::MAX_MEMBERS {
+            return Err(EngineError::Invalid(format!("a pool has at most {} members", super::pool::MAX_MEMBERS)));
+        }
+        let (member_uuid, layout) =
+            crate::mkfs::format_member(dev.as_ref(), self.uuid, index, &label, policy, jlen, jbs)
+                .map_err(|e| EngineError::Other(e.to_string()))?;
+        let (sb, _) = super::pool::read_superblock(dev.as_ref())?;
+        let alloc = dfs_alloc::Allocator::new(
+            layout.data_blocks(),
+            dfs_format::bitmap::bits_per_bitmap_block(layout.block_size) as u32,
+        )
+        .map_err(|e| EngineError::Other(e.to_string()))?;
+        // Slots up to the new index (members missing from this open).
+        while self.members.len() < index as usize {
+            self.members.push(None)?;
+        }
+        while m.allocs.len() < index as usize {
+            m.allocs.push(None);
+        }
+        let path = dev.identity().path.display().to_string();
+        self.members.push(Some(super::pool::Member { index, dev, layout, sb }))?;
+        m.allocs.push(Some(alloc));
+        let mut ops = Vec::new();
+        for i in m.state.members.len() as u32..index {
+            ops.push(Op::PutMember {
+                member: MemberRec { index: i, uuid: 0, state: MemberState::Removed, path_hint: String::new() },
+            });
+        }
+        ops.push(Op::PutMember {
+            member: MemberRec { index, uuid: member_uuid.as_u128(), state: MemberState::Online, path_hint: path },
+        });
+        self.apply_txn(&mut m, ops)?;
+        drop(m);
+        self.commit()?;
+        self.checkpoint()?;
+        tracing::info!(member = index, "member added");
+        Ok(index)
+    }
+}
+
 /// Settings of the background worker.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {

@@ -102,6 +102,26 @@ enum Command {
         #[arg(long, conflicts_with = "disk")]
         index: Option<u32>,
     },
+    /// Add a member (block device, image file, or directory) to a pool, online
+    ///
+    /// Any size; probed like mkfs.dfs (a foreign signature is refused without --force);
+    /// usable for new fragments at once.
+    /// Examples: `dfs add-disk --pool /mnt/pool --disk /dev/sdd`; `dfs add-disk --pool /dev/sdb --disk /srv/d1:20G`
+    #[command(name = "add-disk")]
+    AddDisk {
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// The new member: DEV, an image file, or DIR[:SIZE]
+        #[arg(long, value_name = "DEV|DIR[:SIZE]")]
+        disk: String,
+        /// Overwrite a foreign signature
+        #[arg(long)]
+        force: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Drain a member (its fragments move to the others) and remove it from the pool
     ///
     /// On a mounted pool the drain runs in the background (`--wait` follows it);
@@ -204,6 +224,9 @@ fn main() -> ExitCode {
         Command::FailDisk { pool, disk, index } => {
             let disk = disk.unwrap_or_else(|| index.unwrap_or_default().to_string());
             on_pool(&pool, true, |t| admin::fail_disk(t, &disk))
+        }
+        Command::AddDisk { pool, disk, force, json } => {
+            on_pool(&pool, true, |t| admin::add_disk(t, &disk, force, json))
         }
         Command::RemoveDisk { pool, disk, wait, json } => {
             on_pool(&pool, true, |t| admin::remove_disk(t, &disk, wait, json))

@@ -381,3 +381,22 @@ pub fn rebuild_status(t: &mut Target, as_json: bool) -> Result<String, String> {
     }
     Ok(out)
 }
+
+/// `add-disk`: DEV, image, or DIR[:SIZE]; probed like mkfs (`force`
+/// overrides a foreign signature) by the process that opens it.
+pub fn add_disk(t: &mut Target, disk: &str, force: bool, as_json: bool) -> Result<String, String> {
+    let (path, size) = match disk.rsplit_once(':') {
+        Some((p, s)) if !p.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+            (p.to_string(), Some(crate::parse_size(s)?))
+        }
+        _ => (disk.to_string(), None),
+    };
+    // The mount opens it: give it an absolute path.
+    let abs = std::path::absolute(&path).map_err(|e| format!("{path}: {e}"))?;
+    let v: Value =
+        t.call("add-disk", serde_json::json!({"disk": abs.display().to_string(), "size": size, "force": force}))?;
+    if as_json {
+        return json(&v);
+    }
+    Ok(format!("{} added as member {}; it takes new fragments now\n", abs.display(), v["index"]))
+}
