@@ -237,3 +237,38 @@ fn bad_removals_are_refused_and_change_nothing() {
     }
     assert_eq!(pool.list_members()[0].state, "online");
 }
+
+#[test]
+fn three_members_grow_to_six_online_then_erasure_and_two_failures() {
+    // The scenario on memory members of different sizes: 3
+    // members, files written, 3 members added to the open pool, the pool
+    // changed to erasure:4+2, two members failed: every byte reads back,
+    // also after a reopen.
+    let devs = devices(&[64, 96, 80], "replication:2");
+    let pool = open(&devs);
+    let files = fill(&pool, 4);
+    let added: Vec<Arc<MemDevice>> = [72u64, 128, 64].iter().map(|s| Arc::new(MemDevice::new(s << 20, 4096))).collect();
+    for (i, d) in added.iter().enumerate() {
+        assert_eq!(pool.add_member(d.clone()).unwrap(), 3 + i as u32);
+    }
+    assert_eq!(pool.list_members().len(), 6);
+    assert!(pool.list_members().iter().all(|m| m.state == "online"));
+    let target: Policy = "erasure:4+2".parse().unwrap();
+    pool.change_policy(ROOT_INO, "/", true, target, &|_, _| {}).unwrap();
+    assert!(pool.list_extents().iter().all(|e| e.policy == "erasure:4+2"));
+    // New members hold fragments now.
+    assert!(pool.list_members()[3..].iter().all(|m| m.fragments > 0));
+    pool.set_member_state(1, MemberState::Failed).unwrap();
+    pool.set_member_state(4, MemberState::Failed).unwrap();
+    check(&pool, &files);
+    pool.close().unwrap();
+    let all: Vec<Arc<MemDevice>> = devs.iter().chain(added.iter()).cloned().collect();
+    let pool = open(&all);
+    assert_eq!(pool.list_members().len(), 6);
+    check(&pool, &files);
+    // And without the two failed members at all.
+    let four: Vec<Arc<MemDevice>> =
+        all.iter().enumerate().filter(|(i, _)| *i != 1 && *i != 4).map(|(_, d)| d.clone()).collect();
+    let pool = open(&four);
+    check(&pool, &files);
+}
