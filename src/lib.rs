@@ -5,8 +5,9 @@
 //! before anything is written (`probe`). The engine proper (metadata, data
 //! path, redundancy) builds on these; `discover` finds a pool's members from
 //! one of them, and `fuse` is the POSIX front-end over the engine's public
-//! API. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
+//! API; `control` is the control socket a mount serves the `dfs` CLI on. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
 
+pub mod control;
 pub mod device;
 pub mod discover;
 pub mod engine;

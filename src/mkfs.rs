@@ -415,6 +415,68 @@ pub fn format_devices(devs: &[&dyn Device], label: &str, policy: Policy) -> Resu
     Ok(FormattedPool { pool_uuid, members: plan })
 }
 
+/// Probe one member-to-be like [`format_pool`] does (a foreign signature,
+/// a mounted or busy device is refused unless `force` allows it) and open
+/// it read-write and exclusively (`add-disk`). Nothing is written.
+pub fn prepare_member(spec: &MemberSpec, force: bool) -> Result<Arc<dyn Device>, MkfsError> {
+    probe_members(std::slice::from_ref(spec), force)?;
+    match spec {
+        MemberSpec::Device(path) => Ok(open_exclusive(path)?),
+        MemberSpec::Dir { path, size } => open_dir_member(path, *size, force),
+    }
+}
+
+/// Format one new member of an existing pool (`add-disk`): regions, a
+/// generation-1 root (older than any of the pool's, so never chosen while
+/// the pool has others) and both superblocks naming member `index` of
+/// `pool_uuid`. The caller probes the device first and records the member
+/// in the pool's metadata after this returns. Returns its UUID and layout.
+pub fn format_member(
+    dev: &dyn Device,
+    pool_uuid: uuid::Uuid,
+    index: u32,
+    label: &str,
+    policy: Policy,
+    journal_len: u64,
+    journal_block_size: u32,
+) -> Result<(uuid::Uuid, Layout), MkfsError> {
+    let layout = Layout::compute(dev.size(), dev.block_size())
+        .map_err(|source| MkfsError::Format { device: dev.identity().path.clone(), source })?;
+    let created_ns = now_ns();
+    let root = RootRecord {
+        pool_uuid,
+        generation: 1,
+        timestamp_ns: created_ns,
+        journal_seq: 1,
+        journal_offset: 0,
+        member_count: index + 1,
+        journal_len,
+        journal_block_size,
+        checkpoint: None,
+    };
+    write_regions(dev, &layout, &root)?;
+    let member_uuid = uuid::Uuid::new_v4();
+    let sb = Superblock {
+        compat: 0,
+        ro_compat: 0,
+        incompat: 0,
+        pool_uuid,
+        member_uuid,
+        member_index: index,
+        layout: layout.clone(),
+        created_ns,
+        update_seq: 1,
+        default_policy: policy,
+        label: label.to_string(),
+    };
+    let backup = layout.region(RegionKind::SuperblockBackup).start;
+    dev.write_at(backup, &superblock_block(&sb, SuperblockCopy::Backup))?;
+    dev.write_at(0, &superblock_block(&sb, SuperblockCopy::Primary))?;
+    dev.sync()?;
+    verify_member(dev, &sb)?;
+    Ok((member_uuid, layout))
+}
+
 /// Write `len` zero bytes at `offset`, 1 MiB at a time.
 fn zero_range(dev: &dyn Device, offset: u64, len: u64) -> Result<(), DeviceError> {
     if len == 0 {

@@ -23,11 +23,11 @@ use super::placement;
 use super::pool::{now_ns, Pool};
 use super::state::{Body, ChangeState, FileKind, Ino, MemberRec, MemberState, Op, PolicyChange, ROOT_INO};
 use dfs_format::Policy;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// One member as `list-disks` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub index: u32,
     pub path: String,
@@ -41,7 +41,7 @@ pub struct MemberInfo {
 }
 
 /// One fragment of an extent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FragmentInfo {
     pub index: u32,
     pub member: u32,
@@ -50,7 +50,7 @@ pub struct FragmentInfo {
 }
 
 /// One extent as `list-extents` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExtentInfo {
     pub id: String,
     pub ino: Ino,

@@ -507,7 +507,7 @@ impl std::fmt::Display for FragFault {
 
 /// A fragment read from its device, header checked, payload not yet hashed
 /// unless `verified`.
-struct ReadFrag {
+pub(crate) struct ReadFrag {
     buf: AlignedBuf,
     /// Payload offset in `buf` (the member's block size).
     start: usize,
@@ -517,7 +517,7 @@ struct ReadFrag {
 }
 
 impl ReadFrag {
-    fn payload(&self) -> &[u8] {
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 }
@@ -1623,7 +1623,7 @@ impl Pool {
     /// The read itself, decoding into `out`: the fragments read, the set
     /// decoded from, and what was wrong with each fragment.
     #[allow(clippy::type_complexity)]
-    fn read_extent_inner(
+    pub(crate) fn read_extent_inner(
         &self,
         e: &Extent,
         out: &mut [u8],

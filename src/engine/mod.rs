@@ -14,6 +14,7 @@ pub mod lock;
 pub mod namespace;
 pub mod placement;
 pub mod pool;
+pub mod rebuild;
 pub mod redundancy;
 pub mod repair;
 pub mod sparse;

@@ -89,6 +89,82 @@ pub struct Member {
     pub sb: Superblock,
 }
 
+/// Most members a pool can have while it is open (add-disk grows the
+/// table of an open pool up to this; the on-disk format has no such limit).
+pub const MAX_MEMBERS: usize = 256;
+
+/// The members of an open pool by index (`None` = missing). Append-only,
+/// so `add-disk` can grow it while readers hold references: slots are
+/// set once and never change.
+pub struct MemberTable {
+    slots: Box<[std::sync::OnceLock<Option<Member>>]>,
+    len: AtomicU64,
+}
+
+static NO_MEMBER: Option<Member> = None;
+
+impl std::fmt::Debug for MemberTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl MemberTable {
+    fn new(members: Vec<Option<Member>>) -> Result<MemberTable> {
+        if members.len() > MAX_MEMBERS {
+            return Err(EngineError::Invalid(format!("more than {MAX_MEMBERS} members")));
+        }
+        let t = MemberTable {
+            slots: (0..MAX_MEMBERS).map(|_| std::sync::OnceLock::new()).collect(),
+            len: AtomicU64::new(0),
+        };
+        for m in members {
+            t.push(m)?;
+        }
+        Ok(t)
+    }
+
+    /// Number of slots (members the pool has had, present or not).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire) as usize
+    }
+
+    /// True when there is no member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slot `i`, if the table has it.
+    pub fn get(&self, i: usize) -> Option<&Option<Member>> {
+        if i < self.len() {
+            self.slots[i].get().or(Some(&NO_MEMBER))
+        } else {
+            None
+        }
+    }
+
+    /// Every slot in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &Option<Member>> + '_ {
+        (0..self.len()).map(|i| self.slots[i].get().unwrap_or(&NO_MEMBER))
+    }
+
+    /// Append a slot (callers serialize appends: `meta` lock). Its index.
+    pub(crate) fn push(&self, m: Option<Member>) -> Result<usize> {
+        let i = self.len();
+        let slot = self.slots.get(i).ok_or_else(|| EngineError::Invalid(format!("more than {MAX_MEMBERS} members")))?;
+        let _ = slot.set(m);
+        self.len.store(i as u64 + 1, Ordering::Release);
+        Ok(i)
+    }
+}
+
+impl std::ops::Index<usize> for MemberTable {
+    type Output = Option<Member>;
+    fn index(&self, i: usize) -> &Option<Member> {
+        self.get(i).expect("member index in range")
+    }
+}
+
 /// Counters of what the pool did (for tests, benchmarks and metrics).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -138,7 +214,7 @@ struct CommitState {
 #[derive(Debug)]
 pub struct Pool {
     pub(crate) uuid: uuid::Uuid,
-    pub(crate) members: Vec<Option<Member>>,
+    pub(crate) members: MemberTable,
     pub(crate) meta: Mutex<Meta>,
     commit: Mutex<CommitState>,
     pub counters: Counters,
@@ -430,7 +506,7 @@ impl Pool {
         let ticket = orphan_ops.len() as u64;
         let pool = Pool {
             uuid,
-            members,
+            members: MemberTable::new(members)?,
             meta: Mutex::new(Meta {
                 state,
                 allocs,
@@ -470,7 +546,7 @@ impl Pool {
     }
 
     /// The opened members, by index (None = missing).
-    pub fn members(&self) -> &[Option<Member>] {
+    pub fn members(&self) -> &MemberTable {
         &self.members
     }
 
@@ -643,8 +719,11 @@ impl Pool {
 
     fn checkpoint_locked_with(&self, c: &mut CommitState, mut frees: Vec<FragLoc>) -> Result<()> {
         // Snapshot the state (every applied op) and what data must be synced first.
-        let (bytes, dirty, ticket, locs, member_count) = {
+        let (bytes, dirty, ticket, locs, member_count, removed) = {
             let mut m = self.meta();
+            // Members that left the pool get no checkpoint and no root.
+            let removed: BTreeSet<u32> =
+                m.state.members.iter().filter(|r| r.state == MemberState::Removed).map(|r| r.index).collect();
             // Members the pool has, not the ones opened (the last may be missing).
             let member_count = self.members.len().max(m.state.members.len()) as u32;
             m.pending.clear();
@@ -652,7 +731,7 @@ impl Pool {
             let dirty = std::mem::take(&mut m.dirty_data);
             let bytes = postcard::to_stdvec(&m.state).map_err(|e| EngineError::Other(format!("encode state: {e}")))?;
             let mut locs = Vec::new();
-            for copy in &c.copies {
+            for copy in c.copies.iter().filter(|x| !removed.contains(&x.member)) {
                 let Some(Some(mem)) = self.members.get(copy.member as usize) else { continue };
                 let bs = mem.layout.block_size as u64;
                 let blocks = 1 + (bytes.len() as u64).div_ceil(bs);
@@ -661,7 +740,7 @@ impl Pool {
                     locs.push((copy.member, run));
                 }
             }
-            (bytes, dirty, m.ticket, locs, member_count)
+            (bytes, dirty, m.ticket, locs, member_count, removed)
         };
         if locs.is_empty() {
             return Err(EngineError::NoSpace("no member has room for a metadata checkpoint".into()));
@@ -726,7 +805,7 @@ impl Pool {
         let encoded = root.encode();
         let mut ok = 0;
         let mut first_err = None;
-        for mem in self.members.iter().flatten() {
+        for mem in self.members.iter().flatten().filter(|x| !removed.contains(&x.index)) {
             let slot = gen % mem.layout.root_slots();
             let res = write_block_padded(mem.dev.as_ref(), mem.layout.root_slot_offset(slot), &encoded)
                 .and_then(|_| mem.dev.sync().map_err(Into::into));
@@ -765,6 +844,48 @@ impl Pool {
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.release_frees(frees);
         Ok(())
+    }
+
+    /// Member `index` has left the pool (recorded `Removed` and committed):
+    /// stop writing journal records and roots to it and write a checkpoint
+    /// that no longer lives there (`rebuild.rs`, remove-disk).
+    pub(crate) fn retire_member(&self, index: u32) -> Result<()> {
+        self.check_poisoned()?;
+        let gone: BTreeSet<u32> = {
+            let m = self.meta();
+            m.state.members.iter().filter(|r| r.state != MemberState::Online).map(|r| r.index).collect()
+        };
+        let mut c = self.commit_lock();
+        let before = c.copies.len();
+        c.copies.retain(|x| x.member != index);
+        if c.copies.len() < before {
+            // Keep the number of journal copies: the next online member that
+            // has none takes one (its region is written from the head on; the
+            // checkpoint below makes older records irrelevant).
+            let jlen = c.writer.as_ref().map(|w| w.len()).unwrap_or(0);
+            let spare = self.members.iter().flatten().find(|mem| {
+                !gone.contains(&mem.index)
+                    && !c.copies.iter().any(|x| x.member == mem.index)
+                    && mem.layout.region(RegionKind::Journal).len >= jlen
+            });
+            if let Some(mem) = spare {
+                c.copies.push(JournalCopy {
+                    member: mem.index,
+                    device: mem.dev.clone(),
+                    region_start: mem.layout.region(RegionKind::Journal).start,
+                });
+            }
+        }
+        let r = self.checkpoint_locked(&mut c);
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Length of the journal (bytes), as the root record fixes it.
+    pub(crate) fn journal_len(&self) -> u64 {
+        self.commit_lock().writer.as_ref().map(|w| w.len()).unwrap_or(0)
     }
 
     /// Blocks held by the current checkpoint, per member index.

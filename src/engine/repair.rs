@@ -72,11 +72,11 @@ pub struct RepairState {
 }
 
 impl RepairState {
-    fn begin(&self, id: u128) -> bool {
+    pub(crate) fn begin(&self, id: u128) -> bool {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
     }
 
-    fn end(&self, id: u128) {
+    pub(crate) fn end(&self, id: u128) {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
@@ -93,12 +93,21 @@ impl RepairState {
 }
 
 /// Ends the in-flight mark of a repair, also on panic.
-struct InFlight<'a>(&'a RepairState, u128);
+pub(crate) struct InFlight<'a>(pub(crate) &'a RepairState, pub(crate) u128);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.end(self.1);
     }
+}
+
+/// What one repair did: fragments queued, verified source payload bytes it
+/// rebuilt from, bytes (header + payload blocks) it wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RepairIo {
+    pub fragments: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
 }
 
 /// One fragment to rebuild: its index and its new location.
@@ -139,8 +148,8 @@ impl Pool {
         let _g = InFlight(&self.repair, e.id);
         let id = uuid::Uuid::from_u128(e.id);
         match self.repair_fragments(e, bytes, sources, bad) {
-            Ok(0) => tracing::info!(extent = %id, "repair skipped: the extent changed meanwhile"),
-            Ok(n) => tracing::info!(extent = %id, fragments = n, "extent repaired (commit pending)"),
+            Ok(io) if io.fragments == 0 => tracing::info!(extent = %id, "repair skipped: the extent changed meanwhile"),
+            Ok(io) => tracing::info!(extent = %id, fragments = io.fragments, "extent repaired (commit pending)"),
             Err(err) => {
                 self.counters.repair_failures.fetch_add(1, Ordering::Relaxed);
                 let which: Vec<String> = bad.iter().map(|(i, f)| format!("#{i} ({f})")).collect();
@@ -149,24 +158,27 @@ impl Pool {
         }
     }
 
-    /// Steps 1-4 of the module doc; the number of fragments queued.
-    fn repair_fragments(
+    /// Steps 1-4 of the module doc; what was queued and the IO it took.
+    pub(crate) fn repair_fragments(
         &self,
         e: &Extent,
         bytes: &[u8],
         sources: &[Option<&[u8]>],
         bad: &[(usize, FragFault)],
-    ) -> Result<usize> {
+    ) -> Result<RepairIo> {
+        let mut io = RepairIo::default();
         let policy = e.policy();
         let wanted: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
         let rebuilt: Vec<Vec<u8>> = match policy {
             Policy::Replication { .. } => {
                 self.counters.repair_bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                io.bytes_read = bytes.len() as u64;
                 wanted.iter().map(|_| Vec::new()).collect()
             }
             Policy::Erasure { .. } => {
                 let used: u64 = sources.iter().flatten().map(|s| s.len() as u64).sum();
                 self.counters.repair_bytes_read.fetch_add(used, Ordering::Relaxed);
+                io.bytes_read = used;
                 redundancy::reconstruct(policy, e.len, sources, &wanted)
                     .map_err(|err| EngineError::Other(format!("reconstruct: {err}")))?
                     .into_iter()
@@ -180,7 +192,7 @@ impl Pool {
         let plans: Vec<Plan> = {
             let mut m = self.meta();
             if m.state.extents.get(&e.id).map(|x| &x.frags) != Some(&e.frags) {
-                return Ok(0);
+                return Ok(RepairIo::default());
             }
             let views = self.member_views(&m);
             let bytes_needed = (1 + (payload_len as u64).div_ceil(self.max_block_size())) * self.max_block_size();
@@ -252,13 +264,14 @@ impl Pool {
             }
         }
         self.counters.repair_bytes_written.fetch_add(written, Ordering::Relaxed);
+        io.bytes_written = written;
 
         // Queue the move, if the extent is still the one we read.
         let mut m = self.meta();
         if m.state.extents.get(&e.id).map(|x| &x.frags) != Some(&e.frags) {
             drop(m);
             self.free_uncommitted(&new_locs);
-            return Ok(0);
+            return Ok(RepairIo { fragments: 0, ..io });
         }
         let mut frags = e.frags.to_vec();
         for p in &plans {
@@ -266,6 +279,7 @@ impl Pool {
         }
         self.apply_txn(&mut m, vec![Op::MoveExtent { id: e.id, policy: e.policy, frags: frags.into() }])?;
         self.counters.repairs.fetch_add(plans.len() as u64, Ordering::Relaxed);
-        Ok(plans.len())
+        io.fragments = plans.len() as u64;
+        Ok(io)
     }
 }

@@ -1,6 +1,8 @@
 //! `dfs`: the DynamicFS administration command: `mount` (the same code path
 //! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
-//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`.
+//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`,
+//! `remove-disk`, `rebuild`, `rebuild-status`. On a mounted pool the
+//! commands go through the mount's control socket (`cli::admin::Target`).
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -66,11 +68,11 @@ enum Command {
     /// Re-encode extents under another policy, online (resumable)
     ///
     /// Examples: `dfs change-policy --pool /dev/sdb --policy erasure:4+2` (whole pool, and its default);
-    /// `dfs change-policy --pool /dev/sdb --policy replication:3 --path /db --recursive`
+    /// `dfs change-policy --pool /mnt/pool --policy replication:3 --path /db --recursive`
     #[command(name = "change-policy")]
     ChangePolicy {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
         /// replication:N or erasure:K+M
         #[arg(long)]
@@ -85,31 +87,92 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Mark a member failed: nothing new goes to it; its extents are read degraded
+    /// Mark a member failed: nothing new goes to it; its extents are read degraded and rebuilt
+    ///
+    /// Example: `dfs fail-disk --pool /mnt/pool --disk /dev/loop3` (or `--disk 3`)
     #[command(name = "fail-disk")]
     FailDisk {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
-        /// Index of the member to fail (see list-disks)
-        #[arg(long)]
-        index: u32,
+        /// The member to fail: its index (see list-disks) or its path
+        #[arg(long, value_name = "DEV|INDEX", required_unless_present = "index")]
+        disk: Option<String>,
+        /// Index of the member to fail (same as --disk INDEX)
+        #[arg(long, conflicts_with = "disk")]
+        index: Option<u32>,
     },
+    /// Add a member (block device, image file, or directory) to a pool, online
+    ///
+    /// Any size; probed like mkfs.dfs (a foreign signature is refused without --force);
+    /// usable for new fragments at once.
+    /// Examples: `dfs add-disk --pool /mnt/pool --disk /dev/sdd`; `dfs add-disk --pool /dev/sdb --disk /srv/d1:20G`
+    #[command(name = "add-disk")]
+    AddDisk {
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// The new member: DEV, an image file, or DIR[:SIZE]
+        #[arg(long, value_name = "DEV|DIR[:SIZE]")]
+        disk: String,
+        /// Overwrite a foreign signature
+        #[arg(long)]
+        force: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a member (its fragments move to the others) and remove it from the pool
+    ///
+    /// On a mounted pool the drain runs in the background (`--wait` follows it);
+    /// on an unmounted pool it runs to the end. Refused when the other members
+    /// cannot hold the data or satisfy the policies in use.
+    /// Example: `dfs remove-disk --pool /mnt/pool --disk /dev/loop2 --wait`
+    #[command(name = "remove-disk")]
+    RemoveDisk {
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// The member to remove: its index (see list-disks) or its path
+        #[arg(long, value_name = "DEV|INDEX")]
+        disk: String,
+        /// Wait until the member has left the pool (mounted pools)
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild, now, every extent that lost fragments (failed or missing members)
+    Rebuild(Listing),
+    /// What the mount's background rebuild/drain worker has done
+    #[command(name = "rebuild-status")]
+    RebuildStatus(Listing),
 }
 
 /// Arguments of the read-only listings.
 #[derive(Debug, clap::Args)]
 struct Listing {
-    /// Any member of the pool, or UUID=<pool-uuid>
-    #[arg(long, value_name = "MEMBER")]
+    /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+    #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
     pool: String,
     /// Print JSON
     #[arg(long)]
     json: bool,
 }
 
-fn listing(args: &Listing, f: fn(&dynamicfs::engine::Pool, bool) -> Result<String, String>) -> ExitCode {
-    output(admin::open(&args.pool, true).and_then(|p| f(&p, args.json)))
+/// Run `f` on the pool `pool` names: through its mount's control socket
+/// when mounted, else opened here (`writable`: under the pool lock).
+fn on_pool(pool: &str, writable: bool, f: impl FnOnce(&mut admin::Target) -> Result<String, String>) -> ExitCode {
+    output(admin::Target::open(pool, writable).and_then(|mut t| {
+        let r = f(&mut t);
+        let closed = t.close();
+        r.and_then(|text| closed.map(|_| text))
+    }))
+}
+
+fn listing(args: &Listing, f: fn(&mut admin::Target, bool) -> Result<String, String>) -> ExitCode {
+    on_pool(&args.pool, false, |t| f(t, args.json))
 }
 
 fn output(r: Result<String, String>) -> ExitCode {
@@ -149,16 +212,26 @@ fn main() -> ExitCode {
         Command::ShowRedundancy(a) => listing(&a, admin::show_redundancy),
         Command::PolicyStatus(a) => listing(&a, admin::policy_status),
         Command::ChangePolicy { pool, policy, path, recursive, quiet } => {
-            output(admin::open(&pool, false).and_then(|p| {
-                let r = admin::change_policy(&p, &policy, path.as_deref(), recursive, quiet);
-                let closed = p.close().map_err(|e| e.to_string());
-                r.and_then(|t| closed.map(|_| t))
-            }))
+            // Refuse a nonsense policy before opening anything.
+            if let Err(e) = policy.parse::<dfs_format::Policy>().and_then(|p| p.validate().map(|_| p)) {
+                return fail(PROG, &format!("policy {policy:?}: {e}"));
+            }
+            if !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!("re-encoding extents under {policy} ...");
+            }
+            on_pool(&pool, true, |t| admin::change_policy(t, &policy, path.as_deref(), recursive))
         }
-        Command::FailDisk { pool, index } => output(admin::open(&pool, false).and_then(|p| {
-            let r = admin::fail_disk(&p, index);
-            let closed = p.close().map_err(|e| e.to_string());
-            r.and_then(|t| closed.map(|_| t))
-        })),
+        Command::FailDisk { pool, disk, index } => {
+            let disk = disk.unwrap_or_else(|| index.unwrap_or_default().to_string());
+            on_pool(&pool, true, |t| admin::fail_disk(t, &disk))
+        }
+        Command::AddDisk { pool, disk, force, json } => {
+            on_pool(&pool, true, |t| admin::add_disk(t, &disk, force, json))
+        }
+        Command::RemoveDisk { pool, disk, wait, json } => {
+            on_pool(&pool, true, |t| admin::remove_disk(t, &disk, wait, json))
+        }
+        Command::Rebuild(a) => on_pool(&a.pool, true, |t| admin::rebuild(t, a.json)),
+        Command::RebuildStatus(a) => listing(&a, admin::rebuild_status),
     }
 }

@@ -1,37 +1,121 @@
 //! `dfs list-disks | list-extents | show-redundancy | policy-status`
-//! (read-only) and `dfs change-policy | fail-disk` (changes) on a pool.
+//! (listings) and `dfs change-policy | fail-disk | remove-disk | rebuild |
+//! rebuild-status` (changes) on a pool, mounted or not.
 //!
-//! Listings open the pool read-only and shared, so they work on a mounted
-//! pool too (showing its durable state). Changes open it read-write under
-//! the pool lock; on a mounted pool the lock is held by the mount and the
-//! command says so (the control socket that forwards changes to the mount
-//! is not built yet). `--json` output uses the field names of the engine's
-//! `MemberInfo`, `ExtentInfo` and `PolicyChange` records.
+//! [`Target::open`] decides where a command goes: when the pool is mounted
+//! (its control socket `/run/dfs/<pool-uuid>.sock` answers; the pool is
+//! named by any member, `UUID=`, or the mount point), every command is a
+//! call on that socket and the mount does the work; otherwise the CLI opens
+//! the pool itself — read-only and shared for listings, read-write under
+//! the pool lock for changes — and runs the very same methods in-process
+//! (`dynamicfs::control::methods`). So two writers never touch one pool.
+//! `--json` output uses the field names of the engine's `MemberInfo`,
+//! `ExtentInfo`, `PolicyChange`, `RebuildIo`, `DrainProgress` and
+//! `WorkerStatus` records (documented in `docs/CLI.md`).
 
 use dfs_format::Policy;
-use dynamicfs::discover::{open_pool, DiscoverOptions, PoolSource};
-use dynamicfs::engine::state::{ChangeState, MemberState};
-use dynamicfs::engine::{EngineError, Pool, PoolOptions, ROOT_INO};
+use dynamicfs::control::{methods, socket_path, Client, ClientError, Registry, DEFAULT_SOCKET_DIR};
+use dynamicfs::discover::{find_members, open_members, DiscoverOptions, PoolSource};
+use dynamicfs::engine::admin::{ExtentInfo, MemberInfo};
+use dynamicfs::engine::rebuild::{DrainProgress, RebuildIo, WorkerStatus};
+use dynamicfs::engine::state::{ChangeState, PolicyChange};
+use dynamicfs::engine::{EngineError, Pool, PoolOptions};
+use dynamicfs::fuse::FS_TYPE;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use super::mountinfo;
 use crate::{format_time_ns, iec, Table};
 
-/// Open the pool any member (or `UUID=`) names.
-pub fn open(arg: &str, read_only: bool) -> Result<Pool, String> {
-    let source = PoolSource::parse(arg).map_err(|e| e.to_string())?;
-    let opts = PoolOptions { read_only, ..Default::default() };
-    match open_pool(&source, &DiscoverOptions::default(), opts) {
-        Ok((pool, _)) => Ok(pool),
-        Err(e) => {
-            let msg = e.to_string();
-            if msg.contains("in use by PID") {
-                Err(format!("{msg}; the pool is mounted or opened elsewhere: unmount it first (changes through a mount are not supported yet)"))
-            } else {
-                Err(msg)
+/// Where the commands of one `dfs` run go.
+pub enum Target {
+    /// The pool is mounted: calls go to the mount's control socket.
+    Mounted { client: Client, socket: PathBuf },
+    /// Not mounted: the CLI opened the pool and runs the methods itself.
+    Local { pool: Box<Pool>, registry: Registry },
+}
+
+impl Target {
+    /// Find the pool `arg` names and whether it is mounted. `writable`:
+    /// an unmounted pool is opened read-write under the pool lock (else
+    /// read-only, shared).
+    pub fn open(arg: &str, writable: bool) -> Result<Target, String> {
+        let mount = if Path::new(arg).is_dir() { mountinfo::find(Path::new(arg), FS_TYPE) } else { None };
+        let source = match &mount {
+            Some(m) => PoolSource::parse(&m.source).map_err(|e| format!("{arg}: mounted from {:?}: {e}", m.source))?,
+            None => PoolSource::parse(arg).map_err(|e| e.to_string())?,
+        };
+        let found = find_members(&source, &DiscoverOptions::default()).map_err(|e| e.to_string())?;
+        let socket = socket_path(Path::new(DEFAULT_SOCKET_DIR), found.pool_uuid);
+        if socket.exists() {
+            match Client::connect(&socket) {
+                Ok(client) => return Ok(Target::Mounted { client, socket }),
+                Err(e) if mount.is_some() => return Err(format!("{arg} is mounted but {e}")),
+                Err(_) => {} // a stale socket of a dead mount
             }
+        } else if mount.is_some() {
+            return Err(format!(
+                "{arg} is mounted but its control socket {} does not exist (an older mount.dfs?)",
+                socket.display()
+            ));
+        }
+        let opts = PoolOptions { read_only: !writable, ..Default::default() };
+        let devs = open_members(&found, opts.read_only).map_err(|e| e.to_string())?;
+        let pool = Pool::open(devs, opts).map_err(|e| match e {
+            EngineError::PoolInUse { .. } => {
+                format!("pool {}: {e}; it is opened by another process that has no control socket", found.pool_uuid)
+            }
+            e => format!("pool {}: {e}", found.pool_uuid),
+        })?;
+        let mut registry = Registry::new();
+        methods::register_admin(&mut registry);
+        Ok(Target::Local { pool: Box::new(pool), registry })
+    }
+
+    /// True when the commands go to a mount.
+    pub fn is_mounted(&self) -> bool {
+        matches!(self, Target::Mounted { .. })
+    }
+
+    /// Call `method` and decode its answer.
+    pub fn call<T: DeserializeOwned>(&mut self, method: &str, params: Value) -> Result<T, String> {
+        let v = match self {
+            Target::Mounted { client, socket } => client.call(method, params).map_err(|e| match e {
+                ClientError::Remote(w) => w.message,
+                e => format!("{}: {e}", socket.display()),
+            })?,
+            Target::Local { pool, registry } => registry.call(pool, method, params).map_err(|w| w.message)?,
+        };
+        serde_json::from_value(v).map_err(|e| format!("{method}: unexpected answer: {e}"))
+    }
+
+    /// Close a locally opened pool (final checkpoint); nothing for a mount.
+    pub fn close(self) -> Result<(), String> {
+        match self {
+            Target::Mounted { .. } => Ok(()),
+            Target::Local { pool, .. } if pool.read_only() => Ok(()),
+            Target::Local { pool, .. } => pool.close().map_err(|e| e.to_string()),
         }
     }
+}
+
+/// A member named by index or by path (device, image, directory).
+pub fn member_index(target: &mut Target, disk: &str) -> Result<u32, String> {
+    if let Ok(i) = disk.parse::<u32>() {
+        return Ok(i);
+    }
+    let want = std::fs::canonicalize(disk).unwrap_or_else(|_| PathBuf::from(disk));
+    let members: Vec<MemberInfo> = target.call("list-disks", Value::Null)?;
+    members
+        .iter()
+        .find(|m| {
+            m.state != "removed" && (std::fs::canonicalize(&m.path).unwrap_or_else(|_| PathBuf::from(&m.path)) == want)
+        })
+        .map(|m| m.index)
+        .ok_or_else(|| format!("{disk}: not a member of this pool (see dfs list-disks)"))
 }
 
 fn json<T: Serialize>(v: &T) -> Result<String, String> {
@@ -39,17 +123,17 @@ fn json<T: Serialize>(v: &T) -> Result<String, String> {
 }
 
 /// `list-disks`.
-pub fn list_disks(pool: &Pool, as_json: bool) -> Result<String, String> {
-    let members = pool.list_members();
+pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
+    let members: Vec<MemberInfo> = t.call("list-disks", Value::Null)?;
     if as_json {
         return json(&members);
     }
-    let mut t = Table::new(
+    let mut tb = Table::new(
         &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "PATH"],
         &[true, false, true, true, true, true, false],
     );
     for m in &members {
-        t.row(vec![
+        tb.row(vec![
             m.index.to_string(),
             m.state.clone(),
             iec(m.size_bytes),
@@ -59,22 +143,22 @@ pub fn list_disks(pool: &Pool, as_json: bool) -> Result<String, String> {
             m.path.clone(),
         ]);
     }
-    Ok(t.render(0))
+    Ok(tb.render(0))
 }
 
 /// `list-extents`.
-pub fn list_extents(pool: &Pool, as_json: bool) -> Result<String, String> {
-    let extents = pool.list_extents();
+pub fn list_extents(t: &mut Target, as_json: bool) -> Result<String, String> {
+    let extents: Vec<ExtentInfo> = t.call("list-extents", Value::Null)?;
     if as_json {
         return json(&extents);
     }
-    let mut t = Table::new(
+    let mut tb = Table::new(
         &["EXTENT", "PATH", "OFFSET", "LENGTH", "POLICY", "MEMBERS"],
         &[false, false, true, true, false, false],
     );
     for e in &extents {
         let members: Vec<String> = e.fragments.iter().map(|f| f.member.to_string()).collect();
-        t.row(vec![
+        tb.row(vec![
             e.id.clone(),
             e.path.clone().unwrap_or_else(|| format!("<inode {}>", e.ino)),
             iec(e.offset),
@@ -83,7 +167,7 @@ pub fn list_extents(pool: &Pool, as_json: bool) -> Result<String, String> {
             members.join(","),
         ]);
     }
-    Ok(t.render(0))
+    Ok(tb.render(0))
 }
 
 /// Extents and bytes per policy, and how many are degraded.
@@ -97,9 +181,10 @@ pub struct RedundancyLine {
 }
 
 /// `show-redundancy`.
-pub fn show_redundancy(pool: &Pool, as_json: bool) -> Result<String, String> {
+pub fn show_redundancy(t: &mut Target, as_json: bool) -> Result<String, String> {
     let mut by: BTreeMap<String, RedundancyLine> = BTreeMap::new();
-    for e in pool.list_extents() {
+    let extents: Vec<ExtentInfo> = t.call("list-extents", Value::Null)?;
+    for e in extents {
         let p: Policy = e.policy.parse().map_err(|x: dfs_format::FormatError| x.to_string())?;
         let line = by.entry(e.policy.clone()).or_insert(RedundancyLine {
             policy: e.policy.clone(),
@@ -118,9 +203,9 @@ pub fn show_redundancy(pool: &Pool, as_json: bool) -> Result<String, String> {
     if as_json {
         return json(&lines);
     }
-    let mut t = Table::new(&["POLICY", "EXTENTS", "BYTES", "DEGRADED", "SURVIVES"], &[false, true, true, true, true]);
+    let mut tb = Table::new(&["POLICY", "EXTENTS", "BYTES", "DEGRADED", "SURVIVES"], &[false, true, true, true, true]);
     for l in &lines {
-        t.row(vec![
+        tb.row(vec![
             l.policy.clone(),
             l.extents.to_string(),
             iec(l.bytes),
@@ -128,7 +213,7 @@ pub fn show_redundancy(pool: &Pool, as_json: bool) -> Result<String, String> {
             format!("{} lost", l.tolerated_losses),
         ]);
     }
-    Ok(t.render(0))
+    Ok(tb.render(0))
 }
 
 /// One history line for `policy-status`.
@@ -146,41 +231,42 @@ pub struct ChangeLine {
     pub message: String,
 }
 
+fn change_line(c: PolicyChange) -> ChangeLine {
+    ChangeLine {
+        id: c.id,
+        scope: c.scope,
+        recursive: c.recursive,
+        policy: Policy::decode(c.policy).map(|p| p.to_string()).unwrap_or_default(),
+        state: match c.state {
+            ChangeState::Running => "running",
+            ChangeState::Done => "done",
+            ChangeState::Failed => "failed",
+        }
+        .into(),
+        started: format_time_ns(c.started_ns.max(0) as u64),
+        finished: c.finished_ns.map(|t| format_time_ns(t.max(0) as u64)),
+        extents_done: c.extents_done,
+        extents_total: c.extents_total,
+        message: c.message,
+    }
+}
+
 /// `policy-status`.
-pub fn policy_status(pool: &Pool, as_json: bool) -> Result<String, String> {
-    let lines: Vec<ChangeLine> = pool
-        .policy_history()
-        .into_iter()
-        .map(|c| ChangeLine {
-            id: c.id,
-            scope: c.scope,
-            recursive: c.recursive,
-            policy: Policy::decode(c.policy).map(|p| p.to_string()).unwrap_or_default(),
-            state: match c.state {
-                ChangeState::Running => "running",
-                ChangeState::Done => "done",
-                ChangeState::Failed => "failed",
-            }
-            .into(),
-            started: format_time_ns(c.started_ns.max(0) as u64),
-            finished: c.finished_ns.map(|t| format_time_ns(t.max(0) as u64)),
-            extents_done: c.extents_done,
-            extents_total: c.extents_total,
-            message: c.message,
-        })
-        .collect();
+pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
+    let history: Vec<PolicyChange> = t.call("policy-history", Value::Null)?;
+    let lines: Vec<ChangeLine> = history.into_iter().map(change_line).collect();
     if as_json {
         return json(&lines);
     }
     if lines.is_empty() {
         return Ok("No policy changes recorded.\n".into());
     }
-    let mut t = Table::new(
+    let mut tb = Table::new(
         &["ID", "STATE", "POLICY", "SCOPE", "PROGRESS", "STARTED", "FINISHED"],
         &[true, false, false, false, true, false, false],
     );
     for l in &lines {
-        t.row(vec![
+        tb.row(vec![
             l.id.to_string(),
             l.state.clone(),
             l.policy.clone(),
@@ -190,51 +276,127 @@ pub fn policy_status(pool: &Pool, as_json: bool) -> Result<String, String> {
             l.finished.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    Ok(t.render(0))
-}
-
-/// Resolve a path inside the pool (absolute, from its root) to an inode.
-pub fn resolve(pool: &Pool, path: &str) -> Result<u64, String> {
-    let mut ino = ROOT_INO;
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        ino = pool.lookup(ino, part.as_bytes()).map_err(|e| format!("{path}: {e}"))?.0;
-    }
-    Ok(ino)
+    Ok(tb.render(0))
 }
 
 /// `change-policy`: finishes interrupted changes first, then runs this one.
-pub fn change_policy(
-    pool: &Pool,
-    policy: &str,
-    path: Option<&str>,
-    recursive: bool,
-    quiet: bool,
-) -> Result<String, String> {
-    let policy: Policy = policy.parse().map_err(|e: dfs_format::FormatError| e.to_string())?;
-    let progress = |done: u64, total: u64| {
-        if !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprint!("\r  re-encoding extents: {done}/{total}");
-        }
-    };
-    for c in pool.resume_policy_changes(&progress).map_err(|e| e.to_string())? {
-        eprintln!("resumed change {} ({}): {} extents", c.id, c.scope, c.extents_done);
-    }
-    let (ino, scope, recursive) = match path {
-        Some(p) => (resolve(pool, p)?, p.to_string(), recursive),
-        None => (ROOT_INO, "/".to_string(), true),
-    };
-    let c = pool.change_policy(ino, &scope, recursive, policy, &progress).map_err(|e| match e {
-        EngineError::PolicyUnsatisfiable { .. } => e.to_string(),
-        other => format!("change failed (progress is kept; run the command again to resume): {other}"),
-    })?;
-    if !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!();
-    }
-    Ok(format!("{}: {} re-encoded {} extents under {policy}\n", c.id, c.scope, c.extents_done))
+/// The policy is checked here first, so a nonsense string is a clear error
+/// before anything is opened for writing.
+pub fn change_policy(t: &mut Target, policy: &str, path: Option<&str>, recursive: bool) -> Result<String, String> {
+    let p: Policy = policy.parse().map_err(|e: dfs_format::FormatError| format!("policy {policy:?}: {e}"))?;
+    p.validate().map_err(|e| format!("policy {policy:?}: {e}"))?;
+    let c: PolicyChange =
+        t.call("change-policy", serde_json::json!({"policy": policy, "path": path, "recursive": recursive}))?;
+    Ok(format!("{}: {} re-encoded {} extents under {p}\n", c.id, c.scope, c.extents_done))
 }
 
 /// `fail-disk`.
-pub fn fail_disk(pool: &Pool, index: u32) -> Result<String, String> {
-    pool.set_member_state(index, MemberState::Failed).map_err(|e| e.to_string())?;
-    Ok(format!("member {index} marked failed; its extents are served degraded until rebuilt\n"))
+pub fn fail_disk(t: &mut Target, disk: &str) -> Result<String, String> {
+    let index = member_index(t, disk)?;
+    let _: Value = t.call("fail-disk", serde_json::json!({"index": index}))?;
+    let then = if t.is_mounted() {
+        "the mount rebuilds its extents in the background"
+    } else {
+        "its extents are served degraded until rebuilt (dfs rebuild, or on read)"
+    };
+    Ok(format!("member {index} marked failed; {then}\n"))
+}
+
+/// `remove-disk`: on a mount the drain runs in the background (`wait`
+/// polls it with progress); on an unmounted pool it runs here, to the end.
+pub fn remove_disk(t: &mut Target, disk: &str, wait: bool, as_json: bool) -> Result<String, String> {
+    let index = member_index(t, disk)?;
+    let local = !t.is_mounted();
+    let mut p: DrainProgress = t.call("remove-disk", serde_json::json!({"index": index, "wait": local}))?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    while wait && !p.removed {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let st: WorkerStatus = t.call("rebuild-status", Value::Null)?;
+        if st.removed.contains(&index) {
+            p = DrainProgress { member: index, fragments_left: 0, removed: true };
+        } else if let Some(d) = st.draining.iter().find(|d| d.member == index) {
+            p = d.clone();
+        }
+        if tty {
+            eprint!("\r  draining member {index}: {} fragments left   ", p.fragments_left);
+        }
+    }
+    if wait && tty {
+        eprintln!();
+    }
+    if as_json {
+        return json(&p);
+    }
+    Ok(if p.removed {
+        format!("member {index} drained and removed from the pool\n")
+    } else {
+        format!("member {index} is draining ({} fragments to move); see dfs rebuild-status\n", p.fragments_left)
+    })
+}
+
+/// `rebuild`: rebuild every degraded extent now.
+pub fn rebuild(t: &mut Target, as_json: bool) -> Result<String, String> {
+    let io: RebuildIo = t.call("rebuild", serde_json::json!({}))?;
+    if as_json {
+        return json(&io);
+    }
+    Ok(format!(
+        "rebuilt {} fragments of {} extents: read {}, wrote {}\n",
+        io.fragments,
+        io.extents,
+        iec(io.bytes_read),
+        iec(io.bytes_written)
+    ))
+}
+
+/// `rebuild-status`: what the mount's background worker did.
+pub fn rebuild_status(t: &mut Target, as_json: bool) -> Result<String, String> {
+    if !t.is_mounted() {
+        return Err("rebuild-status shows the background worker of a mount; this pool is not mounted".into());
+    }
+    let st: WorkerStatus = t.call("rebuild-status", Value::Null)?;
+    if as_json {
+        return json(&st);
+    }
+    let mut tb = Table::new(&["JOB", "EXTENTS", "FRAGMENTS", "READ", "WRITTEN"], &[false, true, true, true, true]);
+    for (name, io) in [("rebuild", st.rebuild), ("drain", st.drain)] {
+        tb.row(vec![
+            name.into(),
+            io.extents.to_string(),
+            io.fragments.to_string(),
+            iec(io.bytes_read),
+            iec(io.bytes_written),
+        ]);
+    }
+    let mut out = tb.render(0);
+    out.push_str(&format!(
+        "degraded extents: {}   passes: {}   errors: {}\n",
+        st.degraded_extents, st.passes, st.errors
+    ));
+    for d in &st.draining {
+        out.push_str(&format!("draining member {}: {} fragments left\n", d.member, d.fragments_left));
+    }
+    if let Some(e) = &st.last_error {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    Ok(out)
+}
+
+/// `add-disk`: DEV, image, or DIR[:SIZE]; probed like mkfs (`force`
+/// overrides a foreign signature) by the process that opens it.
+pub fn add_disk(t: &mut Target, disk: &str, force: bool, as_json: bool) -> Result<String, String> {
+    let (path, size) = match disk.rsplit_once(':') {
+        Some((p, s)) if !p.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+            (p.to_string(), Some(crate::parse_size(s)?))
+        }
+        _ => (disk.to_string(), None),
+    };
+    // The mount opens it: give it an absolute path.
+    let abs = std::path::absolute(&path).map_err(|e| format!("{path}: {e}"))?;
+    let v: Value =
+        t.call("add-disk", serde_json::json!({"disk": abs.display().to_string(), "size": size, "force": force}))?;
+    if as_json {
+        return json(&v);
+    }
+    Ok(format!("{} added as member {}; it takes new fragments now\n", abs.display(), v["index"]))
 }

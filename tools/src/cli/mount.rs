@@ -405,6 +405,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         read_only = ro,
         "serving"
     );
+    let control = start_control(&pool, ro)?;
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready");
     }
@@ -416,6 +417,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     if let Err(e) = &served {
         tracing::error!("FUSE session ended with an error: {e}");
     }
+    // Stop the control socket and the background worker before closing.
+    drop(control);
     let closed = match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close(),
         Err(pool) if ro => {
@@ -434,6 +437,45 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
             Err(format!("closing pool {}: {e}", found.pool_uuid))
         }
     }
+}
+
+/// The control socket of a mount and its background rebuild/drain worker
+/// (see `dynamicfs::control`); both stop when dropped.
+struct Control {
+    _server: dynamicfs::control::Server,
+    worker: Option<Arc<dynamicfs::engine::rebuild::Worker>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        // Connections still open keep the registry (and an Arc of the
+        // worker): stop the thread explicitly.
+        if let Some(w) = &self.worker {
+            w.stop();
+        }
+    }
+}
+
+/// Serve the control socket (`/run/dfs/<pool-uuid>.sock`) and, read-write,
+/// run the background worker. Features add their methods here.
+fn start_control(pool: &Arc<Pool>, read_only: bool) -> Result<Control, String> {
+    use dynamicfs::control::{methods, socket_path, Registry, Server, DEFAULT_SOCKET_DIR};
+    let mut registry = Registry::new();
+    methods::register_admin(&mut registry);
+    let worker = if read_only {
+        None
+    } else {
+        let w = dynamicfs::engine::rebuild::Worker::start(pool.clone(), Default::default())
+            .map_err(|e| format!("starting the rebuild worker: {e}"))?;
+        let w = Arc::new(w);
+        methods::register_worker(&mut registry, w.clone());
+        Some(w)
+    };
+    let path = socket_path(std::path::Path::new(DEFAULT_SOCKET_DIR), pool.uuid());
+    let server = Server::start(pool.clone(), Arc::new(registry), &path)
+        .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+    tracing::info!(socket = %path.display(), "control socket listening");
+    Ok(Control { _server: server, worker })
 }
 
 /// How long a mount waits for members (or the pool lock) another process

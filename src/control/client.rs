@@ -1,0 +1,70 @@
+//! The CLI's side of the control socket: connect, call a method, get its
+//! JSON answer or the server's error. It never retries a call (a change
+//! may have been applied) and never parses pool data.
+
+use super::protocol::{parse_response, Request, WireError};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("{path}: cannot connect to the mount's control socket: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: bad answer from the mount: {error}")]
+    Protocol { path: PathBuf, error: WireError },
+    /// The mount answered with an error.
+    #[error("{0}")]
+    Remote(WireError),
+}
+
+/// A connection to a mount.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connect to the socket at `path`.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let s = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.into(), source })?;
+        let w = s.try_clone().map_err(|source| ClientError::Io { path: path.into(), source })?;
+        Ok(Client { path: path.into(), reader: BufReader::new(s), writer: w, next_id: 1 })
+    }
+
+    /// Call `method` with `params` and wait for its answer.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let io = |source| ClientError::Io { path: self.path.clone(), source };
+        let line = Request { id, method: method.into(), params }.encode();
+        writeln!(self.writer, "{line}").map_err(io)?;
+        let mut answer = String::new();
+        let n =
+            self.reader.read_line(&mut answer).map_err(|source| ClientError::Io { path: self.path.clone(), source })?;
+        if n == 0 {
+            return Err(ClientError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the mount closed the connection"),
+            });
+        }
+        let r = parse_response(answer.trim_end())
+            .map_err(|error| ClientError::Protocol { path: self.path.clone(), error })?;
+        // A denial comes with id 0, before any request was read.
+        if r.id != id && r.id != 0 {
+            return Err(ClientError::Protocol {
+                path: self.path.clone(),
+                error: WireError::new(super::ErrorKind::BadRequest, format!("answer to request {} for {id}", r.id)),
+            });
+        }
+        r.result.map_err(ClientError::Remote)
+    }
+}
