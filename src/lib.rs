@@ -5,7 +5,8 @@
 //! before anything is written (`probe`). The engine proper (metadata, data
 //! path, redundancy) builds on these; `discover` finds a pool's members from
 //! one of them, and `fuse` is the POSIX front-end over the engine's public
-//! API. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
+//! API; `temperature` tracks access and moves extents between policies by
+//! it. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
 
 pub mod device;
 pub mod discover;
@@ -15,4 +16,5 @@ pub mod fuse;
 pub mod member;
 pub mod mkfs;
 pub mod probe;
+pub mod temperature;
 pub mod testing;
