@@ -1,6 +1,7 @@
 //! `dfs`: the DynamicFS administration command: `mount` (the same code path
 //! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
-//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`.
+//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`,
+//! `list-hot`, `list-warm`, `list-cold`, `extent-stats`.
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dfs_tools::cli::{admin, mount, status};
+use dfs_tools::cli::{admin, mount, status, temperature};
+use dynamicfs::temperature::Temp;
 use dfs_tools::{fail, write_stdout};
 
 const PROG: &str = "dfs";
@@ -95,6 +97,28 @@ enum Command {
         #[arg(long)]
         index: u32,
     },
+    /// Extents the configured classifier calls hot (hottest first)
+    #[command(name = "list-hot")]
+    ListHot(Listing),
+    /// Extents the configured classifier calls warm
+    #[command(name = "list-warm")]
+    ListWarm(Listing),
+    /// Extents the configured classifier calls cold
+    #[command(name = "list-cold")]
+    ListCold(Listing),
+    /// Access counts, rates, last access, classes and policies of one extent
+    #[command(name = "extent-stats")]
+    ExtentStats {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// The extent's UUID (see list-extents)
+        #[arg(long, value_name = "UUID")]
+        extent: uuid::Uuid,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of the read-only listings.
@@ -148,6 +172,12 @@ fn main() -> ExitCode {
         Command::ListExtents(a) => listing(&a, admin::list_extents),
         Command::ShowRedundancy(a) => listing(&a, admin::show_redundancy),
         Command::PolicyStatus(a) => listing(&a, admin::policy_status),
+        Command::ListHot(a) => listing(&a, |p, j| temperature::list(p, Temp::Hot, j)),
+        Command::ListWarm(a) => listing(&a, |p, j| temperature::list(p, Temp::Warm, j)),
+        Command::ListCold(a) => listing(&a, |p, j| temperature::list(p, Temp::Cold, j)),
+        Command::ExtentStats { pool, extent, json } => {
+            output(admin::open(&pool, true).and_then(|p| temperature::extent_stats(&p, extent, json)))
+        }
         Command::ChangePolicy { pool, policy, path, recursive, quiet } => {
             output(admin::open(&pool, false).and_then(|p| {
                 let r = admin::change_policy(&p, &policy, path.as_deref(), recursive, quiet);

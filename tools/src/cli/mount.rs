@@ -397,6 +397,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         ..Default::default()
     };
     let pool = Arc::new(pool);
+    // Lazy migration by temperature and the periodic flush of access statistics.
+    let migrations = (!ro).then(|| pool.start_migration_worker());
     let mounted = dynamicfs::fuse::mount(pool.clone(), &p.mountpoint, &cfg)
         .map_err(|e| format!("mount on {}: {e}", p.mountpoint.display()))?;
     tracing::info!(
@@ -417,6 +419,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     if let Err(e) = &served {
         tracing::error!("FUSE session ended with an error: {e}");
     }
+    drop(migrations);
     let closed = match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close(),
         Err(pool) if ro => {
