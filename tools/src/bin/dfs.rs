@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dfs_tools::cli::{admin, mount, status, temperature};
-use dynamicfs::temperature::Temp;
 use dfs_tools::{fail, write_stdout};
+use dynamicfs::temperature::Temp;
 
 const PROG: &str = "dfs";
 

@@ -57,7 +57,8 @@ pub fn list(pool: &Pool, class: Temp, as_json: bool) -> Result<String, String> {
 
 /// `extent-stats --extent UUID`.
 pub fn extent_stats(pool: &Pool, extent: uuid::Uuid, as_json: bool) -> Result<String, String> {
-    let s: ExtentStats = pool.extent_stats(extent.as_u128()).ok_or_else(|| format!("no extent {extent} in the pool"))?;
+    let s: ExtentStats =
+        pool.extent_stats(extent.as_u128()).ok_or_else(|| format!("no extent {extent} in the pool"))?;
     if as_json {
         return json(&s);
     }
