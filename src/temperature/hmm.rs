@@ -73,14 +73,6 @@ fn ln(p: f64) -> f64 {
     }
 }
 
-fn log_sum_exp(xs: &[f64]) -> f64 {
-    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
-}
-
 impl Hmm {
     pub fn new(cfg: HmmConfig) -> Hmm {
         Hmm {
@@ -139,22 +131,31 @@ impl Hmm {
         (path, score)
     }
 
-    /// P(last state = s | obs) for each s (forward algorithm, log space),
-    /// with `bonus` added at the last step as in [`Hmm::viterbi`].
+    /// P(last state = s | obs) for each s (forward algorithm, scaled:
+    /// the forward vector is renormalised at every step, which keeps it in
+    /// range without logarithms), with `bonus` (log) added at the last step
+    /// as in [`Hmm::viterbi`].
     pub fn posterior(&self, obs: &[u8], bonus: [f64; 3]) -> [f64; 3] {
-        let mut alpha: [f64; 3] = match obs.first() {
-            Some(&o) => std::array::from_fn(|s| self.log_init[s] + self.emit(s, o)),
-            None => self.log_init,
+        let c = &self.cfg;
+        let e = |s: usize, o: u8| c.emission[s][(o as usize).min(BUCKETS - 1)];
+        let norm = |a: [f64; 3]| {
+            let z: f64 = a.iter().sum();
+            if z > 0.0 && z.is_finite() {
+                a.map(|x| x / z)
+            } else {
+                [1.0 / 3.0; 3]
+            }
+        };
+        let mut alpha = match obs.first() {
+            Some(&o) => norm(std::array::from_fn(|s| c.initial[s] * e(s, o))),
+            None => norm(c.initial),
         };
         for &o in obs.iter().skip(1) {
-            alpha = std::array::from_fn(|j| {
-                let terms: [f64; 3] = std::array::from_fn(|i| alpha[i] + self.log_trans[i][j]);
-                log_sum_exp(&terms) + self.emit(j, o)
-            });
+            alpha = norm(std::array::from_fn(|j| {
+                (alpha[0] * c.transition[0][j] + alpha[1] * c.transition[1][j] + alpha[2] * c.transition[2][j]) * e(j, o)
+            }));
         }
-        let a: [f64; 3] = std::array::from_fn(|s| alpha[s] + bonus[s]);
-        let z = log_sum_exp(&a);
-        a.map(|x| if z.is_finite() { (x - z).exp() } else { 0.0 })
+        norm(std::array::from_fn(|s| alpha[s] * bonus[s].exp()))
     }
 
     /// The recency bonus for a last access `age_s` seconds ago.
