@@ -70,7 +70,11 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: usize| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let (mib, runs) = (arg("--mib", 64), arg("--runs", 7).max(1));
     let (on, on_ino) = pool(true, mib);
@@ -90,8 +94,10 @@ fn main() {
             small_on.push(c);
             small_off.push(d);
         }
-        eprintln!("run {run}{}: 1 MiB reads {a:.0} vs {b:.0} MiB/s; 4 KiB reads {c:.0} vs {d:.0} /s (on vs off)",
-            if run == 0 { " (warm-up)" } else { "" });
+        eprintln!(
+            "run {run}{}: 1 MiB reads {a:.0} vs {b:.0} MiB/s; 4 KiB reads {c:.0} vs {d:.0} /s (on vs off)",
+            if run == 0 { " (warm-up)" } else { "" }
+        );
     }
     let hmm = Hmm::new(HmmConfig::default());
     let obs: Vec<u8> = (0..100u32).map(|i| (i * 7 % 4) as u8).collect();

@@ -152,7 +152,8 @@ impl Hmm {
         };
         for &o in obs.iter().skip(1) {
             alpha = norm(std::array::from_fn(|j| {
-                (alpha[0] * c.transition[0][j] + alpha[1] * c.transition[1][j] + alpha[2] * c.transition[2][j]) * e(j, o)
+                (alpha[0] * c.transition[0][j] + alpha[1] * c.transition[1][j] + alpha[2] * c.transition[2][j])
+                    * e(j, o)
             }));
         }
         norm(std::array::from_fn(|s| alpha[s] * bonus[s].exp()))
