@@ -77,6 +77,24 @@ fn main() {
             .unwrap_or(default)
     };
     let (mib, runs) = (arg("--mib", 64), arg("--runs", 7).max(1));
+    if args.iter().any(|a| a == "--hmm-only") {
+        let hmm = Hmm::new(HmmConfig::default());
+        let obs: Vec<u8> = (0..100u32).map(|i| (i * 7 % 4) as u8).collect();
+        for what in ["viterbi", "posterior", "classify"] {
+            let n = 20_000u32;
+            let t = Instant::now();
+            let mut acc = 0.0;
+            for i in 0..n {
+                acc += match what {
+                    "viterbi" => hmm.viterbi(&obs, [0.0; 3]).1,
+                    "posterior" => hmm.posterior(&obs, [0.0; 3])[0],
+                    _ => hmm.classify(&obs, Some(i)).probability,
+                };
+            }
+            println!("{what}: {:.0} ns ({acc:.1})", t.elapsed().as_nanos() as f64 / n as f64);
+        }
+        return;
+    }
     let (on, on_ino) = pool(true, mib);
     let (off, off_ino) = pool(false, mib);
     let (mut seq_on, mut seq_off, mut small_on, mut small_off) = (vec![], vec![], vec![], vec![]);
