@@ -5,7 +5,9 @@
 //! before anything is written (`probe`). The engine proper (metadata, data
 //! path, redundancy) builds on these; `discover` finds a pool's members from
 //! one of them, and `fuse` is the POSIX front-end over the engine's public
-//! API; `control` is the control socket a mount serves the `dfs` CLI on. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
+//! API; `control` is the control socket a mount serves the `dfs` CLI on;
+//! `temperature` tracks access and moves extents between policies by
+//! it. Arrows point down only: nothing below `fuse` knows FUSE or the CLI.
 
 pub mod control;
 pub mod device;
@@ -16,4 +18,5 @@ pub mod fuse;
 pub mod member;
 pub mod mkfs;
 pub mod probe;
+pub mod temperature;
 pub mod testing;

@@ -1206,6 +1206,7 @@ impl Pool {
             .into_iter()
             .collect::<Result<Vec<()>>>()?;
         }
+        self.note_reads(ino, plan.iter().map(|(e, o, _, _)| ((offset + *o as u64) / EXTENT_SIZE, e)));
         Ok(out)
     }
 

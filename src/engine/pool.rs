@@ -72,11 +72,20 @@ pub struct PoolOptions {
     pub verify_writes: bool,
     /// Take no pool lock (tests that open in-memory pools).
     pub no_lock: bool,
+    /// Access statistics and lazy migration (`crate::temperature`).
+    pub temperature: crate::temperature::TemperatureConfig,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { read_only: false, lock_dir: None, checkpoint_at: 0.5, verify_writes: false, no_lock: false }
+        PoolOptions {
+            read_only: false,
+            lock_dir: None,
+            checkpoint_at: 0.5,
+            verify_writes: false,
+            no_lock: false,
+            temperature: Default::default(),
+        }
     }
 }
 
@@ -235,6 +244,8 @@ pub struct Pool {
     last_commit_ns: AtomicU64,
     /// Problems found and repaired (or not) at open, for tools to report.
     pub open_report: Vec<String>,
+    /// Access statistics, classifiers, migration queue (`crate::temperature`).
+    pub(crate) temperature: crate::temperature::Tracker,
 }
 
 pub(crate) fn now_ns() -> i64 {
@@ -504,6 +515,7 @@ impl Pool {
             Some(JournalWriter::new(uuid, jlen, jbs, replay.end, root.journal_offset))
         };
         let ticket = orphan_ops.len() as u64;
+        let temperature = crate::temperature::Tracker::new(opts.temperature.clone());
         let pool = Pool {
             uuid,
             members: MemberTable::new(members)?,
@@ -532,6 +544,7 @@ impl Pool {
             flushing: Default::default(),
             last_commit_ns: AtomicU64::new(0),
             open_report: report,
+            temperature,
         };
         if !pool.opts.read_only {
             let mut c = pool.commit_lock();
@@ -575,6 +588,7 @@ impl Pool {
             let freed = m.state.apply(op).map_err(|e| EngineError::Other(format!("internal: {e}")))?;
             m.pending_frees.extend(freed);
         }
+        self.temperature.note_ops(&ops);
         m.ticket += ops.len() as u64;
         self.counters.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
         m.pending.extend(ops);
@@ -705,6 +719,7 @@ impl Pool {
             return Err(EngineError::ReadOnly);
         }
         self.check_poisoned()?;
+        self.flush_temperature()?;
         let mut c = self.commit_lock();
         let r = self.checkpoint_locked(&mut c);
         if r.is_err() {

@@ -15,6 +15,7 @@
 //! fragment) plus one map entry in its file; an inode costs its attributes
 //! and the containers of its body. This module must never do IO.
 
+use crate::temperature::ExtentTemp;
 use dfs_format::Policy;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -181,6 +182,9 @@ pub struct State {
     pub next_ino: Ino,
     /// Policy changes, oldest first.
     pub history: Vec<PolicyChange>,
+    /// Access statistics per extent, as last flushed (`crate::temperature`;
+    /// live counts are in its tracker). Only extents that were accessed.
+    pub temperature: HashMap<u128, ExtentTemp>,
 }
 
 /// One atomic change to the state; a journal record carries a list of them
@@ -215,6 +219,10 @@ pub enum Op {
     SetConfig { config: PoolConfig },
     /// Add (new id) or update a policy-change record.
     PutPolicyChange { change: PolicyChange },
+    /// Store the access statistics of many extents (a batch flushed by
+    /// `crate::temperature`). Entries of extents that no longer exist are
+    /// ignored, so replay may see stats of extents deleted since.
+    PutTempStats { stats: Vec<(u128, ExtentTemp)> },
 }
 
 /// Why an op did not apply.
@@ -250,7 +258,15 @@ impl State {
                 body: Body::Dir { parent: ROOT_INO, entries: BTreeMap::new() },
             },
         );
-        State { inodes, extents: BTreeMap::new(), members, config, next_ino: ROOT_INO + 1, history: Vec::new() }
+        State {
+            inodes,
+            extents: BTreeMap::new(),
+            members,
+            config,
+            next_ino: ROOT_INO + 1,
+            history: Vec::new(),
+            temperature: HashMap::new(),
+        }
     }
 
     /// The inode, or an error naming it.
@@ -348,6 +364,7 @@ impl State {
                         if let Some(e) = self.extents.remove(id) {
                             freed.extend(e.frags.iter().copied());
                         }
+                        self.temperature.remove(id);
                     }
                 }
             }
@@ -378,6 +395,7 @@ impl State {
                     if let Some(e) = self.extents.remove(&old) {
                         freed.extend(e.frags.iter().copied());
                     }
+                    self.temperature.remove(&old);
                 }
             }
             Op::SetXattr { ino, name, value } => {
@@ -433,6 +451,13 @@ impl State {
                 Some(c) => *c = change.clone(),
                 None => self.history.push(change.clone()),
             },
+            Op::PutTempStats { stats } => {
+                for (id, s) in stats {
+                    if self.extents.contains_key(id) {
+                        self.temperature.insert(*id, *s);
+                    }
+                }
+            }
         }
         Ok(freed)
     }

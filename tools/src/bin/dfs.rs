@@ -1,7 +1,8 @@
 //! `dfs`: the DynamicFS administration command: `mount` (the same code path
 //! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
 //! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`,
-//! `remove-disk`, `rebuild`, `rebuild-status`. On a mounted pool the
+//! `add-disk`, `remove-disk`, `rebuild`, `rebuild-status`, `list-hot`,
+//! `list-warm`, `list-cold`, `extent-stats`. On a mounted pool the admin
 //! commands go through the mount's control socket (`cli::admin::Target`).
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
@@ -11,8 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dfs_tools::cli::{admin, mount, status};
+use dfs_tools::cli::{admin, mount, status, temperature};
 use dfs_tools::{fail, write_stdout};
+use dynamicfs::temperature::Temp;
 
 const PROG: &str = "dfs";
 
@@ -118,6 +120,24 @@ enum Command {
         /// Overwrite a foreign signature
         #[arg(long)]
         force: bool,
+    /// Extents the configured classifier calls hot (hottest first)
+    #[command(name = "list-hot")]
+    ListHot(Listing),
+    /// Extents the configured classifier calls warm
+    #[command(name = "list-warm")]
+    ListWarm(Listing),
+    /// Extents the configured classifier calls cold
+    #[command(name = "list-cold")]
+    ListCold(Listing),
+    /// Access counts, rates, last access, classes and policies of one extent
+    #[command(name = "extent-stats")]
+    ExtentStats {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// The extent's UUID (see list-extents)
+        #[arg(long, value_name = "UUID")]
+        extent: uuid::Uuid,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -211,6 +231,12 @@ fn main() -> ExitCode {
         Command::ListExtents(a) => listing(&a, admin::list_extents),
         Command::ShowRedundancy(a) => listing(&a, admin::show_redundancy),
         Command::PolicyStatus(a) => listing(&a, admin::policy_status),
+        Command::ListHot(a) => listing(&a, |p, j| temperature::list(p, Temp::Hot, j)),
+        Command::ListWarm(a) => listing(&a, |p, j| temperature::list(p, Temp::Warm, j)),
+        Command::ListCold(a) => listing(&a, |p, j| temperature::list(p, Temp::Cold, j)),
+        Command::ExtentStats { pool, extent, json } => {
+            output(admin::open(&pool, true).and_then(|p| temperature::extent_stats(&p, extent, json)))
+        }
         Command::ChangePolicy { pool, policy, path, recursive, quiet } => {
             // Refuse a nonsense policy before opening anything.
             if let Err(e) = policy.parse::<dfs_format::Policy>().and_then(|p| p.validate().map(|_| p)) {

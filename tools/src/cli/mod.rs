@@ -5,3 +5,4 @@ pub mod admin;
 pub mod mount;
 pub mod mountinfo;
 pub mod status;
+pub mod temperature;

@@ -396,6 +396,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         ..Default::default()
     };
     let pool = Arc::new(pool);
+    // Lazy migration by temperature and the periodic flush of access statistics.
+    let migrations = (!ro).then(|| pool.start_migration_worker());
     let mounted = dynamicfs::fuse::mount(pool.clone(), &p.mountpoint, &cfg)
         .map_err(|e| format!("mount on {}: {e}", p.mountpoint.display()))?;
     tracing::info!(
@@ -419,6 +421,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     }
     // Stop the control socket and the background worker before closing.
     drop(control);
+    drop(migrations);
     let closed = match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close(),
         Err(pool) if ro => {

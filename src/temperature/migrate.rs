@@ -1,0 +1,345 @@
+//! # Lazy migration: the queue, the worker, one extent's re-encode
+//!
+//! Owns what happens after a read found an extent under the wrong policy
+//! for its temperature: a bounded queue of [`Job`]s (one per extent; a full
+//! queue drops the job, the next read queues it again), a background
+//! [`MigrationWorker`] that takes jobs at most `max_migrations_per_sec` and
+//! flushes the statistics every `flush_interval`, and
+//! [`Pool::migrate_extent`], the re-encode of one extent through the data
+//! path (read verified → write under the target → one transaction that
+//! swaps the extent in the file *and* records the migration in the
+//! policy-change history). Being one transaction, a crash at any point
+//! leaves either the old extent and no record (rolled back: the new
+//! fragments were never referenced, and allocation is rebuilt from the
+//! metadata at open) or the new extent and its record; the old fragments
+//! are freed only once that commit is durable. A pinned file (an explicit
+//! `user.dfs.policy` or `change-policy --path`) is never migrated.
+//!
+//! This module never blocks a read: reads only push to the queue.
+
+use super::{Temp, Tracker};
+use crate::engine::error::Result;
+use crate::engine::placement;
+use crate::engine::pool::{now_ns, Pool};
+use crate::engine::state::{Body, ChangeState, Ino, Op, PolicyChange, EXTENT_SIZE};
+use dfs_format::Policy;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// One queued migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub ino: Ino,
+    /// Extent index in the file.
+    pub idx: u64,
+    pub id: u128,
+    pub target: Policy,
+    pub class: Temp,
+    pub queued_ns: i64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    ids: HashSet<u128>,
+    running: usize,
+    stop: bool,
+}
+
+/// The bounded migration queue (shared by the pool and its worker).
+#[derive(Debug)]
+pub struct MigrationQueue {
+    q: Mutex<Queue>,
+    cv: Condvar,
+    capacity: usize,
+    /// Jobs dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Migrations done (extent re-encoded and committed).
+    pub done: AtomicU64,
+    /// Jobs skipped (pinned, rewritten meanwhile, unsatisfiable) or failed.
+    pub skipped: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl MigrationQueue {
+    pub(crate) fn new(capacity: usize) -> MigrationQueue {
+        MigrationQueue {
+            q: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+            capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `job` unless its extent is queued already or the queue is full.
+    pub(crate) fn push(&self, job: Job) {
+        let mut q = self.lock();
+        if q.ids.contains(&job.id) {
+            return;
+        }
+        if q.jobs.len() >= self.capacity {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.ids.insert(job.id);
+        q.jobs.push_back(job);
+        self.cv.notify_all();
+    }
+
+    fn pop(&self) -> Option<Job> {
+        let mut q = self.lock();
+        let j = q.jobs.pop_front()?;
+        q.running += 1;
+        Some(j)
+    }
+
+    fn finish(&self, job: &Job) {
+        let mut q = self.lock();
+        q.ids.remove(&job.id);
+        q.running -= 1;
+        self.cv.notify_all();
+    }
+
+    /// Jobs waiting.
+    pub fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wait (at most `timeout`) until nothing is queued or running.
+    /// Returns whether the queue went idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut q = self.lock();
+        while !(q.jobs.is_empty() && q.running == 0) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self.cv.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Re-encoded: the file now points at this new extent.
+    Migrated { new_id: u128 },
+    /// Left alone: pinned, rewritten or deleted meanwhile, already under
+    /// the target, or the target can't be placed now.
+    Skipped,
+}
+
+impl Pool {
+    /// Re-encode extent `job.idx` of `job.ino` under `job.target` and record
+    /// it in the policy-change history, in one transaction (see the module
+    /// doc). Not committed: the caller commits (the worker does, after each).
+    pub fn migrate_extent(&self, job: &Job) -> Result<Outcome> {
+        let still_there = |m: &crate::engine::pool::Meta| -> bool {
+            match m.state.inodes.get(&job.ino) {
+                Some(i) if i.policy.is_none() => {
+                    matches!(&i.body, Body::File(map) if map.get(&job.idx) == Some(&job.id))
+                }
+                _ => false,
+            }
+        };
+        let old = {
+            let m = self.meta();
+            if !still_there(&m) {
+                return Ok(Outcome::Skipped);
+            }
+            let Some(e) = m.state.extents.get(&job.id) else { return Ok(Outcome::Skipped) };
+            if e.policy == job.target.encode() || !placement::can_satisfy(job.target, &self.member_views(&m)) {
+                return Ok(Outcome::Skipped);
+            }
+            e.clone()
+        };
+        let bytes = self.read_extent(&old)?;
+        let new = self.write_extent(job.target, &bytes)?;
+        let mut m = self.meta();
+        if !still_there(&m) {
+            drop(m);
+            self.free_uncommitted(&new.frags);
+            return Ok(Outcome::Skipped);
+        }
+        let stats = self.temperature.get(&m, old.id);
+        let change = PolicyChange {
+            id: m.state.history.iter().map(|c| c.id).max().unwrap_or(0) + 1,
+            scope: format!("inode {} offset {} (temperature)", job.ino, job.idx * EXTENT_SIZE),
+            ino: job.ino,
+            recursive: false,
+            policy: job.target.encode(),
+            started_ns: job.queued_ns,
+            finished_ns: Some(now_ns()),
+            state: ChangeState::Done,
+            extents_done: 1,
+            extents_total: 1,
+            message: format!(
+                "{}: extent {} ({}) -> {}",
+                job.class,
+                uuid::Uuid::from_u128(old.id),
+                old.policy(),
+                uuid::Uuid::from_u128(new.id)
+            ),
+        };
+        let new_id = new.id;
+        self.apply_txn(
+            &mut m,
+            vec![Op::SetExtent { ino: job.ino, index: job.idx, extent: Some(new) }, Op::PutPolicyChange { change }],
+        )?;
+        if let Some(s) = stats {
+            self.temperature.put(new_id, s);
+        }
+        Ok(Outcome::Migrated { new_id })
+    }
+
+    /// Run one queued job here (counted, then committed).
+    fn run_job(&self, job: &Job) -> Result<Outcome> {
+        let q = &self.temperature.queue;
+        let r = self.migrate_extent(job).and_then(|o| self.commit().map(|_| o));
+        match &r {
+            Ok(Outcome::Migrated { .. }) => q.done.fetch_add(1, Ordering::Relaxed),
+            Ok(Outcome::Skipped) => q.skipped.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(extent = %uuid::Uuid::from_u128(job.id), "migration failed: {e}");
+                q.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        q.finish(job);
+        r
+    }
+
+    /// Run every queued migration now, in this thread, without the rate
+    /// limit (tests, and the CLI on an unmounted pool). Returns the outcomes.
+    pub fn run_migrations(&self) -> Vec<Result<Outcome>> {
+        let mut out = Vec::new();
+        while let Some(job) = self.temperature.queue.pop() {
+            out.push(self.run_job(&job));
+        }
+        out
+    }
+
+    /// Start the background migration worker of a shared pool. It holds
+    /// the pool only while it works on a job; stop it (or drop the handle)
+    /// before closing the pool.
+    pub fn start_migration_worker(self: &Arc<Self>) -> MigrationWorker {
+        let weak: Weak<Pool> = Arc::downgrade(self);
+        let queue = self.temperature.queue.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flush_every, rate) = {
+            let c = &self.temperature.cfg;
+            (c.flush_interval, c.max_migrations_per_sec)
+        };
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("dfs-migrate".into())
+            .spawn(move || worker(weak, &queue, &stop2, flush_every, rate))
+            .ok();
+        MigrationWorker { queue: self.temperature.queue.clone(), stop, handle }
+    }
+}
+
+fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_every: Duration, rate: f64) {
+    let gap = if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
+    let mut next_slot = Instant::now();
+    let mut last_flush = Instant::now();
+    let tick = flush_every.min(Duration::from_millis(500));
+    loop {
+        // Wait for a job, a stop, or the next flush.
+        let job = {
+            let mut q = queue.lock();
+            loop {
+                if q.stop || stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if !q.jobs.is_empty() || last_flush.elapsed() >= flush_every {
+                    break;
+                }
+                q = queue.cv.wait_timeout(q, tick).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            if q.jobs.is_empty() {
+                None
+            } else {
+                // Honour the rate limit before taking the job.
+                let wait = next_slot.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    drop(queue.cv.wait_timeout(q, wait).unwrap_or_else(|p| p.into_inner()).0);
+                    continue;
+                }
+                let j = q.jobs.pop_front();
+                if j.is_some() {
+                    q.running += 1;
+                }
+                j
+            }
+        };
+        let Some(pool) = pool.upgrade() else {
+            if let Some(j) = job {
+                queue.finish(&j);
+            }
+            return;
+        };
+        if last_flush.elapsed() >= flush_every {
+            if let Err(e) = pool.flush_temperature() {
+                tracing::warn!("writing access statistics: {e}");
+            }
+            last_flush = Instant::now();
+        }
+        if let Some(job) = job {
+            next_slot = Instant::now().max(next_slot) + gap;
+            let _ = pool.run_job(&job);
+        }
+    }
+}
+
+/// The running background worker; stops (and joins) on drop.
+#[derive(Debug)]
+pub struct MigrationWorker {
+    queue: Arc<MigrationQueue>,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MigrationWorker {
+    /// Stop after the current job and wait for the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.queue.lock().stop = true;
+        self.queue.cv.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.queue.lock().stop = false;
+    }
+}
+
+impl Drop for MigrationWorker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Tracker {
+    /// The migration queue (lengths and counters).
+    pub fn queue(&self) -> &MigrationQueue {
+        &self.queue
+    }
+}

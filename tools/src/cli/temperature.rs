@@ -1,0 +1,101 @@
+//! `dfs list-hot | list-warm | list-cold` and `dfs extent-stats`: the
+//! temperature of extents, with the files they belong to.
+//!
+//! On an unmounted (or mounted) pool these open it read-only, as the other
+//! listings do, and show the statistics as last written to the metadata
+//! (a mount writes them every 30 s and at unmount). `--json` prints the
+//! engine's `ExtentStats` records. This module only formats; it never
+//! changes the pool.
+
+use dynamicfs::engine::Pool;
+use dynamicfs::temperature::{ExtentStats, Temp};
+
+use crate::{format_time_ns, iec, Table};
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map(|s| s + "\n").map_err(|e| e.to_string())
+}
+
+fn age(s: Option<u32>) -> String {
+    match s {
+        None => "never".into(),
+        Some(a) if a < 120 => format!("{a}s ago"),
+        Some(a) if a < 7200 => format!("{}m ago", a / 60),
+        Some(a) if a < 172_800 => format!("{}h ago", a / 3600),
+        Some(a) => format!("{}d ago", a / 86_400),
+    }
+}
+
+/// `list-hot`, `list-warm`, `list-cold`.
+pub fn list(pool: &Pool, class: Temp, as_json: bool) -> Result<String, String> {
+    let rows = pool.list_temperature(Some(class));
+    if as_json {
+        return json(&rows);
+    }
+    if rows.is_empty() {
+        return Ok(format!("No {class} extents.\n"));
+    }
+    let mut t = Table::new(
+        &["EXTENT", "PATH", "OFFSET", "OPS/DAY", "LAST ACCESS", "THRESHOLD", "HMM", "POLICY", "TARGET"],
+        &[false, false, true, true, false, false, false, false, false],
+    );
+    for s in &rows {
+        t.row(vec![
+            s.id.clone(),
+            s.path.clone().unwrap_or_else(|| format!("<inode {}>", s.ino)),
+            iec(s.offset),
+            format!("{:.1}", s.reads_per_day + s.writes_per_day),
+            age(s.last_access_age_s),
+            s.threshold_class.to_string(),
+            format!("{} {:.2}", s.hmm_state, s.hmm_probability),
+            s.current_policy.clone(),
+            if s.pinned { "pinned".into() } else { s.target_policy.clone().unwrap_or_else(|| "-".into()) },
+        ]);
+    }
+    Ok(t.render(0))
+}
+
+/// `extent-stats --extent UUID`.
+pub fn extent_stats(pool: &Pool, extent: uuid::Uuid, as_json: bool) -> Result<String, String> {
+    let s: ExtentStats =
+        pool.extent_stats(extent.as_u128()).ok_or_else(|| format!("no extent {extent} in the pool"))?;
+    if as_json {
+        return json(&s);
+    }
+    let last = match s.last_access_s {
+        Some(t) => format!("{} ({})", format_time_ns(t as u64 * 1_000_000_000), age(s.last_access_age_s)),
+        None => "never (since tracking began)".into(),
+    };
+    Ok(format!(
+        "extent:          {}\n\
+         file:            {} at {}\n\
+         length:          {}\n\
+         reads:           {:.1} (decayed), {:.1}/day\n\
+         writes:          {:.1} (decayed), {:.1}/day\n\
+         last access:     {last}\n\
+         threshold class: {}\n\
+         HMM state:       {} (p = {:.3}, over {} observations)\n\
+         class:           {}\n\
+         current policy:  {}\n\
+         target policy:   {}\n",
+        s.id,
+        s.path.clone().unwrap_or_else(|| format!("<inode {}>", s.ino)),
+        iec(s.offset),
+        iec(s.len as u64),
+        s.reads,
+        s.reads_per_day,
+        s.writes,
+        s.writes_per_day,
+        s.threshold_class,
+        s.hmm_state,
+        s.hmm_probability,
+        s.observations,
+        s.class,
+        s.current_policy,
+        if s.pinned {
+            "none (the file's policy is pinned)".to_string()
+        } else {
+            s.target_policy.clone().unwrap_or_else(|| "none (stays as it is)".into())
+        },
+    ))
+}
