@@ -207,6 +207,8 @@ struct Ctl {
     unrepairable: u64,
     passes: u64,
     recent: Vec<scrub::FragmentError>,
+    /// The worker's position and totals, ahead of the persisted ones.
+    live: Option<ScrubRecord>,
     /// Measured: bytes and time since the worker (re)started.
     run_bytes: u64,
     run_start: Option<Instant>,
@@ -264,6 +266,7 @@ impl ScrubDaemon {
             unrepairable: 0,
             passes: 0,
             recent: Vec::new(),
+            live: None,
             run_bytes: 0,
             run_start: None,
             run_time: Duration::ZERO,
@@ -386,9 +389,10 @@ impl ScrubDaemon {
 
     /// Progress, rate, errors, ETA.
     pub fn status(&self) -> ScrubStatus {
-        let rec = self.inner.pool.meta().state.scrub.clone();
+        let persisted = self.inner.pool.meta().state.scrub.clone();
         let total = self.inner.pool.meta().state.extents.len() as u64;
         let c = self.inner.ctl();
+        let rec = c.live.clone().unwrap_or(persisted);
         let elapsed = c.run_time + c.run_start.map(|s| s.elapsed()).unwrap_or_default();
         let rate = if elapsed.as_secs_f64() > 0.0 { (c.run_bytes as f64 / elapsed.as_secs_f64()) as u64 } else { 0 };
         let done = if rec.running { rec.extents_done } else { 0 };
@@ -608,6 +612,7 @@ fn worker(inner: &Inner) {
         rec.repaired += r.repaired as u64;
         {
             let mut c = inner.ctl();
+            c.live = Some(rec.clone());
             c.run_bytes += r.bytes;
             if r.unrepairable {
                 c.unrepairable += 1;
@@ -652,6 +657,7 @@ fn worker(inner: &Inner) {
         tracing::warn!("scrub: cannot persist the position: {e}");
     }
     let mut c = inner.ctl();
+    c.live = None;
     if let Some(s) = c.run_start.take() {
         c.run_time += s.elapsed();
     }
