@@ -1,6 +1,8 @@
 //! `dfs`: the DynamicFS administration command: `mount` (the same code path
 //! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
-//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`.
+//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`,
+//! `scrub`, `scrub-daemon`, `scrub-schedule`, `detect-orphans`,
+//! `orphan-stats`, `cleanup-orphans`.
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -9,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dfs_tools::cli::{admin, mount, status};
+use dfs_tools::cli::{admin, mount, scrub, status};
 use dfs_tools::{fail, write_stdout};
 
 const PROG: &str = "dfs";
@@ -95,6 +97,68 @@ enum Command {
         #[arg(long)]
         index: u32,
     },
+    /// Read and verify every fragment, superblock, root ring and journal copy of an unmounted pool
+    ///
+    /// Exit status 1 when damage remains (after --repair: what could not be repaired).
+    Scrub {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Rebuild bad or missing fragments from the good ones, rewrite bad copies, erase leaked fragments
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control the background scrub of a mounted pool: start|status|pause|resume|stop
+    #[command(name = "scrub-daemon")]
+    ScrubDaemon {
+        #[arg(value_parser = ["start", "status", "pause", "resume", "stop"])]
+        action: String,
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// low (16 MiB/s), medium (64 MiB/s) or high (256 MiB/s)
+        #[arg(long, value_parser = ["low", "medium", "high"])]
+        intensity: Option<String>,
+    },
+    /// Show, or set, when the mount scrubs the pool on its own
+    #[command(name = "scrub-schedule")]
+    ScrubSchedule {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        #[arg(long, value_parser = ["nightly", "weekly", "continuous", "off"])]
+        frequency: Option<String>,
+        #[arg(long, value_parser = ["low", "medium", "high"])]
+        intensity: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List fragments no committed metadata references, and why
+    #[command(name = "detect-orphans")]
+    DetectOrphans(Listing),
+    /// Unreferenced fragments and bytes by kind and member
+    #[command(name = "orphan-stats")]
+    OrphanStats(Listing),
+    /// Erase unreferenced fragments of an unmounted pool
+    #[command(name = "cleanup-orphans")]
+    CleanupOrphans {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Keep fragments younger than this (e.g. 30s, 10m, 2h, 7d)
+        #[arg(long, value_name = "AGE")]
+        min_age: Option<String>,
+        /// Say what would be erased, erase nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of the read-only listings.
@@ -116,6 +180,18 @@ fn output(r: Result<String, String>) -> ExitCode {
     match r.map(|t| write_stdout(&t)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => fail(PROG, &e),
+        Err(e) => fail(PROG, &e),
+    }
+}
+
+/// Print an integrity command's text; exit 1 when damage is left.
+fn integrity(r: Result<scrub::Outcome, String>) -> ExitCode {
+    match r {
+        Ok(o) => match write_stdout(&o.text) {
+            Ok(()) if o.damage_left => ExitCode::from(dfs_tools::EXIT_ERROR),
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(PROG, &e),
+        },
         Err(e) => fail(PROG, &e),
     }
 }
@@ -160,5 +236,17 @@ fn main() -> ExitCode {
             let closed = p.close().map_err(|e| e.to_string());
             r.and_then(|t| closed.map(|_| t))
         })),
+        Command::Scrub { pool, repair, json } => integrity(scrub::scrub(&pool, repair, json)),
+        Command::ScrubDaemon { action, pool, intensity } => {
+            integrity(scrub::scrub_daemon(&action, &pool, intensity.as_deref()))
+        }
+        Command::ScrubSchedule { pool, frequency, intensity, json } => {
+            integrity(scrub::scrub_schedule(&pool, frequency.as_deref(), intensity.as_deref(), json))
+        }
+        Command::DetectOrphans(a) => integrity(scrub::detect_orphans(&a.pool, a.json)),
+        Command::OrphanStats(a) => integrity(scrub::orphan_stats(&a.pool, a.json)),
+        Command::CleanupOrphans { pool, min_age, dry_run, json } => {
+            integrity(scrub::cleanup_orphans(&pool, min_age.as_deref(), dry_run, json))
+        }
     }
 }

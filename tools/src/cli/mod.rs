@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod mount;
 pub mod mountinfo;
+pub mod scrub;
 pub mod status;
