@@ -71,7 +71,10 @@ impl LoopPool {
     }
 
     fn devices(&self, read_only: bool) -> Vec<Arc<dyn Device>> {
-        self.loops.iter().map(|l| open_member_device(l.path(), OpenMode { read_only, exclusive: false }).unwrap()).collect()
+        self.loops
+            .iter()
+            .map(|l| open_member_device(l.path(), OpenMode { read_only, exclusive: false }).unwrap())
+            .collect()
     }
 
     fn open(&self, devs: &[Arc<dyn Device>], read_only: bool) -> Pool {
@@ -202,9 +205,12 @@ fn flipped_payload_byte() {
     let e = lp.extent(b"a", 1);
     let f = e.frags[1];
     lp.flip(f.member, lp.layout(f.member).data_offset(f.block) + BS + 4321);
-    found_then_repaired(&lp, "payload", Some(f.member), |x| {
-        matches!(x, Finding::Fragment { member, index: 1, .. } if *member == f.member)
-    });
+    found_then_repaired(
+        &lp,
+        "payload",
+        Some(f.member),
+        |x| matches!(x, Finding::Fragment { member, index: 1, .. } if *member == f.member),
+    );
 }
 
 #[test]
@@ -216,9 +222,12 @@ fn flipped_fragment_header_byte() {
     let e = lp.extent(b"b", 0);
     let f = e.frags[0];
     lp.flip(f.member, lp.layout(f.member).data_offset(f.block) + 44);
-    found_then_repaired(&lp, "header", Some(f.member), |x| {
-        matches!(x, Finding::Fragment { member, index: 0, .. } if *member == f.member)
-    });
+    found_then_repaired(
+        &lp,
+        "header",
+        Some(f.member),
+        |x| matches!(x, Finding::Fragment { member, index: 0, .. } if *member == f.member),
+    );
 }
 
 #[test]
@@ -287,7 +296,12 @@ fn leaked_block() {
     let block = l.data_blocks() - 300;
     dev.write_at(l.data_offset(block), &AlignedBuf::from_slice_padded(&buf, BS as usize)).unwrap();
     dev.sync().unwrap();
-    found_then_repaired(&lp, "leaked", Some(2), |x| matches!(x, Finding::Orphan { member: 2, block: b, .. } if *b == block));
+    found_then_repaired(
+        &lp,
+        "leaked",
+        Some(2),
+        |x| matches!(x, Finding::Orphan { member: 2, block: b, .. } if *b == block),
+    );
     // The header block is gone, the rest of the disk untouched.
     let after = read_bytes(dev.as_ref(), l.data_offset(block), BS as usize).unwrap();
     assert!(after.iter().all(|b| *b == 0));

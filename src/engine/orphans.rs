@@ -270,7 +270,9 @@ pub fn cleanup(devices: &[Arc<dyn Device>], opts: &CleanupOptions) -> Result<Cle
         let (dev, _) = &scan.members[m];
         if let Err(e) = dev.sync() {
             let who = dev.identity().to_string();
-            for (o, err) in out.erased.iter().filter(|o| o.member == *m).map(|o| (o.clone(), format!("{who}: sync: {e}"))) {
+            for (o, err) in
+                out.erased.iter().filter(|o| o.member == *m).map(|o| (o.clone(), format!("{who}: sync: {e}")))
+            {
                 out.failed.push((o, err));
             }
         }
@@ -279,7 +281,8 @@ pub fn cleanup(devices: &[Arc<dyn Device>], opts: &CleanupOptions) -> Result<Cle
         let after = fsck::scan_unreferenced(devices)?;
         out.remaining_orphans = after.found.iter().filter(|u| u.kind == UnreferencedKind::Orphan).count() as u64;
     } else {
-        out.remaining_orphans = out.erased.iter().chain(&out.kept_young).filter(|o| o.kind == UnreferencedKind::Orphan).count() as u64;
+        out.remaining_orphans =
+            out.erased.iter().chain(&out.kept_young).filter(|o| o.kind == UnreferencedKind::Orphan).count() as u64;
     }
     Ok(out)
 }

@@ -318,7 +318,9 @@ impl ScrubDaemon {
             Ok(h) => *w = Some(h),
             Err(e) => {
                 self.inner.ctl().state = DaemonState::Idle;
-                return Err(ScrubDaemonError::Engine(super::EngineError::Other(format!("spawn the scrub worker: {e}"))));
+                return Err(ScrubDaemonError::Engine(super::EngineError::Other(format!(
+                    "spawn the scrub worker: {e}"
+                ))));
             }
         }
         Ok(self.status())
@@ -519,7 +521,9 @@ fn persist(pool: &Pool, rec: &ScrubRecord) -> super::Result<()> {
 /// User work the pool did so far (for yielding).
 fn user_activity(pool: &Pool) -> u64 {
     let c = &pool.counters;
-    c.ops.load(Ordering::Relaxed) + c.fragments_read.load(Ordering::Relaxed) + c.fragments_written.load(Ordering::Relaxed)
+    c.ops.load(Ordering::Relaxed)
+        + c.fragments_read.load(Ordering::Relaxed)
+        + c.fragments_written.load(Ordering::Relaxed)
 }
 
 /// Wait while paused; true when told to stop.

@@ -286,7 +286,15 @@ impl State {
                 body: Body::Dir { parent: ROOT_INO, entries: BTreeMap::new() },
             },
         );
-        State { inodes, extents: HashMap::new(), members, config, next_ino: ROOT_INO + 1, history: Vec::new(), scrub: ScrubRecord::default() }
+        State {
+            inodes,
+            extents: HashMap::new(),
+            members,
+            config,
+            next_ino: ROOT_INO + 1,
+            history: Vec::new(),
+            scrub: ScrubRecord::default(),
+        }
     }
 
     /// The inode, or an error naming it.

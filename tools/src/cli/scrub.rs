@@ -123,7 +123,13 @@ fn render_scrub(r: &ScrubReport) -> String {
         r.errors.len(),
         r.repaired,
         left,
-        if r.clean { ": clean" } else if r.repair { "" } else { " (run with --repair)" }
+        if r.clean {
+            ": clean"
+        } else if r.repair {
+            ""
+        } else {
+            " (run with --repair)"
+        }
     );
     out
 }
@@ -202,7 +208,11 @@ pub fn scrub_schedule(
             "last pass: started {}, finished {}{}",
             format_time_ns(s.pass_started_ns.max(0) as u64),
             format_time_ns(s.last_pass_finished_ns.max(0) as u64),
-            if s.pass_running { format!(" (interrupted after {} extents; resumes)", s.extents_done) } else { String::new() }
+            if s.pass_running {
+                format!(" (interrupted after {} extents; resumes)", s.extents_done)
+            } else {
+                String::new()
+            }
         );
         t
     };
