@@ -67,7 +67,7 @@ fn progress() -> Option<dynamicfs::fsck::Progress> {
         let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
         if done == total || l.elapsed() >= Duration::from_millis(200) {
             *l = std::time::Instant::now();
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             eprint!("\rscrub: {done}/{total} fragments ({pct}%)");
             if done == total {
                 eprintln!();
