@@ -9,6 +9,9 @@
 # Installed as:  dfs-inspect, dfs        -> PREFIX/bin
 #                mkfs.dfs, mount.dfs,
 #                fsck.dfs                -> PREFIX/sbin
+#                dfs-scrub@.service,
+#                dfs-scrub@.timer        -> PREFIX/lib/systemd/system
+#                                           (or DFS_SYSTEMD_DIR)
 # A tool whose binary the build did not produce (not written yet) is skipped.
 # Idempotent: running it again replaces the files and the links. The /sbin
 # link directory can be changed with DFS_SBIN_LINK_DIR (tests use it); a file
@@ -27,6 +30,7 @@ if [ -z "$prefix" ]; then
     link_sbin=yes
 fi
 link_dir=${DFS_SBIN_LINK_DIR:-/sbin}
+systemd_dir=${DFS_SYSTEMD_DIR:-$prefix/lib/systemd/system}
 
 cargo build --release -p dfs-tools --manifest-path "$root/Cargo.toml"
 
@@ -62,3 +66,12 @@ mkfs-dfs mkfs.dfs sbin
 mount-dfs mount.dfs sbin
 fsck-dfs fsck.dfs sbin
 EOF
+
+# systemd units for hosts that prefer a timer to the mount's own schedule.
+install -d "$systemd_dir"
+for unit in dfs-scrub@.service dfs-scrub@.timer; do
+    sed "s|@BINDIR@|$prefix/bin|g" "$root/scripts/systemd/$unit" >"$systemd_dir/$unit.tmp"
+    chmod 0644 "$systemd_dir/$unit.tmp"
+    mv -f "$systemd_dir/$unit.tmp" "$systemd_dir/$unit"
+    echo "installed $systemd_dir/$unit"
+done

@@ -134,8 +134,11 @@ pub const EXIT_OPERATIONAL: u8 = 8;
 /// Exit status: usage error.
 pub const EXIT_USAGE: u8 = 16;
 
+/// Called as fragments are judged: (fragments done, fragments in all).
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// How to check.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FsckOptions {
     /// Repair what can be repaired (`-y`).
     pub repair: bool,
@@ -148,6 +151,21 @@ pub struct FsckOptions {
     pub verify_data: bool,
     /// Where pool lock files live (default `/run/dfs`).
     pub lock_dir: Option<PathBuf>,
+    /// Progress of the fragment phase (scrub shows it on a terminal).
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for FsckOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsckOptions")
+            .field("repair", &self.repair)
+            .field("preen", &self.preen)
+            .field("force", &self.force)
+            .field("verify_data", &self.verify_data)
+            .field("lock_dir", &self.lock_dir)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl FsckOptions {
@@ -767,6 +785,38 @@ struct Pass {
     damaged_slots: Vec<(u32, u64)>,
     /// The engine opened the pool read-only.
     engine_ok: bool,
+    /// Every unreferenced fragment header found by the data-region walk.
+    unreferenced: Vec<Unreferenced>,
+}
+
+/// Why a fragment header in free space is not referenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreferencedKind {
+    /// An extent fragment of an extent the extent table does not have
+    /// (a write whose commit never happened, or a deleted extent's).
+    Orphan,
+    /// An old copy of a live extent's fragment (moved by repair or migration).
+    StaleFragment,
+    /// A superseded checkpoint copy (every checkpoint leaves one).
+    StaleCheckpoint,
+}
+
+/// A fragment header of this pool that no committed metadata references.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreferenced {
+    pub kind: UnreferencedKind,
+    pub member: u32,
+    /// Data block of the header, and blocks of header + payload.
+    pub block: u64,
+    pub blocks: u64,
+    /// Byte offset of the header on the member.
+    pub offset: u64,
+    pub extent: Uuid,
+    pub fragment_index: u16,
+    /// From the header: the metadata generation and time that wrote it.
+    pub generation: u64,
+    pub created_ns: u64,
 }
 
 impl Pass {
@@ -834,6 +884,8 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
         stats: FsckStats { members_present: ident.members.len() as u32, ..Default::default() },
         damaged_slots: Vec::new(),
         engine_ok: false,
+        unreferenced: Vec::new(),
+        progress: opts.progress.clone(),
     };
     if let Some(pid) = in_use {
         c.findings.push(Finding::PoolInUse { pid });
@@ -854,7 +906,14 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
         }
     }
     let label = ident.members.values().next().map(|m| m.choice.superblock.label.clone()).unwrap_or_default();
-    Pass { label, findings: c.findings, stats: c.stats, damaged_slots: c.damaged_slots, engine_ok: c.engine_ok }
+    Pass {
+        label,
+        findings: c.findings,
+        stats: c.stats,
+        damaged_slots: c.damaged_slots,
+        engine_ok: c.engine_ok,
+        unreferenced: c.unreferenced,
+    }
 }
 
 /// The state of one pass.
@@ -865,6 +924,8 @@ struct Checker<'a> {
     stats: FsckStats,
     damaged_slots: Vec<(u32, u64)>,
     engine_ok: bool,
+    unreferenced: Vec<Unreferenced>,
+    progress: Option<Progress>,
 }
 
 /// Data-block runs referenced on each member, sorted by start.
@@ -1223,11 +1284,15 @@ impl Checker<'_> {
             }
         }
         type Outcome = (u128, usize, FragLoc, Result<u64, FragmentFault>);
+        let total: u64 = tasks.values().map(|l| l.len() as u64).sum();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let progress = self.progress.clone();
         let results: Vec<Outcome> = std::thread::scope(|s| {
             let handles: Vec<_> = tasks
                 .iter()
                 .map(|(member, list)| {
                     let m = self.ident.members.get(member);
+                    let (done, progress) = (&done, &progress);
                     s.spawn(move || {
                         list.iter()
                             .map(|(id, i, f)| {
@@ -1235,6 +1300,10 @@ impl Checker<'_> {
                                     None => Err(FragmentFault::Absent),
                                     Some(m) => check_fragment(m, pool, &state.extents[id], *i, f, verify),
                                 };
+                                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                                if let Some(p) = progress {
+                                    p(n, total);
+                                }
                                 (*id, *i, *f, r)
                             })
                             .collect::<Vec<_>>()
@@ -1326,6 +1395,27 @@ impl Checker<'_> {
                 }
                 if referenced(f.block) {
                     continue;
+                }
+                let kind = match f.header.kind {
+                    FragmentKind::Checkpoint if Some(f.header.extent_uuid) == live_checkpoint => None,
+                    FragmentKind::Checkpoint => Some(UnreferencedKind::StaleCheckpoint),
+                    FragmentKind::Extent if state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
+                        Some(UnreferencedKind::StaleFragment)
+                    }
+                    FragmentKind::Extent => Some(UnreferencedKind::Orphan),
+                };
+                if let Some(kind) = kind {
+                    self.unreferenced.push(Unreferenced {
+                        kind,
+                        member: index,
+                        block: f.block,
+                        blocks: 1 + f.payload_blocks,
+                        offset: f.offset,
+                        extent: f.header.extent_uuid,
+                        fragment_index: f.header.fragment_index,
+                        generation: f.header.generation,
+                        created_ns: f.header.created_ns,
+                    });
                 }
                 match f.header.kind {
                     FragmentKind::Checkpoint => {
@@ -1479,7 +1569,22 @@ fn check_fragment(
     loc: &FragLoc,
     verify: bool,
 ) -> Result<u64, FragmentFault> {
-    let layout = m.layout();
+    check_fragment_at(m.dev.as_ref(), m.layout(), pool, e, index, loc, verify)
+}
+
+/// Judge fragment `index` of `e` at `loc` on a member (`dev`, `layout`):
+/// header against the extent table, and with `verify` the payload against
+/// its BLAKE3. The payload bytes verified, or what is wrong. Shared by fsck
+/// and scrub (`crate::engine::scrub`), so both judge a fragment alike.
+pub fn check_fragment_at(
+    dev: &dyn Device,
+    layout: &Layout,
+    pool: Uuid,
+    e: &Extent,
+    index: usize,
+    loc: &FragLoc,
+    verify: bool,
+) -> Result<u64, FragmentFault> {
     let bs = layout.block_size as u64;
     let policy = e.policy();
     let payload_len = redundancy::shard_len(policy, e.len) as u64;
@@ -1494,7 +1599,7 @@ fn check_fragment(
         return Err(FragmentFault::Mismatch("its location lies outside the data region".into()));
     }
     let len = if verify { need * bs } else { bs };
-    let buf = read_bytes(m.dev.as_ref(), layout.data_offset(loc.block), len as usize)
+    let buf = read_bytes(dev, layout.data_offset(loc.block), len as usize)
         .map_err(|err| FragmentFault::Unreadable(err.to_string()))?;
     let h =
         FragmentHeader::decode(&buf[..FRAGMENT_HEADER_LEN]).map_err(|err| FragmentFault::BadHeader(err.to_string()))?;
@@ -1575,7 +1680,7 @@ fn needs_engine(f: &Finding) -> bool {
     )
 }
 
-fn frag_fault(f: &FragmentFault) -> FragFault {
+pub(crate) fn frag_fault(f: &FragmentFault) -> FragFault {
     match f {
         FragmentFault::Absent => FragFault::Absent,
         FragmentFault::Unreadable(e) => FragFault::Io(e.clone()),
@@ -1670,34 +1775,12 @@ fn repair(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Vec<Finding> {
     failed
 }
 
-/// Read extent `id` through the engine (which repairs what the read trips
-/// over), check every fragment again, and hand those still bad to the
-/// engine's repair with the verified bytes.
-fn rebuild_extent(pool: &Pool, ident: &Ident, id: u128, stats: &mut RepairStats) -> Result<(), EngineError> {
-    let Some(e) = pool.meta().state.extents.get(&id).cloned() else { return Ok(()) };
-    let bytes = pool.read_extent(&e)?;
-    stats.extents_read += 1;
-    let Some(e) = pool.meta().state.extents.get(&id).cloned() else { return Ok(()) };
-    let bad: Vec<(usize, FragFault)> = e
-        .frags
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| {
-            let r = match ident.members.get(&f.member) {
-                None => Err(FragmentFault::Absent),
-                Some(m) => check_fragment(m, ident.pool, &e, i, f, true),
-            };
-            r.err().map(|fault| (i, frag_fault(&fault)))
-        })
-        .collect();
-    if bad.is_empty() {
-        return Ok(());
-    }
-    let frags = redundancy::encode(e.policy(), &bytes).map_err(|err| EngineError::Other(err.to_string()))?;
-    let sources: Vec<Option<&[u8]>> =
-        frags.iter().enumerate().map(|(i, f)| (!bad.iter().any(|(b, _)| *b == i)).then_some(f.bytes())).collect();
-    pool.lazy_repair(&e, &bytes, &sources, &bad);
-    stats.fragments_rebuilt += bad.len() as u64;
+/// Rebuild extent `id`'s bad fragments through the engine (shared with
+/// scrub: [`crate::engine::scrub::repair_extent`]).
+fn rebuild_extent(pool: &Pool, _ident: &Ident, id: u128, stats: &mut RepairStats) -> Result<(), EngineError> {
+    let r = crate::engine::scrub::repair_extent(pool, id)?;
+    stats.extents_read += u64::from(r.read);
+    stats.fragments_rebuilt += r.handed_to_repair;
     Ok(())
 }
 
@@ -1788,5 +1871,51 @@ pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<Fsc
         left,
         info,
         exit_code,
+    })
+}
+
+// ---------------------------------------------------------------- orphans
+
+/// What a read-only pass found unreferenced in the data regions, for orphan
+/// GC (`crate::engine::orphans`), with the devices to reach it.
+pub struct UnreferencedScan {
+    pub pool_uuid: Uuid,
+    /// Member index → device and its layout.
+    pub members: BTreeMap<u32, (Arc<dyn Device>, Layout)>,
+    /// The metadata loaded, the engine accepts the pool and the walk ran:
+    /// only then is "unreferenced" a judgement one may free on.
+    pub trustworthy: bool,
+    /// The errors of the pass (why it is not trustworthy, among others).
+    pub problems: Vec<String>,
+    pub blocks_examined: u64,
+    pub found: Vec<Unreferenced>,
+}
+
+/// One read-only pass (no payload hashing, the data regions walked) that
+/// lists every fragment header of this pool no committed metadata
+/// references. See [`Unreferenced`].
+pub fn scan_unreferenced(devices: &[Arc<dyn Device>]) -> Result<UnreferencedScan, FsckError> {
+    let ident = identify(devices)?;
+    let opts = FsckOptions { force: true, ..Default::default() };
+    let pass = run_pass(&ident, &opts, None);
+    let blocking = |f: &&Finding| {
+        matches!(
+            f,
+            Finding::NoRoot
+                | Finding::CheckpointLost { .. }
+                | Finding::Metadata { .. }
+                | Finding::EngineRefuses { .. }
+                | Finding::Allocation { .. }
+                | Finding::DoubleUse { .. }
+        )
+    };
+    let trustworthy = pass.engine_ok && pass.stats.data_walked && !pass.findings.iter().any(|f| blocking(&f));
+    Ok(UnreferencedScan {
+        pool_uuid: ident.pool,
+        members: ident.members.values().map(|m| (m.index, (m.dev.clone(), m.layout().clone()))).collect(),
+        trustworthy,
+        problems: pass.problems().map(|f| f.to_string()).collect(),
+        blocks_examined: pass.stats.blocks_examined,
+        found: pass.unreferenced,
     })
 }

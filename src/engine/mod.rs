@@ -12,12 +12,15 @@ pub mod error;
 pub mod journal;
 pub mod lock;
 pub mod namespace;
+pub mod orphans;
 pub mod placement;
 pub mod pool;
 pub mod rebuild;
 pub mod redundancy;
 pub mod repair;
 pub mod sparse;
+pub mod scrub;
+pub mod scrub_daemon;
 pub mod state;
 
 pub use error::{EngineError, Result};

@@ -185,6 +185,44 @@ pub struct State {
     /// Access statistics per extent, as last flushed (`crate::temperature`;
     /// live counts are in its tracker). Only extents that were accessed.
     pub temperature: HashMap<u128, ExtentTemp>,
+    /// Scrub schedule and the scrub daemon's persisted position (#9).
+    pub scrub: ScrubRecord,
+}
+
+/// How often the mount scrubs the pool on its own (`dfs scrub-schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ScrubFrequency {
+    /// Never on its own (the default; `dfs scrub-daemon start` still works).
+    #[default]
+    Off,
+    /// A pass starts when the last one began 24 h ago or more.
+    Nightly,
+    /// A pass starts when the last one began 7 days ago or more.
+    Weekly,
+    /// A new pass starts as soon as one ends.
+    Continuous,
+}
+
+/// Scrub settings and progress kept in the pool metadata (`Op::SetScrub`).
+/// The position is written in batches by the scrub daemon, so a restart
+/// resumes the pass where it was, not from the start.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ScrubRecord {
+    pub frequency: ScrubFrequency,
+    /// 0 low, 1 medium, 2 high (see `scrub_daemon::Intensity`).
+    pub intensity: u8,
+    /// A pass is under way (started and not finished).
+    pub running: bool,
+    /// Extents with an id up to and including this one are done this pass.
+    pub cursor: Option<u128>,
+    /// Wall-clock start of the current (or last) pass, and its end.
+    pub pass_started_ns: i64,
+    pub pass_finished_ns: i64,
+    /// Totals of the current pass so far.
+    pub extents_done: u64,
+    pub bytes_done: u64,
+    pub errors: u64,
+    pub repaired: u64,
 }
 
 /// One atomic change to the state; a journal record carries a list of them
@@ -223,6 +261,8 @@ pub enum Op {
     /// `crate::temperature`). Entries of extents that no longer exist are
     /// ignored, so replay may see stats of extents deleted since.
     PutTempStats { stats: Vec<(u128, ExtentTemp)> },
+    /// Replace the scrub schedule and position (scrub daemon, `scrub-schedule`).
+    SetScrub { scrub: ScrubRecord },
 }
 
 /// Why an op did not apply.
@@ -266,6 +306,7 @@ impl State {
             next_ino: ROOT_INO + 1,
             history: Vec::new(),
             temperature: HashMap::new(),
+            scrub: ScrubRecord::default(),
         }
     }
 
@@ -458,6 +499,7 @@ impl State {
                     }
                 }
             }
+            Op::SetScrub { scrub } => self.scrub = scrub.clone(),
         }
         Ok(freed)
     }

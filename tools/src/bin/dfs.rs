@@ -2,8 +2,10 @@
 //! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
 //! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`,
 //! `add-disk`, `remove-disk`, `rebuild`, `rebuild-status`, `list-hot`,
-//! `list-warm`, `list-cold`, `extent-stats`. On a mounted pool the admin
-//! commands go through the mount's control socket (`cli::admin::Target`).
+//! `list-warm`, `list-cold`, `extent-stats`, `scrub`, `scrub-daemon`,
+//! `scrub-schedule`, `detect-orphans`, `orphan-stats`, `cleanup-orphans`.
+//! On a mounted pool the admin commands go through the mount's control
+//! socket (`cli::admin::Target`).
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dfs_tools::cli::{admin, mount, status, temperature};
+use dfs_tools::cli::{admin, mount, scrub, status, temperature};
 use dfs_tools::{fail, write_stdout};
 use dynamicfs::temperature::Temp;
 
@@ -163,6 +165,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read and verify every fragment, superblock, root ring and journal copy of an unmounted pool
+    ///
+    /// Exit status 1 when damage remains (after --repair: what could not be repaired).
+    Scrub {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Rebuild bad or missing fragments from the good ones, rewrite bad copies, erase leaked fragments
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control the background scrub of a mounted pool: start|status|pause|resume|stop
+    #[command(name = "scrub-daemon")]
+    ScrubDaemon {
+        #[arg(value_parser = ["start", "status", "pause", "resume", "stop"])]
+        action: String,
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// low (16 MiB/s), medium (64 MiB/s) or high (256 MiB/s)
+        #[arg(long, value_parser = ["low", "medium", "high"])]
+        intensity: Option<String>,
+    },
+    /// Show, or set, when the mount scrubs the pool on its own
+    #[command(name = "scrub-schedule")]
+    ScrubSchedule {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        #[arg(long, value_parser = ["nightly", "weekly", "continuous", "off"])]
+        frequency: Option<String>,
+        #[arg(long, value_parser = ["low", "medium", "high"])]
+        intensity: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List fragments no committed metadata references, and why
+    #[command(name = "detect-orphans")]
+    DetectOrphans(Listing),
+    /// Unreferenced fragments and bytes by kind and member
+    #[command(name = "orphan-stats")]
+    OrphanStats(Listing),
+    /// Erase unreferenced fragments of an unmounted pool
+    #[command(name = "cleanup-orphans")]
+    CleanupOrphans {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Keep fragments younger than this (e.g. 30s, 10m, 2h, 7d)
+        #[arg(long, value_name = "AGE")]
+        min_age: Option<String>,
+        /// Say what would be erased, erase nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild, now, every extent that lost fragments (failed or missing members)
     Rebuild(Listing),
     /// What the mount's background rebuild/drain worker has done
@@ -199,6 +263,18 @@ fn output(r: Result<String, String>) -> ExitCode {
     match r.map(|t| write_stdout(&t)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => fail(PROG, &e),
+        Err(e) => fail(PROG, &e),
+    }
+}
+
+/// Print an integrity command's text; exit 1 when damage is left.
+fn integrity(r: Result<scrub::Outcome, String>) -> ExitCode {
+    match r {
+        Ok(o) => match write_stdout(&o.text) {
+            Ok(()) if o.damage_left => ExitCode::from(dfs_tools::EXIT_ERROR),
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(PROG, &e),
+        },
         Err(e) => fail(PROG, &e),
     }
 }
@@ -259,5 +335,17 @@ fn main() -> ExitCode {
         }
         Command::Rebuild(a) => on_pool(&a.pool, true, |t| admin::rebuild(t, a.json)),
         Command::RebuildStatus(a) => listing(&a, admin::rebuild_status),
+        Command::Scrub { pool, repair, json } => integrity(scrub::scrub(&pool, repair, json)),
+        Command::ScrubDaemon { action, pool, intensity } => {
+            integrity(scrub::scrub_daemon(&action, &pool, intensity.as_deref()))
+        }
+        Command::ScrubSchedule { pool, frequency, intensity, json } => {
+            integrity(scrub::scrub_schedule(&pool, frequency.as_deref(), intensity.as_deref(), json))
+        }
+        Command::DetectOrphans(a) => integrity(scrub::detect_orphans(&a.pool, a.json)),
+        Command::OrphanStats(a) => integrity(scrub::orphan_stats(&a.pool, a.json)),
+        Command::CleanupOrphans { pool, min_age, dry_run, json } => {
+            integrity(scrub::cleanup_orphans(&pool, min_age.as_deref(), dry_run, json))
+        }
     }
 }

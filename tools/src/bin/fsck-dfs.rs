@@ -115,6 +115,7 @@ fn main() -> ExitCode {
         force: args.force,
         verify_data: args.data,
         lock_dir: None,
+        progress: None,
     };
     match run(&args, &opts) {
         Ok(report) => {

@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod mount;
 pub mod mountinfo;
+pub mod scrub;
 pub mod status;
 pub mod temperature;

@@ -400,6 +400,10 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     let migrations = (!ro).then(|| pool.start_migration_worker());
     let mounted = dynamicfs::fuse::mount(pool.clone(), &p.mountpoint, &cfg)
         .map_err(|e| format!("mount on {}: {e}", p.mountpoint.display()))?;
+    // The scrub daemon (#9): idle until started; its schedule, stored in
+    // the pool, starts it when due (and resumes an interrupted pass).
+    let scrubd = Arc::new(dynamicfs::engine::scrub_daemon::ScrubDaemon::new(pool.clone()));
+    scrubd.run_schedule();
     tracing::info!(
         pool = %found.pool_uuid,
         members = found.members.len(),
@@ -416,6 +420,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     }
     unmount_on_signal(sigset, p.mountpoint.clone());
     let served = mounted.run();
+    scrubd.shutdown();
+    drop(scrubd);
     if let Err(e) = &served {
         tracing::error!("FUSE session ended with an error: {e}");
     }

@@ -1,0 +1,368 @@
+//! `dfs scrub`, `dfs scrub-daemon`, `dfs scrub-schedule`, `dfs
+//! detect-orphans`, `dfs orphan-stats`, `dfs cleanup-orphans`: the integrity
+//! commands. Each returns the text to print, or one error line.
+//!
+//! `scrub` and the orphan commands work on an **unmounted** pool: its
+//! members are found from one of them (or `UUID=`) and opened read-only
+//! for a check, read-write and exclusive for `--repair` / a cleanup (a
+//! mounted pool is then refused, naming the device). `scrub-daemon` talks
+//! to the scrub daemon of a mounted pool through the mount's control
+//! socket, which this build does not have yet: it builds the request and
+//! says so (exit status 1). `scrub-schedule` stores the schedule in the
+//! pool (unmounted; a mount honours it).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamicfs::device::Device;
+use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOptions, PoolSource};
+use dynamicfs::engine::lock::DEFAULT_LOCK_DIR;
+use dynamicfs::engine::orphans::{self, CleanupOptions, OrphanReport};
+use dynamicfs::engine::scrub::{scrub_pool, ScrubOptions, ScrubReport};
+use dynamicfs::engine::scrub_daemon::{self, frequency_name, Intensity};
+use dynamicfs::fsck::pool_lock_holder;
+use serde::Serialize;
+
+use crate::{format_time_ns, iec};
+
+/// What a command printed and whether it found damage left (exit status 1).
+pub struct Outcome {
+    pub text: String,
+    pub damage_left: bool,
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map(|s| s + "\n").map_err(|e| e.to_string())
+}
+
+/// Find the members of the pool `arg` names and open them (read-write and
+/// exclusive when `write`), refusing a pool in use for a write.
+fn open_devices(arg: &str, write: bool) -> Result<Vec<Arc<dyn Device>>, String> {
+    let source = PoolSource::parse(arg).map_err(|e| e.to_string())?;
+    let found = find_members(&source, &DiscoverOptions::default()).map_err(|e| e.to_string())?;
+    if write {
+        if let Some(pid) = pool_lock_holder(std::path::Path::new(DEFAULT_LOCK_DIR), found.pool_uuid) {
+            return Err(format!(
+                "pool {} is in use by PID {pid} (mounted?): unmount it first, or use `dfs scrub-daemon` on the mount",
+                found.pool_uuid
+            ));
+        }
+    }
+    open_members(&found, !write).map_err(|e| match e {
+        DiscoverError::Open { path, source } => format!("{}: {source} (is the pool mounted?)", path.display()),
+        other => other.to_string(),
+    })
+}
+
+/// A progress line on stderr, only when stderr is a terminal.
+fn progress() -> Option<dynamicfs::fsck::Progress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let last = std::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1));
+    Some(Arc::new(move |done: u64, total: u64| {
+        let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+        if done == total || l.elapsed() >= Duration::from_millis(200) {
+            *l = std::time::Instant::now();
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!("\rscrub: {done}/{total} fragments ({pct}%)");
+            if done == total {
+                eprintln!();
+            }
+        }
+    }))
+}
+
+/// `dfs scrub --pool P [--repair] [--json]`.
+pub fn scrub(pool: &str, repair: bool, as_json: bool) -> Result<Outcome, String> {
+    let devs = open_devices(pool, repair)?;
+    let opts = ScrubOptions { repair, lock_dir: None, progress: if as_json { None } else { progress() } };
+    let r = scrub_pool(&devs, &opts).map_err(|e| e.to_string())?;
+    let text = if as_json { json(&r)? } else { render_scrub(&r) };
+    Ok(Outcome { text, damage_left: !r.clean })
+}
+
+fn render_scrub(r: &ScrubReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "scrub of pool {}{}: {} of {} members, {} extents, {} of {} fragments good, {} checked, {} data blocks walked",
+        r.pool_uuid,
+        if r.repair { " (repair)" } else { "" },
+        r.members_checked,
+        r.members,
+        r.extents_checked,
+        r.fragments_good,
+        r.fragments_checked,
+        iec(r.bytes_checked),
+        r.data_blocks_walked
+    );
+    for e in &r.errors {
+        let tag = if e.repaired { "FIXED" } else { "ERROR" };
+        let on = e.member.map(|m| format!("member {m}: ")).unwrap_or_default();
+        let action = e.action.as_ref().map(|a| format!(" [{a}]")).unwrap_or_default();
+        let _ = writeln!(out, "{tag:<5}  {} {on}{}{action}", e.kind, e.message);
+    }
+    if !r.errors.is_empty() {
+        let kinds: Vec<String> = r.errors_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let members: Vec<String> = r.errors_by_member.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let _ = writeln!(out, "errors by kind: {}", kinds.join(", "));
+        let _ = writeln!(out, "errors by member: {}", members.join(", "));
+    }
+    for u in &r.unrepairable {
+        let files = if u.files.is_empty() { "no file".to_string() } else { u.files.join(", ") };
+        let _ = writeln!(out, "UNREPAIRABLE  {} ({files})", u.what);
+    }
+    let left = r.errors.len() as u64 - r.repaired;
+    let _ = writeln!(
+        out,
+        "{} errors, {} repaired, {} left{}",
+        r.errors.len(),
+        r.repaired,
+        left,
+        if r.clean {
+            ": clean"
+        } else if r.repair {
+            ""
+        } else {
+            " (run with --repair)"
+        }
+    );
+    out
+}
+
+/// `dfs scrub-daemon ACTION --pool P [--intensity I]`: the control request
+/// for the mount. Until the mount has a control socket this is an error.
+pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>) -> Result<Outcome, String> {
+    let method = match action {
+        "start" | "status" | "pause" | "resume" | "stop" => format!("scrub.{action}"),
+        other => return Err(format!("{other:?} is not a scrub-daemon action (start, status, pause, resume, stop)")),
+    };
+    let mut params = serde_json::Map::new();
+    if let Some(i) = intensity {
+        let i: Intensity = i.parse()?;
+        params.insert("intensity".into(), serde_json::Value::String(i.name().into()));
+    }
+    let request = serde_json::json!({ "method": method, "params": params });
+    Err(format!(
+        "pool {pool}: the scrub daemon runs in the mount and is reached through its control socket, which this build does not have yet (request: {request})"
+    ))
+}
+
+/// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`.
+pub fn scrub_schedule(
+    pool: &str,
+    frequency: Option<&str>,
+    intensity: Option<&str>,
+    as_json: bool,
+) -> Result<Outcome, String> {
+    let change = frequency.is_some() || intensity.is_some();
+    let p = crate::cli::admin::open(pool, !change)?;
+    let mut rec = scrub_daemon::record(&p);
+    if change {
+        let f = match frequency {
+            Some(f) => scrub_daemon::parse_frequency(f)?,
+            None => rec.frequency,
+        };
+        let i = match intensity {
+            Some(i) => i.parse()?,
+            None => Intensity::from_code(rec.intensity),
+        };
+        rec = scrub_daemon::set_schedule(&p, f, i).map_err(|e| e.to_string())?;
+        p.close().map_err(|e| e.to_string())?;
+    }
+    #[derive(Serialize)]
+    struct Shown {
+        frequency: &'static str,
+        intensity: &'static str,
+        rate_limit_bytes_per_sec: u64,
+        pass_running: bool,
+        extents_done: u64,
+        pass_started_ns: i64,
+        last_pass_finished_ns: i64,
+    }
+    let i = Intensity::from_code(rec.intensity);
+    let s = Shown {
+        frequency: frequency_name(rec.frequency),
+        intensity: i.name(),
+        rate_limit_bytes_per_sec: i.bytes_per_sec(),
+        pass_running: rec.running,
+        extents_done: rec.extents_done,
+        pass_started_ns: rec.pass_started_ns,
+        last_pass_finished_ns: rec.pass_finished_ns,
+    };
+    let text = if as_json {
+        json(&s)?
+    } else {
+        let mut t = format!(
+            "scrub schedule: {}, intensity {} ({}/s)\n",
+            s.frequency,
+            s.intensity,
+            iec(s.rate_limit_bytes_per_sec)
+        );
+        let _ = writeln!(
+            t,
+            "last pass: started {}, finished {}{}",
+            format_time_ns(s.pass_started_ns.max(0) as u64),
+            format_time_ns(s.last_pass_finished_ns.max(0) as u64),
+            if s.pass_running {
+                format!(" (interrupted after {} extents; resumes)", s.extents_done)
+            } else {
+                String::new()
+            }
+        );
+        t
+    };
+    Ok(Outcome { text, damage_left: false })
+}
+
+/// Parse an age: a number with `s`, `m`, `h` or `d` (seconds without).
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not an age (expected e.g. 30s, 10m, 2h, 7d)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(mult).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn render_orphans(r: &OrphanReport) -> String {
+    let mut out = String::new();
+    for o in &r.orphans {
+        let _ = writeln!(
+            out,
+            "{:<16} member {} ({}) block {} ({} blocks, {}), extent {} fragment {}, age {}s: {}",
+            format!("{:?}", o.kind).to_lowercase(),
+            o.member,
+            o.device,
+            o.block,
+            o.blocks,
+            iec(o.bytes),
+            o.extent,
+            o.fragment_index,
+            o.age_secs,
+            o.why
+        );
+    }
+    let _ = writeln!(out, "{} unreferenced fragments in {} data blocks walked", r.orphans.len(), r.blocks_examined);
+    if !r.trustworthy {
+        let _ = writeln!(out, "warning: the metadata did not load cleanly; run fsck.dfs: {}", r.problems.join("; "));
+    }
+    out
+}
+
+/// `dfs detect-orphans --pool P [--json]`.
+pub fn detect_orphans(pool: &str, as_json: bool) -> Result<Outcome, String> {
+    let devs = open_devices(pool, false)?;
+    let r = orphans::detect(&devs).map_err(|e| e.to_string())?;
+    let text = if as_json { json(&r)? } else { render_orphans(&r) };
+    Ok(Outcome { text, damage_left: false })
+}
+
+/// `dfs orphan-stats --pool P [--json]`.
+pub fn orphan_stats(pool: &str, as_json: bool) -> Result<Outcome, String> {
+    let devs = open_devices(pool, false)?;
+    let r = orphans::detect(&devs).map_err(|e| e.to_string())?;
+    let s = orphans::stats(&r);
+    let text = if as_json {
+        json(&s)?
+    } else {
+        let mut t = format!("{} unreferenced fragments, {}\n", s.fragments, iec(s.bytes));
+        for (k, (n, b)) in &s.by_kind {
+            let _ = writeln!(t, "  {k}: {n} ({})", iec(*b));
+        }
+        let by: BTreeMap<_, _> = s.by_member.iter().collect();
+        for (m, (n, b)) in by {
+            let _ = writeln!(t, "  member {m}: {n} ({})", iec(*b));
+        }
+        if s.fragments > 0 {
+            let _ = writeln!(t, "  ages: {}s to {}s", s.newest_secs, s.oldest_secs);
+        }
+        t
+    };
+    Ok(Outcome { text, damage_left: false })
+}
+
+/// `dfs cleanup-orphans --pool P [--min-age D] [--dry-run] [--json]`.
+pub fn cleanup_orphans(pool: &str, min_age: Option<&str>, dry_run: bool, as_json: bool) -> Result<Outcome, String> {
+    let min_age = min_age.map(parse_age).transpose()?.unwrap_or_default();
+    let devs = open_devices(pool, !dry_run)?;
+    let r = orphans::cleanup(&devs, &CleanupOptions { min_age, dry_run, lock_dir: None }).map_err(|e| e.to_string())?;
+    let text = if as_json {
+        json(&r)?
+    } else {
+        let mut t = String::new();
+        let verb = if dry_run { "would erase" } else { "erased" };
+        for o in &r.erased {
+            let _ = writeln!(t, "{verb} member {} block {} (extent {}): {}", o.member, o.block, o.extent, o.why);
+        }
+        for (o, e) in &r.failed {
+            let _ = writeln!(t, "FAILED member {} block {}: {e}", o.member, o.block);
+        }
+        let _ = writeln!(
+            t,
+            "{verb} {} unreferenced fragments ({}), kept {} younger than {}s",
+            r.erased.len(),
+            iec(r.erased_bytes),
+            r.kept_young.len(),
+            r.min_age_secs
+        );
+        t
+    };
+    Ok(Outcome { text, damage_left: !r.failed.is_empty() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_age("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_age("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_age("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_age("").is_err());
+        assert!(parse_age("5y").is_err());
+        assert!(parse_age("-1").is_err());
+        assert!(parse_age("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn daemon_request_says_the_socket_is_needed() {
+        let e = scrub_daemon("pause", "/dev/x", None).err().unwrap();
+        assert!(e.contains("control socket") && e.contains("scrub.pause") && !e.contains('\n'), "{e}");
+        let e = scrub_daemon("start", "/dev/x", Some("high")).err().unwrap();
+        assert!(e.contains("\"intensity\":\"high\""), "{e}");
+        assert!(scrub_daemon("start", "/dev/x", Some("max")).err().unwrap().contains("not an intensity"));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_age_never_panics(s in ".{0,24}") {
+            let _ = parse_age(&s);
+        }
+
+        #[test]
+        fn parse_age_round_trips(n in 0u64..1_000_000, unit in prop::sample::select(vec!["", "s", "m", "h", "d"])) {
+            let mult = match unit { "m" => 60, "h" => 3600, "d" => 86400, _ => 1 };
+            prop_assert_eq!(parse_age(&format!("{n}{unit}")).unwrap(), Duration::from_secs(n * mult));
+        }
+
+        #[test]
+        fn intensity_and_frequency_parsers_never_panic(s in ".{0,16}") {
+            let _ = s.parse::<Intensity>();
+            let _ = scrub_daemon::parse_frequency(&s);
+        }
+    }
+}
