@@ -89,12 +89,9 @@ pub fn init(format: LogFormat, target: LogTarget<'_>, filter: EnvFilter) -> Resu
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let res = match target {
-        LogTarget::Stderr if json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_writer(std::io::stderr)
-            .try_init(),
+        LogTarget::Stderr if json => {
+            builder.json().with_current_span(true).with_span_list(true).with_writer(std::io::stderr).try_init()
+        }
         LogTarget::Stderr => builder.with_writer(std::io::stderr).try_init(),
         LogTarget::File(p) => {
             let f = std::fs::OpenOptions::new()

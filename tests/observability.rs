@@ -210,7 +210,10 @@ fn mounted_pool_metrics_health_and_request_ids() {
     let (status, h) = health(&addr);
     assert_eq!((status, h["state"].as_str()), (503, Some("degraded")), "{h}");
     assert_eq!(h["degraded_extents"], 3, "{h}");
-    assert!(h["problems"].as_array().unwrap().iter().any(|p| p["suggestion"].as_str().unwrap().contains("dfs ")), "{h}");
+    assert!(
+        h["problems"].as_array().unwrap().iter().any(|p| p["suggestion"].as_str().unwrap().contains("dfs ")),
+        "{h}"
+    );
     let m = scrape(&addr);
     assert_eq!(m.value("dfs_member_state", &[("member", "1"), ("state", "failed")]), Some(1.0));
     assert_eq!(m.value("dfs_degraded_extents", &[]), Some(3.0));
@@ -219,7 +222,10 @@ fn mounted_pool_metrics_health_and_request_ids() {
     let reads = scrape(&addr).sum("dfs_fuse_requests_total", &[("op", "read")]);
     let back = read_uncached(&path);
     assert!(back == data);
-    assert!(scrape(&addr).sum("dfs_fuse_requests_total", &[("op", "read")]) > reads, "the degraded read went to the engine");
+    assert!(
+        scrape(&addr).sum("dfs_fuse_requests_total", &[("op", "read")]) > reads,
+        "the degraded read went to the engine"
+    );
     pool.set_member_state(1, MemberState::Online).expect("member 1 back");
     let (status, h) = health(&addr);
     assert_eq!((status, h["state"].as_str()), (200, Some("ok")), "{h}");
@@ -270,7 +276,8 @@ fn engine_metrics_and_control_answers() {
     let pm = PoolMetrics::new(pool.clone(), meters).unwrap();
     let parse = || text::parse(&pm.render_text().unwrap()).unwrap();
     let before = parse();
-    let (ino, _) = pool.create(dynamicfs::engine::ROOT_INO, b"f", dynamicfs::engine::FileKind::File, 0o644, 0, 0, 0).unwrap();
+    let (ino, _) =
+        pool.create(dynamicfs::engine::ROOT_INO, b"f", dynamicfs::engine::FileKind::File, 0o644, 0, 0, 0).unwrap();
     pool.write(ino, 0, &pattern(2 * MIB + 5, 1)).unwrap();
     pool.fsync(ino).unwrap();
     let after = parse();

@@ -99,7 +99,11 @@ const FAMILIES: &[(&str, &str, MetricType)] = &[
     ("dfs_member_state", "State of each member: 1 for its current state, 0 for the others", MetricType::GAUGE),
     ("dfs_member_fragments", "Fragments stored on each member", MetricType::GAUGE),
     ("dfs_device_io_bytes_total", "Bytes moved to and from each member's device", MetricType::COUNTER),
-    ("dfs_device_io_operations_total", "IO requests to each member's device (batches count each request)", MetricType::COUNTER),
+    (
+        "dfs_device_io_operations_total",
+        "IO requests to each member's device (batches count each request)",
+        MetricType::COUNTER,
+    ),
     ("dfs_device_io_errors_total", "Failed IO calls per member device and direction", MetricType::COUNTER),
     ("dfs_device_io_duration_seconds", "Latency of IO calls per member device and direction", MetricType::HISTOGRAM),
     ("dfs_errors_total", "Errors by kind", MetricType::COUNTER),
@@ -110,7 +114,11 @@ const FAMILIES: &[(&str, &str, MetricType)] = &[
     ("dfs_degraded_extents", "Extents with a fragment on a failed or missing member", MetricType::GAUGE),
     ("dfs_unreadable_extents", "Extents with fewer good fragments than their policy needs", MetricType::GAUGE),
     ("dfs_lost_extents", "Extents reads found lost since the pool was opened", MetricType::GAUGE),
-    ("dfs_health_state", "Pool health: 1 for the current state (ok, degraded, failed), 0 for the others", MetricType::GAUGE),
+    (
+        "dfs_health_state",
+        "Pool health: 1 for the current state (ok, degraded, failed), 0 for the others",
+        MetricType::GAUGE,
+    ),
     ("dfs_repairs_total", "Fragments rewritten by lazy repair", MetricType::COUNTER),
     ("dfs_repair_bytes_total", "Bytes read and written by lazy repair", MetricType::COUNTER),
     ("dfs_jobs_running", "Long-running jobs running now, by kind", MetricType::GAUGE),
@@ -144,7 +152,9 @@ impl PoolCollector {
     pub(crate) fn new(pool: Arc<Pool>, io: IoMeters) -> PoolCollector {
         let descs = FAMILIES
             .iter()
-            .filter_map(|(name, help, _)| Desc::new(name.to_string(), help.to_string(), vec![], Default::default()).ok())
+            .filter_map(|(name, help, _)| {
+                Desc::new(name.to_string(), help.to_string(), vec![], Default::default()).ok()
+            })
             .collect();
         PoolCollector { pool, io, started: Instant::now(), descs }
     }
@@ -179,8 +189,7 @@ impl PoolCollector {
             for s in MEMBER_STATES {
                 f!("dfs_member_state").value(&[("member", &idx), ("state", s)], if m.state == s { 1.0 } else { 0.0 });
             }
-            f!("dfs_member_fragments")
-                .value(&l, ext.fragments_per_member.get(&m.index).copied().unwrap_or(0) as f64);
+            f!("dfs_member_fragments").value(&l, ext.fragments_per_member.get(&m.index).copied().unwrap_or(0) as f64);
             let Some(Some(mem)) = pool.members().get(m.index as usize) else { continue };
             let Some(io) = self.io.for_identity(mem.dev.identity()) else { continue };
             self.member_io(&mut fams, &mut get, &idx, &io);

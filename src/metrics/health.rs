@@ -76,7 +76,10 @@ pub fn extent_summary(pool: &Pool) -> ExtentSummary {
     let m = pool.meta();
     let bad_member = |i: u32| {
         pool.members().get(i as usize).is_none_or(|x| x.is_none())
-            || m.state.members.get(i as usize).is_some_and(|r| matches!(r.state, MemberState::Failed | MemberState::Removed))
+            || m.state
+                .members
+                .get(i as usize)
+                .is_some_and(|r| matches!(r.state, MemberState::Failed | MemberState::Removed))
     };
     let mut s = ExtentSummary::default();
     for e in m.state.extents.values() {

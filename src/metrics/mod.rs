@@ -169,7 +169,8 @@ pub fn samples_json(e: &text::Exposition) -> serde_json::Value {
         .samples
         .iter()
         .map(|s| {
-            let v = if s.value.is_finite() { serde_json::json!(s.value) } else { serde_json::json!(s.value.to_string()) };
+            let v =
+                if s.value.is_finite() { serde_json::json!(s.value) } else { serde_json::json!(s.value.to_string()) };
             serde_json::json!({ "name": s.name, "labels": s.labels, "value": v })
         })
         .collect();

@@ -85,7 +85,14 @@ pub fn render_health(h: &serde_json::Value) -> String {
     if !jobs.is_empty() {
         out.push_str("\nRunning jobs:\n");
         for j in jobs {
-            out.push_str(&format!("  {} {} on {}: {}/{}\n", s(&j["kind"]), s(&j["id"]), s(&j["scope"]), j["done"], j["total"]));
+            out.push_str(&format!(
+                "  {} {} on {}: {}/{}\n",
+                s(&j["kind"]),
+                s(&j["id"]),
+                s(&j["scope"]),
+                j["done"],
+                j["total"]
+            ));
         }
     }
     let problems = h["problems"].as_array().cloned().unwrap_or_default();
