@@ -227,7 +227,10 @@ mod tests {
         }
     }
 
-    fn render(samples: &[(String, Vec<(String, String)>, f64)]) -> String {
+    /// A sample as the tests build it: name, labels, value.
+    type Row = (String, Vec<(String, String)>, f64);
+
+    fn render(samples: &[Row]) -> String {
         let mut s = String::new();
         for (n, l, v) in samples {
             let labels: Vec<String> = l
@@ -255,7 +258,7 @@ mod tests {
             ("[a-z_][a-z0-9_]{0,10}",
              proptest::collection::btree_map("[a-z_][a-z0-9_]{0,6}", "\\PC{0,8}", 0..3),
              -1e12f64..1e12), 0..8)) {
-            let samples: Vec<(String, Vec<(String, String)>, f64)> =
+            let samples: Vec<Row> =
                 samples.into_iter().map(|(n, l, v)| (n, l.into_iter().collect(), v)).collect();
             let e = parse(&render(&samples)).unwrap();
             prop_assert_eq!(e.samples.len(), samples.len());

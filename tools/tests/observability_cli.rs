@@ -30,8 +30,9 @@ fn run(prog: &str, args: &[&str]) -> Output {
 }
 
 fn stdout_json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}; stderr {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}; stderr {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    })
 }
 
 /// Kills the child by its PID when dropped.
