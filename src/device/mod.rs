@@ -10,6 +10,8 @@
 //! - `MemDevice` (`mem.rs`): in memory, for tests and fuzzing.
 //! - `FaultyDevice` (`faulty.rs`): wraps a device and injects IO errors, bit
 //!   flips and crashes (unsynced writes dropped or torn).
+//! - `MeteredDevice` (`metered.rs`): wraps a device and counts its IO for
+//!   metrics (bytes, operations, latency, errors).
 //!
 //! ## Contract (every implementation keeps it)
 //!
@@ -33,6 +35,7 @@ pub mod dir;
 pub mod error;
 pub mod faulty;
 pub mod mem;
+pub mod metered;
 pub mod open;
 pub mod raw;
 pub mod uring;

@@ -784,6 +784,7 @@ impl Pool {
         if end > i64::MAX as u64 {
             return Err(EngineError::Invalid("file too large".into()));
         }
+        tracing::debug!(ino, offset, len = data.len(), "write: buffering");
         let lock = self.file_lock(ino)?;
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut pos = offset;

@@ -18,9 +18,9 @@ pub mod pool;
 pub mod rebuild;
 pub mod redundancy;
 pub mod repair;
-pub mod sparse;
 pub mod scrub;
 pub mod scrub_daemon;
+pub mod sparse;
 pub mod state;
 
 pub use error::{EngineError, Result};

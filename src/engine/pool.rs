@@ -601,6 +601,12 @@ impl Pool {
         self.commit_upto(target)
     }
 
+    /// True when a metadata write failed and the pool refuses changes
+    /// until reopened (see `poisoned`); for health reports.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
     /// Refuse changes after a failed metadata write (see `poisoned`).
     pub(crate) fn check_poisoned(&self) -> Result<()> {
         if self.poisoned.load(Ordering::SeqCst) {

@@ -36,6 +36,7 @@ macro_rules! fuse_error {
     ($op:expr, $reply:expr, $err:expr) => {{
         let err: $crate::engine::EngineError = $err;
         let errno = $crate::fuse::error::errno(&err);
+        $crate::metrics::fuse::error($op);
         if $crate::fuse::error::is_expected(&err) {
             tracing::debug!(op = $op, errno = errno.code(), "{err}");
         } else if matches!(err, $crate::engine::EngineError::NoSpace(_)) {

@@ -36,10 +36,16 @@ pub const BLKSIZE: u32 = 1 << 20;
 /// Inode numbers are never reused, so the generation is always 0.
 const GENERATION: Generation = Generation(0);
 
-/// Opens a span named after the operation, carrying the request id.
+/// Opens a span named after the operation, carrying the request id (at
+/// info level, so the engine's lines for the request carry the id at the
+/// default filter), and times the request for metrics until dropped
+/// (`crate::metrics::fuse::Request`).
 macro_rules! op_span {
     ($req:expr, $op:literal $(, $k:ident = $v:expr)*) => {
-        tracing::debug_span!("fuse", req = $req.unique().0, op = $op $(, $k = $v)*).entered()
+        $crate::metrics::fuse::Request::begin(
+            $op,
+            tracing::info_span!("fuse", req = $req.unique().0, op = $op $(, $k = $v)*),
+        )
     };
 }
 

@@ -1,11 +1,15 @@
 //! `dfs`: the DynamicFS administration command: `mount` (the same code path
-//! as `mount.dfs`), `status`, `list-disks`, `list-extents`,
-//! `show-redundancy`, `policy-status`, `change-policy`, `fail-disk`,
-//! `add-disk`, `remove-disk`, `rebuild`, `rebuild-status`, `list-hot`,
-//! `list-warm`, `list-cold`, `extent-stats`, `scrub`, `scrub-daemon`,
-//! `scrub-schedule`, `detect-orphans`, `orphan-stats`, `cleanup-orphans`.
-//! On a mounted pool the admin commands go through the mount's control
-//! socket (`cli::admin::Target`).
+//! as `mount.dfs`), `status`, `health`, `metrics`, `metrics-server`,
+//! `list-disks`, `list-extents`, `show-redundancy`, `policy-status`,
+//! `change-policy`, `fail-disk`, `add-disk`, `remove-disk`, `rebuild`,
+//! `rebuild-status`, `list-hot`, `list-warm`, `list-cold`, `extent-stats`,
+//! `scrub`, `scrub-daemon`, `scrub-schedule`, `detect-orphans`,
+//! `orphan-stats`, `cleanup-orphans`. On a mounted pool the admin commands
+//! go through the mount's control socket (`cli::admin::Target`).
+//!
+//! Logs go to stderr (human on a terminal, JSON otherwise or with
+//! `--log-format json` / `DFS_LOG_FORMAT=json`; filter from `RUST_LOG`,
+//! default `warn`), inside a span carrying this command's request id.
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -14,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dfs_tools::cli::{admin, mount, scrub, status, temperature};
+use dfs_tools::cli::{admin, health, mount, scrub, status, temperature};
 use dfs_tools::{fail, write_stdout};
 use dynamicfs::temperature::Temp;
 
@@ -24,6 +28,9 @@ const PROG: &str = "dfs";
 #[derive(Debug, Parser)]
 #[command(name = "dfs", version)]
 struct Cli {
+    /// Log lines: human, json or auto (human on a terminal)
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +54,46 @@ enum Command {
         /// Say what was mounted
         #[arg(short = 'v', long)]
         verbose: bool,
+        /// Serve /metrics and /health on ADDR:PORT (same as -o metrics=ADDR:PORT)
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+    },
+    /// Pool health: ok, degraded or failed, each problem with a suggested command (exit 1 unless ok)
+    Health {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Read a mount's live endpoint (mounted with -o metrics=ADDR:PORT) instead of opening the pool
+        #[arg(long, value_name = "ADDR:PORT")]
+        endpoint: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Current value of every metric
+    Metrics {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Read a mount's live endpoint (mounted with -o metrics=ADDR:PORT) instead of opening the pool
+        #[arg(long, value_name = "ADDR:PORT")]
+        endpoint: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve /metrics and /health for an unmounted pool (read-only) until killed
+    #[command(name = "metrics-server")]
+    MetricsServer {
+        /// Any member of the pool, or UUID=<pool-uuid>
+        #[arg(long, value_name = "MEMBER")]
+        pool: String,
+        /// Port on 127.0.0.1
+        #[arg(long, default_value_t = 9464)]
+        port: u16,
+        /// Full ADDR:PORT to listen on (overrides --port)
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
     },
     /// Show a pool: identity, members and their space, files, extents by policy
     Status {
@@ -122,6 +169,10 @@ enum Command {
         /// Overwrite a foreign signature
         #[arg(long)]
         force: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Extents the configured classifier calls hot (hottest first)
     #[command(name = "list-hot")]
     ListHot(Listing),
@@ -279,12 +330,73 @@ fn integrity(r: Result<scrub::Outcome, String>) -> ExitCode {
     }
 }
 
+fn json_text(v: &impl serde::Serialize) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map(|t| t + "\n").map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Mount { pool, mountpoint, options, foreground, verbose } => mount::run(
-            PROG,
-            &mount::MountRequest { source: pool, mountpoint, options, foreground, sloppy: false, verbose },
-        ),
+    let cli = Cli::parse();
+    let format = match cli.log_format.as_deref().map(str::parse).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{PROG}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let is_mount = matches!(cli.command, Command::Mount { .. });
+    if !is_mount {
+        // The mount daemon sets up its own logs (to its log file).
+        let format = match dynamicfs::logging::LogFormat::choose(format) {
+            Ok(f) => f,
+            Err(e) => return fail(PROG, &e),
+        };
+        let filter = dynamicfs::logging::filter("RUST_LOG", "warn");
+        if let Err(e) = dynamicfs::logging::init(format, dynamicfs::logging::LogTarget::Stderr, filter) {
+            return fail(PROG, &e);
+        }
+    } else if let Some(f) = cli.log_format.as_deref() {
+        std::env::set_var(dynamicfs::logging::FORMAT_ENV, f);
+    }
+    let span = tracing::info_span!("cli", req = %dynamicfs::metrics::new_request_id());
+    let _entered = span.enter();
+    match cli.command {
+        Command::Mount { pool, mountpoint, mut options, foreground, verbose, listen } => {
+            if let Some(l) = listen {
+                options.push(format!("metrics={l}"));
+            }
+            mount::run(
+                PROG,
+                &mount::MountRequest { source: pool, mountpoint, options, foreground, sloppy: false, verbose },
+            )
+        }
+        Command::Health { pool, endpoint, json } => match health::gather_health(&pool, endpoint.as_deref()) {
+            Ok(h) => {
+                let text = if json { json_text(&h) } else { Ok(health::render_health(&h)) };
+                match text.map(|t| write_stdout(&t)) {
+                    Ok(Ok(())) if health::is_ok(&h) => ExitCode::SUCCESS,
+                    Ok(Ok(())) => ExitCode::from(dfs_tools::EXIT_ERROR),
+                    Ok(Err(e)) => fail(PROG, &e),
+                    Err(e) => fail(PROG, &e),
+                }
+            }
+            Err(e) => fail(PROG, &e),
+        },
+        Command::Metrics { pool, endpoint, json } => {
+            output(health::gather_metrics(&pool, endpoint.as_deref()).and_then(|e| {
+                if json {
+                    json_text(&dynamicfs::metrics::samples_json(&e))
+                } else {
+                    Ok(health::render_metrics(&e))
+                }
+            }))
+        }
+        Command::MetricsServer { pool, port, listen } => {
+            let addr = listen.unwrap_or_else(|| format!("127.0.0.1:{port}"));
+            match health::metrics_server(&pool, &addr) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(PROG, &e),
+            }
+        }
         Command::Status { pool, json } => {
             let s = match status::gather(&pool) {
                 Ok(s) => s,
@@ -307,9 +419,15 @@ fn main() -> ExitCode {
         Command::ListExtents(a) => listing(&a, admin::list_extents),
         Command::ShowRedundancy(a) => listing(&a, admin::show_redundancy),
         Command::PolicyStatus(a) => listing(&a, admin::policy_status),
-        Command::ListHot(a) => listing(&a, |p, j| temperature::list(p, Temp::Hot, j)),
-        Command::ListWarm(a) => listing(&a, |p, j| temperature::list(p, Temp::Warm, j)),
-        Command::ListCold(a) => listing(&a, |p, j| temperature::list(p, Temp::Cold, j)),
+        Command::ListHot(a) => {
+            output(admin::open(&a.pool, true).and_then(|p| temperature::list(&p, Temp::Hot, a.json)))
+        }
+        Command::ListWarm(a) => {
+            output(admin::open(&a.pool, true).and_then(|p| temperature::list(&p, Temp::Warm, a.json)))
+        }
+        Command::ListCold(a) => {
+            output(admin::open(&a.pool, true).and_then(|p| temperature::list(&p, Temp::Cold, a.json)))
+        }
         Command::ExtentStats { pool, extent, json } => {
             output(admin::open(&pool, true).and_then(|p| temperature::extent_stats(&p, extent, json)))
         }

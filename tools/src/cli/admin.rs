@@ -102,6 +102,19 @@ impl Target {
     }
 }
 
+/// Open an unmounted pool directly (commands that have no control-socket
+/// method yet). `read_only`: shared, without the pool lock. A mounted pool
+/// is refused with one line saying so.
+pub fn open(arg: &str, read_only: bool) -> Result<Pool, String> {
+    match Target::open(arg, !read_only)? {
+        Target::Local { pool, .. } => Ok(*pool),
+        Target::Mounted { socket, .. } => Err(format!(
+            "{arg}: the pool is mounted (control socket {}); this command works on an unmounted pool only",
+            socket.display()
+        )),
+    }
+}
+
 /// A member named by index or by path (device, image, directory).
 pub fn member_index(target: &mut Target, disk: &str) -> Result<u32, String> {
     if let Ok(i) = disk.parse::<u32>() {

@@ -2,6 +2,7 @@
 //! shares with `dfs mount` (the same code path: [`mount`]).
 
 pub mod admin;
+pub mod health;
 pub mod mount;
 pub mod mountinfo;
 pub mod scrub;

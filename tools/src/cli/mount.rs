@@ -12,7 +12,9 @@
 //! repeatable), `log=FILE`, `degraded` (mount although members the pool
 //! has were not found; without it that is an error, as with btrfs),
 //! `commit=SECS` (commit on its own this often, default 5, 0 = only on
-//! fsync and unmount: sync(1) does not reach FUSE). `defaults`, `auto`, `noauto`, `_netdev`,
+//! fsync and unmount: sync(1) does not reach FUSE), `metrics=[ADDR:]PORT`
+//! (serve `/metrics` and `/health` there; ADDR defaults to 127.0.0.1; off
+//! unless given; `dfs mount --listen` says the same). `defaults`, `auto`, `noauto`, `_netdev`,
 //! `nofail`, `user`, `users`, `nouser`, `owner`, `group`, `x-*` and
 //! `comment=*` (fstab's and systemd's) are accepted and ignored. Anything
 //! else is an error unless `-s` (sloppy) is given.
@@ -36,7 +38,9 @@
 //! process that uses it, with the same behaviour seen from outside.
 //!
 //! The daemon logs JSON lines to `log=FILE` or `/var/log/dfs-<pool>.log`
-//! (filter from `DFS_LOG`, default `info`). `umount DIR` ends the session;
+//! (filter from `DFS_LOG`, else `RUST_LOG`, default `info`; `DFS_LOG_FORMAT`
+//! = `human` or `json` overrides the format), each line inside a FUSE
+//! request carrying its request id (`span.req`). `umount DIR` ends the session;
 //! the pool is then synced and closed (flush + checkpoint) and the daemon
 //! exits. SIGTERM, SIGINT and SIGHUP unmount (lazily if busy) to the same
 //! end. A daemon killed outright loses only what was not fsynced: the
@@ -56,6 +60,7 @@ use dynamicfs::device::DeviceError;
 use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOptions, Discovered, PoolSource};
 use dynamicfs::engine::{EngineError, Pool, PoolOptions};
 use dynamicfs::fuse::{MountConfig, FS_TYPE};
+use dynamicfs::metrics::IoMeters;
 
 use super::mountinfo;
 
@@ -77,6 +82,8 @@ pub struct MountOptions {
     pub commit_secs: Option<u64>,
     pub devices: Vec<PathBuf>,
     pub log: Option<PathBuf>,
+    /// Where to serve metrics (`ADDR:PORT`).
+    pub metrics: Option<String>,
 }
 
 /// Parse `-o` lists (each comma-separated).
@@ -101,6 +108,7 @@ pub fn parse_options(lists: &[String], sloppy: bool) -> Result<MountOptions, Str
             }
             ("device", Some(v)) if !v.is_empty() => o.devices.push(PathBuf::from(v)),
             ("log", Some(v)) if !v.is_empty() => o.log = Some(PathBuf::from(v)),
+            ("metrics", Some(v)) => o.metrics = Some(metrics_addr(v)?),
             (k, None) if IGNORED.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k == "comment" => {}
             _ if sloppy => {}
@@ -108,6 +116,13 @@ pub fn parse_options(lists: &[String], sloppy: bool) -> Result<MountOptions, Str
         }
     }
     Ok(o)
+}
+
+/// `metrics=PORT` or `metrics=ADDR:PORT` as a socket address string.
+fn metrics_addr(v: &str) -> Result<String, String> {
+    let full = if v.parse::<u16>().is_ok() { format!("127.0.0.1:{v}") } else { v.to_string() };
+    full.parse::<std::net::SocketAddr>().map_err(|_| format!("metrics={v}: expected PORT or ADDR:PORT"))?;
+    Ok(full)
 }
 
 /// A mount request, from either command line.
@@ -285,21 +300,16 @@ fn wait_live(dir: &Path, pid: libc::pid_t, timeout: Duration) -> Result<(), Stri
 }
 
 fn init_logging(log: Option<&Path>) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = || EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let res = match log {
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("log file {}: {e}", p.display()))?;
-            tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::sync::Mutex::new(f)).try_init()
-        }
-        None => tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).try_init(),
+    use dynamicfs::logging::{self, LogFormat, LogTarget};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = LogFormat::choose(None).map_err(|e| e.to_string())?;
+    let target = match log {
+        Some(p) => LogTarget::File(p),
+        None => LogTarget::Stderr,
     };
-    // Already set (a test harness): keep that one.
-    let _ = res;
+    logging::init(format, target, filter).map_err(|e| e.to_string())?;
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     Ok(())
 }
@@ -370,7 +380,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         }
         tracing::warn!(missing = %list, "members not found; mounting degraded");
     }
-    let pool =
+    let (pool, meters) =
         open_retrying_busy(&found, PoolOptions { read_only: ro, verify_writes: p.opts.verify, ..Default::default() })?;
     for line in &pool.open_report {
         tracing::warn!("open: {line}");
@@ -396,6 +406,14 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         ..Default::default()
     };
     let pool = Arc::new(pool);
+    // Metrics first: a bad address fails the mount before anything is mounted.
+    let metrics_server = match &p.opts.metrics {
+        Some(addr) => {
+            let pm = dynamicfs::metrics::PoolMetrics::new(pool.clone(), meters).map_err(|e| e.to_string())?;
+            Some(dynamicfs::metrics::MetricsServer::start(addr, Arc::new(pm)).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     // Lazy migration by temperature and the periodic flush of access statistics.
     let migrations = (!ro).then(|| pool.start_migration_worker());
     let mounted = dynamicfs::fuse::mount(pool.clone(), &p.mountpoint, &cfg)
@@ -411,7 +429,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         read_only = ro,
         "serving"
     );
-    let control = start_control(&pool, ro)?;
+    let control = start_control(&pool, ro, &scrubd)?;
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready");
     }
@@ -428,6 +446,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     // Stop the control socket and the background worker before closing.
     drop(control);
     drop(migrations);
+    // The endpoint holds the pool: stop it before closing the pool.
+    drop(metrics_server);
     let closed = match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close(),
         Err(pool) if ro => {
@@ -467,10 +487,28 @@ impl Drop for Control {
 
 /// Serve the control socket (`/run/dfs/<pool-uuid>.sock`) and, read-write,
 /// run the background worker. Features add their methods here.
-fn start_control(pool: &Arc<Pool>, read_only: bool) -> Result<Control, String> {
-    use dynamicfs::control::{methods, socket_path, Registry, Server, DEFAULT_SOCKET_DIR};
+fn start_control(
+    pool: &Arc<Pool>,
+    read_only: bool,
+    scrubd: &Arc<dynamicfs::engine::scrub_daemon::ScrubDaemon>,
+) -> Result<Control, String> {
+    use dynamicfs::control::{methods, socket_path, ErrorKind, Registry, Server, WireError, DEFAULT_SOCKET_DIR};
     let mut registry = Registry::new();
     methods::register_admin(&mut registry);
+    // The scrub daemon of this mount (#9) and the temperature reports (#8).
+    for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop"] {
+        let d = scrubd.clone();
+        registry.register(m, move |_pool, params| {
+            dynamicfs::engine::scrub_daemon::handle_control(&d, m, params)
+                .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
+        });
+    }
+    for m in ["temperature.list", "temperature.extent_stats"] {
+        registry.register(m, move |pool, params| {
+            dynamicfs::temperature::handle_control(pool, m, params)
+                .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
+        });
+    }
     let worker = if read_only {
         None
     } else {
@@ -494,13 +532,16 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// Open the members and the pool, retrying for [`BUSY_WAIT`] while a
 /// member is busy or the pool locked.
-fn open_retrying_busy(found: &Discovered, opts: PoolOptions) -> Result<Pool, String> {
+fn open_retrying_busy(found: &Discovered, opts: PoolOptions) -> Result<(Pool, IoMeters), String> {
     let start = Instant::now();
     loop {
         let res = open_members(found, opts.read_only)
             .map_err(|e| (matches!(e, DiscoverError::Open { source: DeviceError::Busy { .. }, .. }), e.to_string()))
             .and_then(|devs| {
+                // Every device is metered (IO counters for the metrics endpoint).
+                let (devs, meters) = dynamicfs::metrics::meter_devices(devs);
                 Pool::open(devs, opts.clone())
+                    .map(|p| (p, meters))
                     .map_err(|e| (matches!(e, EngineError::PoolInUse { .. }), format!("pool {}: {e}", found.pool_uuid)))
             });
         match res {
@@ -550,11 +591,27 @@ mod tests {
         assert!(opts("x-systemd.automount,comment=foo").is_ok());
     }
 
+    proptest::proptest! {
+        /// Any `metrics=` value is either a socket address or a clear error.
+        #[test]
+        fn metrics_option_never_panics(v in "\\PC{0,40}") {
+            let v = v.replace(',', "");
+            match opts(&format!("metrics={v}")) {
+                Ok(o) => proptest::prop_assert!(o.metrics.unwrap().parse::<std::net::SocketAddr>().is_ok()),
+                Err(e) => proptest::prop_assert!(e.contains("metrics=")),
+            }
+        }
+    }
+
     #[test]
     fn bad_options_refused() {
         assert!(opts("policy=bogus").unwrap_err().contains("policy=bogus"));
         assert!(opts("frobnicate").unwrap_err().contains("unknown mount option"));
         assert!(parse_options(&["frobnicate".into()], true).is_ok());
         assert!(opts("device=").is_err());
+        assert_eq!(opts("metrics=9464").unwrap().metrics.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(opts("metrics=0.0.0.0:9000").unwrap().metrics.as_deref(), Some("0.0.0.0:9000"));
+        assert!(opts("metrics=nowhere").unwrap_err().contains("metrics=nowhere"));
+        assert!(opts("metrics=").is_err());
     }
 }

@@ -146,10 +146,15 @@ pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>) -> Result
         let i: Intensity = i.parse()?;
         params.insert("intensity".into(), serde_json::Value::String(i.name().into()));
     }
-    let request = serde_json::json!({ "method": method, "params": params });
-    Err(format!(
-        "pool {pool}: the scrub daemon runs in the mount and is reached through its control socket, which this build does not have yet (request: {request})"
-    ))
+    let mut target = crate::cli::admin::Target::open(pool, false)?;
+    if !target.is_mounted() {
+        return Err(format!(
+            "pool {pool} is not mounted: the scrub daemon runs in the mount (use `dfs scrub --pool {pool}` on an unmounted pool)"
+        ));
+    }
+    let answer: serde_json::Value = target.call(&method, serde_json::Value::Object(params))?;
+    let text = serde_json::to_string_pretty(&answer).map_err(|e| e.to_string())? + "\n";
+    Ok(Outcome { text, damage_left: false })
 }
 
 /// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`.

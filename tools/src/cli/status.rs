@@ -1,5 +1,7 @@
-//! `dfs status --pool MEMBER|MOUNTPOINT [--json]`: pool identity, members
-//! with their space, file and extent counts.
+//! `dfs status --pool MEMBER|MOUNTPOINT [--json]`: one screen: pool
+//! identity, members with their space, file and extent counts, extents by
+//! policy and by temperature class, health (the verdict of
+//! `dynamicfs::metrics::health`, details in `dfs health`) and running jobs.
 //!
 //! The pool is opened read-only and shared (`PoolOptions::read_only`, no
 //! exclusive opens, no lock), so this works on a mounted pool too; it then
@@ -57,6 +59,14 @@ pub struct Status {
     pub directories: u64,
     pub inodes: u64,
     pub extents_by_policy: Vec<PolicyStatus>,
+    /// Extents by temperature class (empty until access statistics exist).
+    pub extents_by_temperature: Vec<PolicyStatus>,
+    /// ok, degraded or failed.
+    pub health: String,
+    /// One line per problem (`dfs health` has the suggested commands).
+    pub problems: Vec<String>,
+    pub degraded_extents: u64,
+    pub running_jobs: Vec<dynamicfs::metrics::health::Job>,
 }
 
 fn state_name(s: MemberState) -> &'static str {
@@ -120,6 +130,8 @@ pub fn gather(arg: &str) -> Result<Status, String> {
         s.1 += e.len as u64;
     }
     let kinds = |k: FileKind| state.inodes.values().filter(|i| i.attrs.kind == k).count() as u64;
+    let health = dynamicfs::metrics::health::check(&pool, arg);
+    let temperature = dynamicfs::metrics::health::temperature_split(&pool);
     let default_policy =
         Policy::decode(state.config.default_policy).map(|p| p.to_string()).unwrap_or_else(|_| "unknown".into());
     Ok(Status {
@@ -136,6 +148,14 @@ pub fn gather(arg: &str) -> Result<Status, String> {
             .into_iter()
             .map(|(policy, (extents, bytes))| PolicyStatus { policy, extents, bytes })
             .collect(),
+        extents_by_temperature: temperature
+            .into_iter()
+            .map(|(class, c)| PolicyStatus { policy: class, extents: c.extents, bytes: c.bytes })
+            .collect(),
+        health: health.state.as_str().into(),
+        problems: health.problems.iter().map(|p| p.what.clone()).collect(),
+        degraded_extents: health.degraded_extents,
+        running_jobs: health.running_jobs,
     })
 }
 
@@ -185,6 +205,30 @@ pub fn render(s: &Status) -> String {
             t.row(vec![p.policy.clone(), p.extents.to_string(), iec(p.bytes)]);
         }
         out.push_str(&t.render(2));
+    }
+    out.push_str("\nExtents by temperature:\n");
+    if s.extents_by_temperature.is_empty() {
+        out.push_str("  (no access statistics yet)\n");
+    } else {
+        let mut t = Table::new(&["CLASS", "EXTENTS", "DATA"], &[false, true, true]);
+        for p in &s.extents_by_temperature {
+            t.row(vec![p.policy.clone(), p.extents.to_string(), iec(p.bytes)]);
+        }
+        out.push_str(&t.render(2));
+    }
+    out.push_str(&format!("\nHealth: {} ({} degraded extents)\n", s.health.to_uppercase(), s.degraded_extents));
+    for p in &s.problems {
+        out.push_str(&format!("  - {p}\n"));
+    }
+    if !s.problems.is_empty() {
+        out.push_str("  (dfs health --pool ... suggests what to do)\n");
+    }
+    out.push_str("\nRunning jobs:\n");
+    if s.running_jobs.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for j in &s.running_jobs {
+        out.push_str(&format!("  {} {} on {}: {}/{} extents\n", j.kind, j.id, j.scope, j.done, j.total));
     }
     out
 }
