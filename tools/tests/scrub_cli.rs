@@ -3,7 +3,7 @@
 //! counts by kind and member), `dfs scrub-schedule` (stored in the pool,
 //! shown, `--json`), `dfs detect-orphans` / `orphan-stats` /
 //! `cleanup-orphans` (`--dry-run` writes nothing, `--min-age` keeps young
-//! ones, a cleanup erases), `dfs scrub-daemon` without a control socket
+//! ones, a cleanup erases), `dfs scrub-daemon` on an unmounted pool
 //! (one line, exit 1), usage errors (exit 2); and `scripts/install.sh` into
 //! a temporary prefix, after which `fsck -t dfs` finds `fsck.dfs` and the
 //! systemd units are installed with the path of `dfs` filled in.
@@ -287,12 +287,12 @@ fn schedule_orphans_daemon_and_usage() {
     assert!(pool.read(ino, 0, lp.data.len()).unwrap() == lp.data);
     drop(pool);
 
-    // scrub-daemon: needs the mount's control socket; one line, exit 1.
+    // scrub-daemon on an unmounted pool: the daemon lives in the mount; one line, exit 1.
     let o = run(DFS, &["scrub-daemon", "status", "--pool", l0]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("dfs: error: ") && err.contains("control socket") && err.contains("scrub.status"), "{err}");
+    assert!(err.starts_with("dfs: error: ") && err.contains("not mounted") && err.contains("dfs scrub"), "{err}");
 
     // Usage errors: exit 2.
     for args in [

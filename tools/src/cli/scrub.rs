@@ -344,12 +344,13 @@ mod tests {
     }
 
     #[test]
-    fn daemon_request_says_the_socket_is_needed() {
-        let e = scrub_daemon("pause", "/dev/x", None).err().unwrap();
-        assert!(e.contains("control socket") && e.contains("scrub.pause") && !e.contains('\n'), "{e}");
-        let e = scrub_daemon("start", "/dev/x", Some("high")).err().unwrap();
-        assert!(e.contains("\"intensity\":\"high\""), "{e}");
-        assert!(scrub_daemon("start", "/dev/x", Some("max")).err().unwrap().contains("not an intensity"));
+    fn daemon_requests_are_checked_before_any_pool_is_opened() {
+        let e = scrub_daemon("explode", "/nonexistent/x", None).err().unwrap();
+        assert!(e.contains("not a scrub-daemon action") && !e.contains('\n'), "{e}");
+        assert!(scrub_daemon("start", "/nonexistent/x", Some("max")).err().unwrap().contains("not an intensity"));
+        // A valid request on something that is no pool: one line naming it.
+        let e = scrub_daemon("status", "/nonexistent/x", None).err().unwrap();
+        assert!(e.contains("/nonexistent/x") && !e.contains('\n'), "{e}");
     }
 
     proptest! {
