@@ -12,16 +12,18 @@
 //! time lets ops pile up), and `MemDevice`s behind a wrapper whose sync takes
 //! 200 µs (a fast NVMe flush), which is what makes group commit matter.
 //!
-//! Measured (2 CPUs, 4 members, replication:2): 1 writer 5.0 syncs per
-//! fsync (2 data members + 3 journal copies), 8 writers 1.6-2.1, 64 writers
-//! 0.43-0.57 (12-16 fsyncs per commit), with the other CPU busy compiling.
-//! A commit costs 6.5-7 syncs (every member that got data, then every
-//! journal copy: data must be durable before the record naming it), so the
-//! figure is 7 / (fsyncs per commit), and fsyncs per commit is the fsync
-//! rate times the commit interval: on 2 CPUs the writers are CPU-bound and
-//! a longer gather window (tried: a fixed 2 ms) buys latency, not batch
-//! size. The gather (see pool.rs) waits only while other fsyncs are still
-//! flushing, for at most the last commit's duration.
+//! Measured (2 CPUs, 4 members, replication:2; each loop is 3 operations:
+//! create, write, fsync): 1 writer 5.0 syncs per fsync (2 data members + 3
+//! journal copies). 64 writers on an idle machine: 1.03-1.2 syncs per fsync
+//! (5-6.5 fsyncs per commit, 3 000-5 400 fsyncs/s), i.e. 0.35-0.4 syncs per
+//! operation; on a machine busy compiling, 0.43-0.57 per fsync (12-16 per
+//! commit): the batch is whatever queues while the previous commit runs, so
+//! the faster the commit path, the smaller the batch. A commit costs 6.5-7
+//! syncs (every member that got data, then every journal copy: data must be
+//! durable before the record naming it). The gather (see pool.rs) waits
+//! only while other fsyncs are still flushing, for at most the last
+//! commit's duration; a fixed 1-2 ms window changed nothing measurable.
+//! The assertions pin a 3x saving over one writer at 64 writers.
 
 use dfs_format::Policy;
 use dynamicfs::device::{Device, DeviceIdentity, MemDevice};
@@ -153,8 +155,8 @@ fn one_writer_pays_a_full_commit_per_fsync() {
 fn concurrent_fsyncs_share_syncs_on_mem_devices() {
     let o8 = run(8, 150, Duration::ZERO);
     let s64 = median_syncs_per_fsync(64, 40, Duration::ZERO);
-    // Measured 0.43-0.57 (see the top comment).
-    assert!(s64 < 0.8, "64 writers: {s64:.3} device syncs per fsync (median of 3 runs)");
+    // Measured 0.43-1.2 (see the top comment).
+    assert!(s64 < 1.6, "64 writers: {s64:.3} device syncs per fsync (median of 3 runs)");
     // 8 writers cannot go below 1: a commit costs 5-7 syncs (2-4 data
     // members + 3 journal copies), more than there are writers to share it.
     assert!(o8.syncs_per_fsync() < 3.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
@@ -166,6 +168,6 @@ fn concurrent_fsyncs_share_syncs_with_sync_latency() {
     let o8 = run(8, 60, latency);
     let s64 = median_syncs_per_fsync(64, 20, latency);
     assert!(o8.syncs_per_fsync() < 3.0, "8 writers: {:.3} device syncs per fsync ({o8:?})", o8.syncs_per_fsync());
-    // Measured 0.43-0.57 (see the top comment).
-    assert!(s64 < 0.8, "64 writers: {s64:.3} device syncs per fsync (median of 3 runs)");
+    // Measured 0.43-1.2 (see the top comment).
+    assert!(s64 < 1.6, "64 writers: {s64:.3} device syncs per fsync (median of 3 runs)");
 }
