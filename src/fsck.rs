@@ -1023,11 +1023,7 @@ impl Checker<'_> {
         let replays: Vec<Replay> = holders
             .iter()
             .map(|m| {
-                let copy = JournalCopy {
-                    member: m.index,
-                    device: m.dev.clone(),
-                    region_start: m.layout().region(RegionKind::Journal).start,
-                };
+                let copy = JournalCopy::on(m.index, m.dev.clone(), m.layout());
                 replay_copy(&copy, self.pool, jlen, jbs, start)
             })
             .collect();

@@ -403,10 +403,7 @@ pub fn format_devices(devs: &[&dyn Device], label: &str, policy: Policy) -> Resu
             default_policy: policy,
             label: label.to_string(),
         };
-        let backup = layout.region(RegionKind::SuperblockBackup).start;
-        dev.write_at(backup, &superblock_block(&sb, SuperblockCopy::Backup))?;
-        dev.write_at(0, &superblock_block(&sb, SuperblockCopy::Primary))?;
-        dev.sync()?;
+        write_superblocks(*dev, &sb)?;
         sbs.push(sb);
     }
     for (dev, sb) in devs.iter().zip(&sbs) {
@@ -469,12 +466,18 @@ pub fn format_member(
         default_policy: policy,
         label: label.to_string(),
     };
-    let backup = layout.region(RegionKind::SuperblockBackup).start;
-    dev.write_at(backup, &superblock_block(&sb, SuperblockCopy::Backup))?;
-    dev.write_at(0, &superblock_block(&sb, SuperblockCopy::Primary))?;
-    dev.sync()?;
+    write_superblocks(dev, &sb)?;
     verify_member(dev, &sb)?;
     Ok((member_uuid, layout))
+}
+
+/// Write both copies of `sb` (backup first, then primary) and sync.
+fn write_superblocks(dev: &dyn Device, sb: &Superblock) -> Result<(), MkfsError> {
+    let backup = sb.layout.region(RegionKind::SuperblockBackup).start;
+    dev.write_at(backup, &superblock_block(sb, SuperblockCopy::Backup))?;
+    dev.write_at(0, &superblock_block(sb, SuperblockCopy::Primary))?;
+    dev.sync()?;
+    Ok(())
 }
 
 /// Write `len` zero bytes at `offset`, 1 MiB at a time.

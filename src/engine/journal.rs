@@ -43,6 +43,13 @@ pub struct JournalCopy {
     pub region_start: u64,
 }
 
+impl JournalCopy {
+    /// The journal copy in the journal region of member `member` laid out as `layout`.
+    pub fn on(member: u32, device: Arc<dyn Device>, layout: &dfs_format::Layout) -> JournalCopy {
+        JournalCopy { member, device, region_start: layout.region(dfs_format::RegionKind::Journal).start }
+    }
+}
+
 /// Where the journal's head is and what the next record chains to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalPos {

@@ -419,7 +419,7 @@ impl Pool {
             if region.len < jlen {
                 continue;
             }
-            let copy = JournalCopy { member: m.index, device: m.dev.clone(), region_start: region.start };
+            let copy = JournalCopy::on(m.index, m.dev.clone(), &m.layout);
             replays.push((m.dev.identity().to_string(), replay_copy(&copy, uuid, jlen, jbs, start)));
         }
         let longest = replays
@@ -601,6 +601,14 @@ impl Pool {
         self.commit_upto(target)
     }
 
+    /// Pass `r` on; an error of a metadata write poisons the pool (see `poisoned`).
+    fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
     /// True when a metadata write failed and the pool refuses changes
     /// until reopened (see `poisoned`); for health reports.
     pub fn is_poisoned(&self) -> bool {
@@ -609,7 +617,7 @@ impl Pool {
 
     /// Refuse changes after a failed metadata write (see `poisoned`).
     pub(crate) fn check_poisoned(&self) -> Result<()> {
-        if self.poisoned.load(Ordering::SeqCst) {
+        if self.is_poisoned() {
             return Err(EngineError::Other(
                 "a metadata write failed earlier; the pool refuses changes until it is reopened".into(),
             ));
@@ -623,11 +631,7 @@ impl Pool {
         }
         self.check_poisoned()?;
         let mut c = self.commit_lock();
-        let r = self.commit_locked(&mut c, target);
-        if r.is_err() {
-            self.poisoned.store(true, Ordering::SeqCst);
-        }
-        r
+        self.poison_on_err(self.commit_locked(&mut c, target))
     }
 
     fn commit_locked(&self, c: &mut CommitState, target: u64) -> Result<()> {
@@ -727,11 +731,7 @@ impl Pool {
         self.check_poisoned()?;
         self.flush_temperature()?;
         let mut c = self.commit_lock();
-        let r = self.checkpoint_locked(&mut c);
-        if r.is_err() {
-            self.poisoned.store(true, Ordering::SeqCst);
-        }
-        r
+        self.poison_on_err(self.checkpoint_locked(&mut c))
     }
 
     fn checkpoint_locked(&self, c: &mut CommitState) -> Result<()> {
@@ -890,18 +890,10 @@ impl Pool {
                     && mem.layout.region(RegionKind::Journal).len >= jlen
             });
             if let Some(mem) = spare {
-                c.copies.push(JournalCopy {
-                    member: mem.index,
-                    device: mem.dev.clone(),
-                    region_start: mem.layout.region(RegionKind::Journal).start,
-                });
+                c.copies.push(JournalCopy::on(mem.index, mem.dev.clone(), &mem.layout));
             }
         }
-        let r = self.checkpoint_locked(&mut c);
-        if r.is_err() {
-            self.poisoned.store(true, Ordering::SeqCst);
-        }
-        r
+        self.poison_on_err(self.checkpoint_locked(&mut c))
     }
 
     /// Length of the journal (bytes), as the root record fixes it.
@@ -940,11 +932,7 @@ fn journal_copies(members: &[Option<Member>], jlen: u64) -> Vec<JournalCopy> {
         .flatten()
         .filter(|m| m.layout.region(RegionKind::Journal).len >= jlen)
         .take(METADATA_COPIES)
-        .map(|m| JournalCopy {
-            member: m.index,
-            device: m.dev.clone(),
-            region_start: m.layout.region(RegionKind::Journal).start,
-        })
+        .map(|m| JournalCopy::on(m.index, m.dev.clone(), &m.layout))
         .collect()
 }
 
