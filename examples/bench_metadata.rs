@@ -177,37 +177,6 @@ impl Device for Sparse {
     }
 }
 
-/// A memory member whose sync takes a fixed time.
-#[derive(Debug)]
-struct SlowSync {
-    inner: MemDevice,
-    latency: Duration,
-}
-
-impl Device for SlowSync {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn identity(&self) -> &DeviceIdentity {
-        self.inner.identity()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> dynamicfs::device::Result<()> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> dynamicfs::device::Result<()> {
-        self.inner.write_at(offset, buf)
-    }
-    fn sync(&self) -> dynamicfs::device::Result<()> {
-        if !self.latency.is_zero() {
-            std::thread::sleep(self.latency);
-        }
-        self.inner.sync()
-    }
-}
-
 fn opts() -> PoolOptions {
     PoolOptions { no_lock: true, ..Default::default() }
 }
@@ -220,7 +189,7 @@ fn format(devs: &[Arc<dyn Device>], policy: Policy) -> dynamicfs::mkfs::Formatte
 fn mem_devices(n: usize, size: u64, latency: Duration) -> Vec<Arc<dyn Device>> {
     (0..n)
         .map(|i| {
-            Arc::new(SlowSync { inner: MemDevice::named(&format!("mem{i}"), size, 4096), latency }) as Arc<dyn Device>
+            Arc::new(MemDevice::named(&format!("mem{i}"), size, 4096).with_sync_latency(latency)) as Arc<dyn Device>
         })
         .collect()
 }

@@ -26,42 +26,13 @@
 //! The assertions pin a 3x saving over one writer at 64 writers.
 
 use dfs_format::Policy;
-use dynamicfs::device::{Device, DeviceIdentity, MemDevice};
+use dynamicfs::device::{Device, MemDevice};
 use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-/// A device whose `sync` takes a fixed time (everything else delegated).
-#[derive(Debug)]
-struct SlowSync {
-    inner: MemDevice,
-    latency: Duration,
-}
-
-impl Device for SlowSync {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn identity(&self) -> &DeviceIdentity {
-        self.inner.identity()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> dynamicfs::device::Result<()> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> dynamicfs::device::Result<()> {
-        self.inner.write_at(offset, buf)
-    }
-    fn sync(&self) -> dynamicfs::device::Result<()> {
-        std::thread::sleep(self.latency);
-        self.inner.sync()
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
@@ -83,7 +54,7 @@ fn run(threads: usize, per_thread: usize, sync_latency: Duration) -> Outcome {
     let devs: Vec<Arc<dyn Device>> = (0..4)
         .map(|i| {
             let inner = MemDevice::named(&format!("mem{i}"), 256 * MIB, 4096);
-            Arc::new(SlowSync { inner, latency: sync_latency }) as Arc<dyn Device>
+            Arc::new(inner.with_sync_latency(sync_latency)) as Arc<dyn Device>
         })
         .collect();
     let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref()).collect();

@@ -3,7 +3,8 @@
 //!
 //! It owns a byte array of the device's size and nothing else: no
 //! durability (every write is "durable" the moment it returns, so `sync` is a
-//! no-op), no fault injection (wrap it in [`FaultyDevice`](super::faulty) for
+//! no-op, or a fixed sleep set by [`MemDevice::with_sync_latency`] that
+//! models a disk's cache flush for group-commit tests and benches), no fault injection (wrap it in [`FaultyDevice`](super::faulty) for
 //! that), no interpretation of the bytes. It keeps the whole [`Device`]
 //! contract (alignment, range, `Send + Sync`), so code that works on a
 //! `MemDevice` works on a raw member.
@@ -24,6 +25,7 @@ use super::{check_request, Device, DeviceIdentity, DeviceKind, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 /// Size of one lazily allocated chunk of a memory device's image.
 pub const CHUNK_SIZE: u64 = 1 << 20;
@@ -39,6 +41,8 @@ pub struct MemDevice {
     chunk: u64,
     /// `None` = never written, reads as zeros.
     chunks: Vec<RwLock<Option<Box<[u8]>>>>,
+    /// How long `sync` sleeps (zero: it returns at once).
+    sync_latency: Duration,
 }
 
 impl MemDevice {
@@ -82,7 +86,14 @@ impl MemDevice {
         let chunks = (0..n).map(|_| RwLock::new(None)).collect();
         let identity =
             DeviceIdentity { kind: DeviceKind::Memory, path, dev: 0, ino: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed) };
-        MemDevice { identity, block_size, size, chunk, chunks }
+        MemDevice { identity, block_size, size, chunk, chunks, sync_latency: Duration::ZERO }
+    }
+
+    /// This device with a `sync` that takes `latency` (a disk's cache flush),
+    /// so tests and benches can count what group commit saves.
+    pub fn with_sync_latency(mut self, latency: Duration) -> MemDevice {
+        self.sync_latency = latency;
+        self
     }
 
     /// A copy of the whole image, consistent even while other threads write
@@ -183,6 +194,9 @@ impl Device for MemDevice {
     }
 
     fn sync(&self) -> Result<()> {
+        if !self.sync_latency.is_zero() {
+            std::thread::sleep(self.sync_latency);
+        }
         Ok(())
     }
 }
