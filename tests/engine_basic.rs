@@ -2,24 +2,13 @@
 //! fsynced read back exactly after reopen, under every policy; the namespace
 //! API gives the errors a Linux filesystem gives.
 
+mod common;
+
+use common::mem_pool::{mem_members as pool_devices, open_pool as open};
 use dfs_format::Policy;
-use dynamicfs::device::{Device, MemDevice};
-use dynamicfs::engine::{EngineError, FileKind, Pool, PoolOptions, RenameFlags, SetAttr, ROOT_INO};
-use std::sync::Arc;
+use dynamicfs::engine::{EngineError, FileKind, RenameFlags, SetAttr, ROOT_INO};
 
 const MIB: u64 = 1 << 20;
-
-fn pool_devices(n: usize, size: u64, policy: Policy) -> Vec<Arc<MemDevice>> {
-    let devs: Vec<Arc<MemDevice>> = (0..n).map(|_| Arc::new(MemDevice::new(size, 4096))).collect();
-    let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref() as &dyn Device).collect();
-    dynamicfs::mkfs::format_devices(&refs, "test", policy).expect("mkfs");
-    devs
-}
-
-fn open(devs: &[Arc<MemDevice>]) -> Pool {
-    let ds: Vec<Arc<dyn Device>> = devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect();
-    Pool::open(ds, PoolOptions { no_lock: true, ..Default::default() }).expect("open")
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()

@@ -24,9 +24,12 @@
 //! 80 ops: about 10 s in release on two cores); `DFS_MODEL_STATS=1` prints
 //! how often each op succeeded.
 
+mod common;
+
+use common::mem_pool::open_pool as open;
 use dfs_format::Policy;
 use dynamicfs::device::{Device, MemDevice};
-use dynamicfs::engine::{EngineError, FileKind, Ino, Pool, PoolOptions, RenameFlags, SetAttr, XattrMode, ROOT_INO};
+use dynamicfs::engine::{EngineError, FileKind, Ino, Pool, RenameFlags, SetAttr, XattrMode, ROOT_INO};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, HashMap};
@@ -560,11 +563,6 @@ struct Harness {
     pool: Option<Pool>,
     /// Open handles (inode numbers), in the model's order.
     handles: Vec<Ino>,
-}
-
-fn open(devs: &[Arc<MemDevice>]) -> Pool {
-    let ds: Vec<Arc<dyn Device>> = devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect();
-    Pool::open(ds, PoolOptions { no_lock: true, ..Default::default() }).expect("open")
 }
 
 impl Harness {

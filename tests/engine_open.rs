@@ -9,11 +9,14 @@
 //! `MemDevice` keeps every write, so what the next open sees is exactly what
 //! the engine wrote (committed records, plus whatever the test scribbles).
 
+mod common;
+
+use common::mem_pool::{open_pool as open, try_open_pool as try_open};
 use dfs_format::journal::JOURNAL_HEADER_LEN;
 use dfs_format::{JournalRecordHeader, Layout, Policy, RecordKind, RegionKind, RootRecord};
 use dynamicfs::device::{AlignedBuf, Device, MemDevice};
 use dynamicfs::engine::pool::read_superblock;
-use dynamicfs::engine::{EngineError, FileKind, Ino, Pool, PoolOptions, ROOT_INO};
+use dynamicfs::engine::{EngineError, FileKind, Ino, Pool, ROOT_INO};
 use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
@@ -25,15 +28,6 @@ fn format(n: usize, size: u64, policy: &str) -> Vec<Arc<MemDevice>> {
     let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref() as &dyn Device).collect();
     dynamicfs::mkfs::format_devices(&refs, "open-test", policy).expect("mkfs");
     devs
-}
-
-fn try_open(devs: &[Arc<MemDevice>]) -> Result<Pool, EngineError> {
-    let ds: Vec<Arc<dyn Device>> = devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect();
-    Pool::open(ds, PoolOptions { no_lock: true, ..Default::default() })
-}
-
-fn open(devs: &[Arc<MemDevice>]) -> Pool {
-    try_open(devs).expect("open")
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

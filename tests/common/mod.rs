@@ -3,4 +3,6 @@
 
 pub mod loopdev;
 
+#[allow(unused_imports)]
 pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};
+pub mod mem_pool;
