@@ -446,15 +446,20 @@ fn big_open() -> BigOpen {
     let st: State = postcard::from_bytes(&bytes).expect("decode");
     let phase_decode_secs = t.elapsed().as_secs_f64();
     drop(bytes);
-    let t = Instant::now();
-    let mut allocs: Vec<dfs_alloc::Allocator> = fp
-        .members
-        .iter()
-        .map(|(_, l)| {
-            dfs_alloc::Allocator::new(l.data_blocks(), dfs_format::bitmap::bits_per_bitmap_block(l.block_size) as u32)
+    let new_allocators = || -> Vec<dfs_alloc::Allocator> {
+        fp.members
+            .iter()
+            .map(|(_, l)| {
+                dfs_alloc::Allocator::new(
+                    l.data_blocks(),
+                    dfs_format::bitmap::bits_per_bitmap_block(l.block_size) as u32,
+                )
                 .expect("allocator")
-        })
-        .collect();
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    let mut allocs = new_allocators();
     for (_, _, f) in st.all_fragments() {
         allocs[f.member as usize]
             .mark_used(dfs_alloc::Run { start: f.block, len: f.blocks as u64 })
@@ -464,14 +469,7 @@ fn big_open() -> BigOpen {
     drop(allocs);
     // The same, with the runs sorted by (member, block) first.
     let t = Instant::now();
-    let mut allocs: Vec<dfs_alloc::Allocator> = fp
-        .members
-        .iter()
-        .map(|(_, l)| {
-            dfs_alloc::Allocator::new(l.data_blocks(), dfs_format::bitmap::bits_per_bitmap_block(l.block_size) as u32)
-                .expect("allocator")
-        })
-        .collect();
+    let mut allocs = new_allocators();
     let mut runs: Vec<(u32, u64, u32)> = st.all_fragments().map(|(_, _, f)| (f.member, f.block, f.blocks)).collect();
     runs.sort_unstable();
     for (member, block, blocks) in runs {

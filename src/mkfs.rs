@@ -374,17 +374,7 @@ pub fn format_devices(devs: &[&dyn Device], label: &str, policy: Policy) -> Resu
     let journal_len = plan.iter().map(|(_, l)| l.region(RegionKind::Journal).len).min().unwrap_or(0)
         / journal_block_size as u64
         * journal_block_size as u64;
-    let root = RootRecord {
-        pool_uuid,
-        generation: 1,
-        timestamp_ns: created_ns,
-        journal_seq: 1,
-        journal_offset: 0,
-        member_count: devs.len() as u32,
-        journal_len,
-        journal_block_size,
-        checkpoint: None,
-    };
+    let root = first_root(pool_uuid, created_ns, devs.len() as u32, journal_len, journal_block_size);
     for (dev, (_, layout)) in devs.iter().zip(&plan) {
         write_regions(*dev, layout, &root)?;
     }
@@ -440,17 +430,7 @@ pub fn format_member(
     let layout = Layout::compute(dev.size(), dev.block_size())
         .map_err(|source| MkfsError::Format { device: dev.identity().path.clone(), source })?;
     let created_ns = now_ns();
-    let root = RootRecord {
-        pool_uuid,
-        generation: 1,
-        timestamp_ns: created_ns,
-        journal_seq: 1,
-        journal_offset: 0,
-        member_count: index + 1,
-        journal_len,
-        journal_block_size,
-        checkpoint: None,
-    };
+    let root = first_root(pool_uuid, created_ns, index + 1, journal_len, journal_block_size);
     write_regions(dev, &layout, &root)?;
     let member_uuid = uuid::Uuid::new_v4();
     let sb = Superblock {
@@ -494,6 +474,28 @@ fn zero_range(dev: &dyn Device, offset: u64, len: u64) -> Result<(), DeviceError
         done += n;
     }
     Ok(())
+}
+
+/// The root record a new member's ring starts with: generation 1, an empty
+/// journal at its start, no checkpoint yet.
+fn first_root(
+    pool_uuid: uuid::Uuid,
+    created_ns: u64,
+    member_count: u32,
+    journal_len: u64,
+    journal_block_size: u32,
+) -> RootRecord {
+    RootRecord {
+        pool_uuid,
+        generation: 1,
+        timestamp_ns: created_ns,
+        journal_seq: 1,
+        journal_offset: 0,
+        member_count,
+        journal_len,
+        journal_block_size,
+        checkpoint: None,
+    }
 }
 
 fn write_regions(dev: &dyn Device, layout: &Layout, root: &RootRecord) -> Result<(), MkfsError> {
