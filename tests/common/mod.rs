@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod loopdev;
+pub mod observe;
 
 pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};
