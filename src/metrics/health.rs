@@ -437,6 +437,19 @@ pub fn check_live(pool: &Pool, pool_arg: &str, live: &Live) -> Health {
             );
         }
     }
+    let online = members.iter().filter(|m| m.state == "online").count();
+    if let Ok(p) = Policy::decode(pool.meta().state.config.default_policy) {
+        if online < p.fragment_count() as usize {
+            add(
+                HealthState::Degraded,
+                format!(
+                    "only {online} members are online; the default policy {p} needs {}: new data cannot be written",
+                    p.fragment_count()
+                ),
+                format!("add a disk: dfs add-disk --pool {pool_arg} --disk NEW"),
+            );
+        }
+    }
     if ext.degraded > 0 {
         add(
             HealthState::Degraded,

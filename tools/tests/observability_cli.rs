@@ -262,8 +262,11 @@ fn mounted_pool_status_health_and_metrics_server_proxy() {
         (st["last_scrub"]["result"] == "clean").then_some(st)
     });
     assert_eq!(st["last_scrub"]["extents"], 6, "{st}");
-    let e = scrape(&addr);
-    assert_eq!(e.value("dfs_scrub_passes_total", &[]), Some(1.0));
+    // (The pass is recorded in the pool a moment before the daemon counts it.)
+    let e = wait_until(10, "the daemon to count its pass", || {
+        let e = scrape(&addr);
+        (e.value("dfs_scrub_passes_total", &[]) == Some(1.0)).then_some(e)
+    });
     assert_eq!(e.value("dfs_scrub_pass_extents", &[]), Some(6.0));
     assert!(e.value("dfs_scrub_last_finish_timestamp_seconds", &[]).is_some());
     let human = String::from_utf8_lossy(&run(DFS, &["health", "--pool", &m]).stdout).to_string();
