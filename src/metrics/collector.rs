@@ -14,7 +14,7 @@ use std::time::Instant;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 
-use super::health::{self, HealthState};
+use super::health::{self, HealthState, Live};
 use super::IoMeters;
 use crate::device::metered::{DirStats, HistogramSnapshot, IoStats};
 use crate::engine::Pool;
@@ -124,6 +124,41 @@ const FAMILIES: &[(&str, &str, MetricType)] = &[
     ("dfs_jobs_running", "Long-running jobs running now, by kind", MetricType::GAUGE),
     ("dfs_job_done_extents", "Extents a running job has processed", MetricType::GAUGE),
     ("dfs_job_total_extents", "Extents a running job covers", MetricType::GAUGE),
+    (
+        "dfs_rebuild_extents_total",
+        "Extents the mount's background worker rewrote, by job (rebuild, drain)",
+        MetricType::COUNTER,
+    ),
+    ("dfs_rebuild_bytes_total", "Bytes the mount's background worker read and wrote, by job", MetricType::COUNTER),
+    ("dfs_migration_queue_length", "Temperature migrations waiting in the queue", MetricType::GAUGE),
+    ("dfs_migrations_total", "Temperature migrations by outcome (done, skipped, failed, dropped)", MetricType::COUNTER),
+    (
+        "dfs_scrub_daemon_state",
+        "Scrub daemon of the mount: 1 for its state (idle, running, paused), 0 for the others",
+        MetricType::GAUGE,
+    ),
+    ("dfs_scrub_pass_running", "1 while a scrub pass is under way (persisted in the pool)", MetricType::GAUGE),
+    (
+        "dfs_scrub_pass_extents",
+        "Extents scrubbed by the current pass, or by the last one when none runs",
+        MetricType::GAUGE,
+    ),
+    ("dfs_scrub_pass_bytes", "Fragment bytes read by the current (or last) scrub pass", MetricType::GAUGE),
+    ("dfs_scrub_pass_errors", "Fragment errors found by the current (or last) scrub pass", MetricType::GAUGE),
+    ("dfs_scrub_pass_repaired_fragments", "Fragments repaired by the current (or last) scrub pass", MetricType::GAUGE),
+    (
+        "dfs_scrub_last_start_timestamp_seconds",
+        "Start of the current or last scrub pass (Unix time)",
+        MetricType::GAUGE,
+    ),
+    (
+        "dfs_scrub_last_finish_timestamp_seconds",
+        "End of the last finished scrub pass (Unix time; absent if none)",
+        MetricType::GAUGE,
+    ),
+    ("dfs_scrub_rate_bytes_per_second", "Bytes per second the scrub daemon reads, measured", MetricType::GAUGE),
+    ("dfs_scrub_unrepairable_extents", "Extents the scrub daemon found and could not repair", MetricType::GAUGE),
+    ("dfs_scrub_passes_total", "Scrub passes the mount's daemon completed", MetricType::COUNTER),
     ("dfs_journal_commits_total", "Journal records written (group commits)", MetricType::COUNTER),
     ("dfs_checkpoints_total", "Metadata checkpoints written", MetricType::COUNTER),
     ("dfs_device_syncs_total", "Device syncs issued by the engine", MetricType::COUNTER),
@@ -145,18 +180,19 @@ pub struct PoolCollector {
     pub(crate) pool: Arc<Pool>,
     pub(crate) io: IoMeters,
     pub(crate) started: Instant,
+    pub(crate) live: Arc<Live>,
     descs: Vec<Desc>,
 }
 
 impl PoolCollector {
-    pub(crate) fn new(pool: Arc<Pool>, io: IoMeters) -> PoolCollector {
+    pub(crate) fn new(pool: Arc<Pool>, io: IoMeters, live: Arc<Live>) -> PoolCollector {
         let descs = FAMILIES
             .iter()
             .filter_map(|(name, help, _)| {
                 Desc::new(name.to_string(), help.to_string(), vec![], Default::default()).ok()
             })
             .collect();
-        PoolCollector { pool, io, started: Instant::now(), descs }
+        PoolCollector { pool, io, started: Instant::now(), live, descs }
     }
 
     /// Every family, in [`FAMILIES`] order (empty ones included; the
@@ -174,9 +210,8 @@ impl PoolCollector {
         let pool = &self.pool;
         f!("dfs_build_info").value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         f!("dfs_uptime_seconds").value(&[], self.started.elapsed().as_secs_f64());
-        let label = pool.meta().state.config.label.clone();
         let uuid = pool.uuid().to_string();
-        f!("dfs_pool_info").value(&[("pool", &uuid), ("label", &label)], 1.0);
+        f!("dfs_pool_info").value(&[("pool", &uuid), ("label", &pool_label(pool))], 1.0);
 
         let ext = health::extent_summary(pool);
         for m in pool.list_members() {
@@ -219,29 +254,43 @@ impl PoolCollector {
             f!("dfs_extents").value(&[("policy", p)], n.extents as f64);
             f!("dfs_extent_bytes").value(&[("policy", p)], n.bytes as f64);
         }
-        for (class, n) in health::temperature_split(pool) {
-            f!("dfs_temperature_extents").value(&[("class", &class)], n.extents as f64);
-            f!("dfs_temperature_bytes").value(&[("class", &class)], n.bytes as f64);
-        }
         f!("dfs_degraded_extents").value(&[], ext.degraded as f64);
         f!("dfs_unreadable_extents").value(&[], ext.unreadable as f64);
         let lost = pool.lost_extents().len();
         f!("dfs_lost_extents").value(&[], lost as f64);
-        let state = health::check(pool, "-").state;
+        let h = health::check_live(pool, "-", &self.live);
         for s in [HealthState::Ok, HealthState::Degraded, HealthState::Failed] {
-            f!("dfs_health_state").value(&[("state", s.as_str())], if s == state { 1.0 } else { 0.0 });
+            f!("dfs_health_state").value(&[("state", s.as_str())], if s == h.state { 1.0 } else { 0.0 });
         }
         f!("dfs_repairs_total").value(&[], load(&c.repairs));
         f!("dfs_repair_bytes_total").value(&[("direction", "read")], load(&c.repair_bytes_read));
         f!("dfs_repair_bytes_total").value(&[("direction", "write")], load(&c.repair_bytes_written));
-        let jobs = health::running_jobs(pool);
+        for (class, n) in &h.temperature {
+            f!("dfs_temperature_extents").value(&[("class", class)], n.extents as f64);
+            f!("dfs_temperature_bytes").value(&[("class", class)], n.bytes as f64);
+        }
+        let jobs = &h.running_jobs;
         for kind in ["policy_change", "rebuild", "drain", "scrub", "migration"] {
             f!("dfs_jobs_running").value(&[("kind", kind)], jobs.iter().filter(|j| j.kind == kind).count() as f64);
         }
-        for j in &jobs {
+        for j in jobs {
             f!("dfs_job_done_extents").value(&[("kind", &j.kind), ("id", &j.id)], j.done as f64);
             f!("dfs_job_total_extents").value(&[("kind", &j.kind), ("id", &j.id)], j.total as f64);
         }
+        if let Some(w) = self.live.worker_status() {
+            for (job, io) in [("rebuild", &w.rebuild), ("drain", &w.drain)] {
+                f!("dfs_rebuild_extents_total").value(&[("job", job)], io.extents as f64);
+                f!("dfs_rebuild_bytes_total").value(&[("job", job), ("direction", "read")], io.bytes_read as f64);
+                f!("dfs_rebuild_bytes_total").value(&[("job", job), ("direction", "write")], io.bytes_written as f64);
+            }
+        }
+        let q = &pool.temperature().queue;
+        f!("dfs_migration_queue_length").value(&[], q.len() as f64);
+        for (outcome, n) in [("done", &q.done), ("skipped", &q.skipped), ("failed", &q.failed), ("dropped", &q.dropped)]
+        {
+            f!("dfs_migrations_total").value(&[("outcome", outcome)], load(n));
+        }
+        self.scrub(&mut fams, &mut get, &h);
         f!("dfs_journal_commits_total").value(&[], load(&c.commits));
         f!("dfs_checkpoints_total").value(&[], load(&c.checkpoints));
         f!("dfs_device_syncs_total").value(&[], load(&c.device_syncs));
@@ -254,26 +303,37 @@ impl PoolCollector {
             f!("dfs_fuse_request_duration_seconds").histogram(&[("op", s.op)], &s.latency);
         }
         f!("dfs_fuse_requests_in_flight").value(&[], super::fuse::in_flight() as f64);
-        let (open, kinds) = {
-            let m = pool.meta();
-            let open: u64 = m.open_counts.values().map(|c| *c as u64).sum();
-            let mut kinds = std::collections::BTreeMap::<&'static str, u64>::new();
-            for i in m.state.inodes.values() {
-                let k = match i.attrs.kind {
-                    crate::engine::FileKind::File => "file",
-                    crate::engine::FileKind::Dir => "directory",
-                    crate::engine::FileKind::Symlink => "symlink",
-                    _ => "special",
-                };
-                *kinds.entry(k).or_default() += 1;
-            }
-            (open, kinds)
-        };
-        f!("dfs_open_files").value(&[], open as f64);
-        for (k, n) in kinds {
+        let inv = health::inventory(pool);
+        f!("dfs_open_files").value(&[], inv.open_files as f64);
+        for (k, n) in inv.inodes_by_kind {
             f!("dfs_inodes").value(&[("kind", k)], n as f64);
         }
         fams.into_iter().map(|f| f.mf).collect()
+    }
+
+    fn scrub(&self, fams: &mut [Family], get: &mut dyn FnMut(&str) -> usize, h: &health::Health) {
+        let ns = |t: i64| t as f64 / 1e9;
+        if let Some(d) = &h.scrub_daemon {
+            use crate::engine::scrub_daemon::DaemonState;
+            for (name, st) in
+                [("idle", DaemonState::Idle), ("running", DaemonState::Running), ("paused", DaemonState::Paused)]
+            {
+                fams[get("dfs_scrub_daemon_state")].value(&[("state", name)], if d.state == st { 1.0 } else { 0.0 });
+            }
+            fams[get("dfs_scrub_rate_bytes_per_second")].value(&[], d.rate_bytes_per_sec as f64);
+            fams[get("dfs_scrub_unrepairable_extents")].value(&[], d.unrepairable as f64);
+            fams[get("dfs_scrub_passes_total")].value(&[], d.passes_completed as f64);
+        }
+        let Some(s) = &h.last_scrub else { return };
+        fams[get("dfs_scrub_pass_running")].value(&[], if s.result == "running" { 1.0 } else { 0.0 });
+        fams[get("dfs_scrub_pass_extents")].value(&[], s.extents as f64);
+        fams[get("dfs_scrub_pass_bytes")].value(&[], s.bytes as f64);
+        fams[get("dfs_scrub_pass_errors")].value(&[], s.errors as f64);
+        fams[get("dfs_scrub_pass_repaired_fragments")].value(&[], s.repaired as f64);
+        fams[get("dfs_scrub_last_start_timestamp_seconds")].value(&[], ns(s.started_ns));
+        if s.finished_ns > 0 {
+            fams[get("dfs_scrub_last_finish_timestamp_seconds")].value(&[], ns(s.finished_ns));
+        }
     }
 
     fn member_io(&self, fams: &mut [Family], get: &mut dyn FnMut(&str) -> usize, idx: &str, io: &IoStats) {
@@ -298,4 +358,8 @@ impl Collector for PoolCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         self.families()
     }
+}
+
+fn pool_label(pool: &Pool) -> String {
+    pool.meta().state.config.label.clone()
 }

@@ -4,8 +4,10 @@
 //! requests one at a time; a scrape takes the pool's `meta` lock only as
 //! long as a read of the tables.
 //!
-//! It serves what [`PoolMetrics`] renders and nothing else: it never
-//! changes the pool.
+//! It serves what a [`Source`] gives — a [`PoolMetrics`] of a pool opened
+//! in this process, or (`dfs metrics-server` on a mounted pool) the
+//! answers a mount gives over its control socket — and nothing else: it
+//! never changes the pool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,30 +35,53 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
 }
 
+/// What the endpoint serves.
+pub trait Source: Send + Sync {
+    /// The text exposition of every metric (an error is answered with 502).
+    fn metrics_text(&self) -> Result<String, String>;
+    /// The health report as JSON (its `state` decides 200 or 503).
+    fn health_json(&self) -> Result<serde_json::Value, String>;
+}
+
+impl Source for PoolMetrics {
+    fn metrics_text(&self) -> Result<String, String> {
+        self.render_text().map_err(|e| e.to_string())
+    }
+
+    fn health_json(&self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(self.health()).map_err(|e| e.to_string())
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
 /// The answer to one request: status, content type, body.
-pub fn respond(metrics: &PoolMetrics, method: &str, path: &str) -> (u16, &'static str, String) {
+pub fn respond<S: Source + ?Sized>(source: &S, method: &str, path: &str) -> (u16, &'static str, String) {
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return (405, "text/plain; charset=utf-8", "only GET\n".into());
+        return (405, TEXT, "only GET\n".into());
     }
     match path {
-        "/metrics" => match metrics.render_text() {
+        "/metrics" => match source.metrics_text() {
             Ok(t) => (200, "text/plain; version=0.0.4; charset=utf-8", t),
-            Err(e) => (500, "text/plain; charset=utf-8", format!("{e}\n")),
+            Err(e) => (502, TEXT, format!("{e}\n")),
         },
-        "/health" => {
-            let h = metrics.health();
-            let body = serde_json::to_string_pretty(&h).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n";
-            (h.http_status(), "application/json", body)
-        }
-        _ => (404, "text/plain; charset=utf-8", "not found: try /metrics or /health\n".into()),
+        "/health" => match source.health_json() {
+            Ok(h) => {
+                let status = if h["state"] == super::HealthState::Ok.as_str() { 200 } else { 503 };
+                let body = serde_json::to_string_pretty(&h).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n";
+                (status, "application/json", body)
+            }
+            Err(e) => (502, TEXT, format!("{e}\n")),
+        },
+        _ => (404, TEXT, "not found: try /metrics or /health\n".into()),
     }
 }
 
 impl MetricsServer {
     /// Listen on `addr` (`ADDR:PORT`; port 0 picks a free one) and serve
     /// `metrics` on a thread of its own.
-    pub fn start(addr: &str, metrics: Arc<PoolMetrics>) -> Result<MetricsServer, MetricsError> {
+    pub fn start<S: Source + ?Sized + 'static>(addr: &str, metrics: Arc<S>) -> Result<MetricsServer, MetricsError> {
         let server = tiny_http::Server::http(addr)
             .map_err(|e| MetricsError::Listen { addr: addr.to_string(), reason: e.to_string() })?;
         let bound = server
@@ -71,7 +96,7 @@ impl MetricsServer {
                 for req in srv.incoming_requests() {
                     let span = tracing::debug_span!("http", req = %super::new_request_id(), path = %req.url());
                     let _e = span.enter();
-                    let (status, ctype, body) = respond(&metrics, req.method().as_str(), req.url());
+                    let (status, ctype, body) = respond(metrics.as_ref(), req.method().as_str(), req.url());
                     tracing::debug!(status, "http request");
                     let resp = tiny_http::Response::from_string(body)
                         .with_status_code(status)

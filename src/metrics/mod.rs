@@ -31,8 +31,8 @@ use crate::device::metered::{IoStats, MeteredDevice};
 use crate::device::{Device, DeviceIdentity};
 use crate::engine::Pool;
 
-pub use health::{Health, HealthState};
-pub use http::MetricsServer;
+pub use health::{Health, HealthState, Live};
+pub use http::{MetricsServer, Source};
 
 /// Errors of the metrics layer.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,9 @@ pub fn new_request_id() -> String {
 pub struct PoolMetrics {
     registry: prometheus::Registry,
     pool: Arc<Pool>,
+    live: Arc<Live>,
+    /// How suggested commands name the pool (default `UUID=<uuid>`).
+    pool_arg: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for PoolMetrics {
@@ -109,10 +112,23 @@ impl PoolMetrics {
     /// devices were not metered: the IO families are then left out).
     pub fn new(pool: Arc<Pool>, io: IoMeters) -> Result<PoolMetrics, MetricsError> {
         let registry = prometheus::Registry::new();
+        let live = Arc::new(Live::default());
         registry
-            .register(Box::new(collector::PoolCollector::new(pool.clone(), io)))
+            .register(Box::new(collector::PoolCollector::new(pool.clone(), io, live.clone())))
             .map_err(|e| MetricsError::Registry(e.to_string()))?;
-        Ok(PoolMetrics { registry, pool })
+        Ok(PoolMetrics { registry, pool, live, pool_arg: Default::default() })
+    }
+
+    /// The mount's background work reported with the pool (set by the
+    /// mount: `live().set_scrub_daemon(..)`, `live().set_worker(..)`).
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Name the pool this way in suggested commands (a mount gives its
+    /// mount point); once, later calls are ignored.
+    pub fn set_pool_arg(&self, arg: &str) {
+        let _ = self.pool_arg.set(arg.to_string());
     }
 
     /// The pool.
@@ -134,7 +150,8 @@ impl PoolMetrics {
 
     /// The health report.
     pub fn health(&self) -> Health {
-        health::check(&self.pool, &self.pool.uuid().to_string())
+        let arg = self.pool_arg.get().cloned().unwrap_or_else(|| format!("UUID={}", self.pool.uuid()));
+        health::check_live(&self.pool, &arg, &self.live)
     }
 }
 

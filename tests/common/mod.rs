@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod loopdev;
+pub mod observe;
 
 #[allow(unused_imports)]
 pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};

@@ -71,23 +71,38 @@ impl Fixture {
 
     /// Mount through member `via` (the others found as extra paths).
     pub fn mount_via(&self, via: usize, read_only: bool) -> (Arc<Pool>, BackgroundMount) {
+        let pool = self.open_pool(self.devices(via, read_only), read_only);
+        let m = self.mount_pool(&pool, via, read_only);
+        (pool, m)
+    }
+
+    /// Find the pool from member `via` (the others as extra paths) and
+    /// open every member's device.
+    pub fn devices(&self, via: usize, read_only: bool) -> Vec<Arc<dyn dynamicfs::device::Device>> {
         let extra = self.members.iter().enumerate().filter(|(i, _)| *i != via).map(|(_, p)| p.clone()).collect();
         let opts = DiscoverOptions { extra, scan_block_devices: false, use_path_hints: true };
         let found = find_members(&PoolSource::Member(self.members[via].clone()), &opts).expect("discover");
         assert_eq!(found.members.len(), self.members.len(), "{found:?}");
-        let devs = open_members(&found, read_only).expect("open members");
+        open_members(&found, read_only).expect("open members")
+    }
+
+    /// Open the pool on `devs`, its lock in the fixture's directory.
+    pub fn open_pool(&self, devs: Vec<Arc<dyn dynamicfs::device::Device>>, read_only: bool) -> Arc<Pool> {
         let lock_dir = self.dir.path().join("locks");
         let pool = Pool::open(devs, PoolOptions { read_only, lock_dir: Some(lock_dir), ..Default::default() })
             .expect("open pool");
-        let pool = Arc::new(pool);
+        Arc::new(pool)
+    }
+
+    /// Mount `pool` (its source named as member `via`) in a background session.
+    pub fn mount_pool(&self, pool: &Arc<Pool>, via: usize, read_only: bool) -> BackgroundMount {
         let cfg = MountConfig {
             read_only,
             allow_other: true,
             source: self.members[via].display().to_string(),
             ..Default::default()
         };
-        let m = dynamicfs::fuse::mount(pool.clone(), &self.mnt(), &cfg).expect("mount").spawn().expect("spawn");
-        (pool, m)
+        dynamicfs::fuse::mount(pool.clone(), &self.mnt(), &cfg).expect("mount").spawn().expect("spawn")
     }
 
     pub fn mount(&self) -> (Arc<Pool>, BackgroundMount) {

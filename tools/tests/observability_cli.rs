@@ -1,17 +1,39 @@
-//! `dfs health`, `dfs metrics`, `dfs metrics-server` and `dfs status` on an
-//! unmounted pool of image files, run as an operator would: JSON parsed
-//! back, exit codes checked, the endpoint scraped (and checked by
-//! `promtool check metrics` when installed). The metrics server is a child
-//! process killed by its PID in a drop guard, also on panic.
+//! `dfs health`, `dfs metrics`, `dfs metrics-server` and `dfs status` run
+//! as an operator would: JSON parsed back, exit codes checked, endpoints
+//! scraped (and checked by `promtool check metrics` when installed).
+//!
+//! - On an unmounted pool of image files: the pool is opened read-only.
+//! - On a MOUNTED pool of loop devices (the `mount-dfs` daemon): every
+//!   command answers from the mount through its control socket, and
+//!   `metrics-server` proxies the mount (the pool lock keeps it from
+//!   opening the pool): same families as `dfs metrics`, counters moving
+//!   with traffic, `/health` mirroring `dfs health`; the temperature split
+//!   covers every extent; a scrub pass shows; a failed member turns
+//!   `/health` to 503 and adding a disk plus `dfs rebuild` back to 200.
+//!
+//! Child processes are killed by their PID in a drop guard, the mount is
+//! unmounted (lazily) by a guard, loop devices detach on drop — also on
+//! panic. Shared helpers come from `tests/common` by path.
 
-use std::fs::File;
+#[path = "../../tests/common/loopdev.rs"]
+#[allow(dead_code)]
+mod loopdev;
+#[path = "../../tests/common/observe.rs"]
+mod observe;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dynamicfs::metrics::{http, text};
+use loopdev::{require_root_and_loop, LoopDevice};
+use observe::{assert_temperature_split_covers_extents, health, scrape, wait_for_endpoint, wait_until};
 
 const MKFS: &str = env!("CARGO_BIN_EXE_mkfs-dfs");
+const MOUNT: &str = env!("CARGO_BIN_EXE_mount-dfs");
 const DFS: &str = env!("CARGO_BIN_EXE_dfs");
 const MIB: u64 = 1 << 20;
 
@@ -35,6 +57,11 @@ fn stdout_json(o: &Output) -> serde_json::Value {
     })
 }
 
+fn ok_json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+    stdout_json(o)
+}
+
 /// Kills the child by its PID when dropped.
 struct Killed(Child);
 
@@ -45,26 +72,29 @@ impl Drop for Killed {
     }
 }
 
+/// Unmounts the mount point (lazily) when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn promtool_check(body: &str) {
-    use std::io::Write;
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: the parser is the check");
-        return;
-    };
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
+/// `dfs metrics-server` for `pool` on a free port, answering.
+fn metrics_server(pool: &str) -> (Killed, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Killed(Command::new(DFS).args(["metrics-server", "--pool", pool, "--listen", &addr]).spawn().unwrap());
+    wait_for_endpoint(&addr);
+    (server, addr)
+}
+
+fn families(e: &text::Exposition) -> BTreeSet<String> {
+    e.types.keys().cloned().collect()
 }
 
 #[test]
@@ -106,22 +136,14 @@ fn health_metrics_and_server_of_an_unmounted_pool() {
     assert!(String::from_utf8_lossy(&human.stdout).contains("DEGRADED"));
     let st = stdout_json(&run(DFS, &["status", "--pool", pool, "--json"]));
     assert_eq!(st["health"], "degraded", "{st}");
-    assert!(st["extents_by_temperature"].as_array().unwrap().is_empty());
+    let temp = st["extents_by_temperature"].as_array().unwrap();
+    assert_eq!(temp.len(), 3, "hot, warm, cold: {st}");
+    assert!(temp.iter().all(|c| c["extents"] == 0) && st["extents"] == 0, "{st}");
+    assert!(st["last_scrub"].is_null() && st["scrub_daemon"].is_null(), "{st}");
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let server = Killed(Command::new(DFS).args(["metrics-server", "--pool", pool, "--listen", &addr]).spawn().unwrap());
-    let start = Instant::now();
-    let (status, body) = loop {
-        match http::get(&addr, "/metrics", Duration::from_secs(5)) {
-            Ok(r) => break r,
-            Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("metrics-server never answered: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    assert_eq!(status, 200);
-    let e = text::parse(&body).unwrap();
+    let (server, addr) = metrics_server(pool);
+    let e = scrape(&addr);
     assert_eq!(e.value("dfs_member_state", &[("member", "1"), ("state", "failed")]), Some(1.0));
-    promtool_check(&body);
     assert_eq!(http::get(&addr, "/health", Duration::from_secs(5)).unwrap().0, 503);
     assert_eq!(http::get(&addr, "/x", Duration::from_secs(5)).unwrap().0, 404);
     let via = run(DFS, &["health", "--pool", pool, "--endpoint", &addr, "--json"]);
@@ -137,4 +159,144 @@ fn health_metrics_and_server_of_an_unmounted_pool() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("dfs: error: ") && err.contains("127.0.0.1:1"), "{err}");
     assert_eq!(run(DFS, &["--log-format", "xml", "health", "--pool", pool]).status.code(), Some(2));
+}
+
+#[test]
+fn mounted_pool_status_health_and_metrics_server_proxy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() || !require_root_and_loop() {
+        eprintln!("skipping: needs root, /dev/fuse and loop devices");
+        return;
+    }
+    let loops: Vec<LoopDevice> = (0..3).map(|_| LoopDevice::new(128 * MIB).expect("loop device")).collect();
+    let spare = LoopDevice::new(128 * MIB).expect("loop device");
+    let dev = |l: &LoopDevice| l.path().display().to_string();
+    let tmp = scratch();
+    let mut args = vec!["-q".to_string(), "-p".into(), "replication:3".into()];
+    for l in &loops {
+        args.extend(["-d".into(), dev(l)]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(MKFS, &args);
+    assert!(out.status.success(), "mkfs: {}", String::from_utf8_lossy(&out.stderr));
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("dfs.log");
+    let _unmount = Unmount(mnt.clone());
+    let opts = format!("device={},device={},log={}", dev(&loops[1]), dev(&loops[2]), log.display());
+    let out = run(MOUNT, &[&dev(&loops[0]), mnt.to_str().unwrap(), "-o", &opts]);
+    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let m = mnt.display().to_string();
+    let data: Vec<u8> = (0..4 * MIB as u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut f = File::create(mnt.join("a")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // metrics-server on the mount point proxies the mount.
+    let (_server, addr) = metrics_server(&m);
+    let first = scrape(&addr);
+    let via_socket = run(DFS, &["metrics", "--pool", &m, "--json"]);
+    let names: BTreeSet<String> = ok_json(&via_socket)["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["name"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_string()
+        })
+        .collect();
+    for f in families(&first) {
+        assert!(names.contains(&f), "{f} served by the proxy but not by dfs metrics");
+    }
+    assert!(first.sum("dfs_fuse_requests_total", &[("op", "write")]) >= 4.0, "the mount's FUSE counters");
+    assert!(first.sum("dfs_device_io_bytes_total", &[("direction", "write")]) >= (12 * MIB) as f64);
+    assert_eq!(first.value("dfs_extents", &[("policy", "replication:3")]), Some(4.0));
+    assert_temperature_split_covers_extents(&first);
+    // Traffic moves the proxied counters.
+    fs::write(mnt.join("b"), &data[..2 * MIB as usize]).unwrap();
+    let f = File::open(mnt.join("b")).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(mnt.join("a")).unwrap() == data);
+    let second = scrape(&addr);
+    let grew = |n: &str, l: &[(&str, &str)]| second.sum(n, l) - first.sum(n, l);
+    assert!(grew("dfs_fuse_requests_total", &[("op", "write")]) >= 2.0, "proxied FUSE writes did not move");
+    assert!(grew("dfs_device_io_bytes_total", &[("direction", "write")]) >= (6 * MIB) as f64);
+    assert!(grew("dfs_journal_commits_total", &[]) >= 1.0);
+    assert_eq!(second.value("dfs_extents", &[("policy", "replication:3")]), Some(6.0));
+    assert_temperature_split_covers_extents(&second);
+    // /health mirrors `dfs health` of the mount.
+    let (status, h) = health(&addr);
+    let cli = run(DFS, &["health", "--pool", &m, "--json"]);
+    assert_eq!(cli.status.code(), Some(0), "{}", String::from_utf8_lossy(&cli.stderr));
+    let hc = stdout_json(&cli);
+    assert_eq!((status, h["state"].as_str()), (200, Some("ok")), "{h}");
+    assert_eq!((&hc["state"], &hc["pool_uuid"], &hc["extents"]), (&h["state"], &h["pool_uuid"], &h["extents"]));
+    assert_eq!(h["scrub_daemon"]["state"], "idle", "the mount's daemon is reported: {h}");
+
+    // dfs status: one screen, live from the mount.
+    let st = ok_json(&run(DFS, &["status", "--pool", &m, "--json"]));
+    assert_eq!(st["durable_state_only"], false, "{st}");
+    assert_eq!(st["mounted_on"].as_str(), Some(m.as_str()), "{st}");
+    assert_eq!(st["extents"], 6, "{st}");
+    let split: u64 =
+        st["extents_by_temperature"].as_array().unwrap().iter().map(|c| c["extents"].as_u64().unwrap()).sum();
+    assert_eq!(split, 6, "{st}");
+    assert_eq!(st["scrub_daemon"]["state"], "idle", "{st}");
+    let human = String::from_utf8_lossy(&run(DFS, &["status", "--pool", &m]).stdout).to_string();
+    for want in ["Extents by temperature", "cold", "Scrub:  never", "Health: OK", "Running jobs"] {
+        assert!(human.contains(want), "{want:?} missing from:\n{human}");
+    }
+
+    // A scrub through the mount shows in status, health and metrics.
+    let out = run(DFS, &["scrub-daemon", "start", "--pool", &m, "--intensity", "high"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = wait_until(60, "the scrub pass", || {
+        let st = ok_json(&run(DFS, &["status", "--pool", &m, "--json"]));
+        (st["last_scrub"]["result"] == "clean").then_some(st)
+    });
+    assert_eq!(st["last_scrub"]["extents"], 6, "{st}");
+    // (The pass is recorded in the pool a moment before the daemon counts it.)
+    let e = wait_until(10, "the daemon to count its pass", || {
+        let e = scrape(&addr);
+        (e.value("dfs_scrub_passes_total", &[]) == Some(1.0)).then_some(e)
+    });
+    assert_eq!(e.value("dfs_scrub_pass_extents", &[]), Some(6.0));
+    assert!(e.value("dfs_scrub_last_finish_timestamp_seconds", &[]).is_some());
+    let human = String::from_utf8_lossy(&run(DFS, &["health", "--pool", &m]).stdout).to_string();
+    assert!(human.contains("clean, 6 extents"), "{human}");
+
+    // A member fails; three copies cannot be rebuilt on two members: 503.
+    let out = run(DFS, &["fail-disk", "--pool", &m, "--disk", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, h) = health(&addr);
+    assert_eq!((status, h["state"].as_str()), (503, Some("degraded")), "{h}");
+    let cli = run(DFS, &["health", "--pool", &m]);
+    assert_eq!(cli.status.code(), Some(1), "dfs health exits 1 unless ok");
+    let human = String::from_utf8_lossy(&cli.stdout).to_string();
+    assert!(human.contains("DEGRADED") && human.contains(&format!("dfs rebuild --pool {m}")), "{human}");
+    assert_eq!(scrape(&addr).value("dfs_health_state", &[("state", "degraded")]), Some(1.0));
+    // Repair as suggested: a new disk, a rebuild: 200 again.
+    ok_json(&run(DFS, &["add-disk", "--pool", &m, "--disk", &dev(&spare), "--json"]));
+    let rebuilt = run(DFS, &["rebuild", "--pool", &m, "--json"]);
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    let h = wait_until(30, "/health to be 200", || {
+        let (status, h) = health(&addr);
+        (status == 200).then_some(h)
+    });
+    assert_eq!(h["degraded_extents"], 0, "{h}");
+    // The failed member leaves the pool: still 200.
+    let out = run(DFS, &["remove-disk", "--pool", &m, "--disk", "1", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, h) = health(&addr);
+    assert_eq!(status, 200, "{h}");
+    let e = scrape(&addr);
+    assert_eq!(e.value("dfs_member_state", &[("member", "1"), ("state", "removed")]), Some(1.0));
+    assert!(fs::read(mnt.join("a")).unwrap() == data);
 }

@@ -82,7 +82,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve /metrics and /health for an unmounted pool (read-only) until killed
+    /// Serve /metrics and /health for a pool until killed (proxies its mount when mounted)
     #[command(name = "metrics-server")]
     MetricsServer {
         /// Any member of the pool, or UUID=<pool-uuid>

@@ -407,11 +407,12 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     };
     let pool = Arc::new(pool);
     // Metrics first: a bad address fails the mount before anything is mounted.
+    // The metrics always exist (the control socket answers `metrics.text`
+    // and `health`); the HTTP endpoint only with `metrics=`.
+    let pm = Arc::new(dynamicfs::metrics::PoolMetrics::new(pool.clone(), meters).map_err(|e| e.to_string())?);
+    pm.set_pool_arg(&p.mountpoint.display().to_string());
     let metrics_server = match &p.opts.metrics {
-        Some(addr) => {
-            let pm = dynamicfs::metrics::PoolMetrics::new(pool.clone(), meters).map_err(|e| e.to_string())?;
-            Some(dynamicfs::metrics::MetricsServer::start(addr, Arc::new(pm)).map_err(|e| e.to_string())?)
-        }
+        Some(addr) => Some(dynamicfs::metrics::MetricsServer::start(addr, pm.clone()).map_err(|e| e.to_string())?),
         None => None,
     };
     // Lazy migration by temperature and the periodic flush of access statistics.
@@ -429,7 +430,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         read_only = ro,
         "serving"
     );
-    let control = start_control(&pool, ro, &scrubd)?;
+    pm.live().set_scrub_daemon(&scrubd);
+    let control = start_control(&pool, ro, &scrubd, &pm)?;
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready");
     }
@@ -448,6 +450,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
     drop(migrations);
     // The endpoint holds the pool: stop it before closing the pool.
     drop(metrics_server);
+    drop(pm);
     let closed = match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close(),
         Err(pool) if ro => {
@@ -491,6 +494,7 @@ fn start_control(
     pool: &Arc<Pool>,
     read_only: bool,
     scrubd: &Arc<dynamicfs::engine::scrub_daemon::ScrubDaemon>,
+    metrics: &Arc<dynamicfs::metrics::PoolMetrics>,
 ) -> Result<Control, String> {
     use dynamicfs::control::{methods, socket_path, ErrorKind, Registry, Server, WireError, DEFAULT_SOCKET_DIR};
     let mut registry = Registry::new();
@@ -509,6 +513,19 @@ fn start_control(
                 .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
         });
     }
+    // Live metrics, health and the one-screen status (#10).
+    for m in ["metrics.text", "metrics.values", "health"] {
+        let pm = metrics.clone();
+        registry.register(m, move |_pool, params| {
+            dynamicfs::metrics::handle_control(&pm, m, params)
+                .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
+        });
+    }
+    let pm = metrics.clone();
+    registry.register("status", move |pool, _| {
+        serde_json::to_value(super::status::of_pool(pool, &pm.health()))
+            .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
+    });
     let worker = if read_only {
         None
     } else {
@@ -516,6 +533,7 @@ fn start_control(
             .map_err(|e| format!("starting the rebuild worker: {e}"))?;
         let w = Arc::new(w);
         methods::register_worker(&mut registry, w.clone());
+        metrics.live().set_worker(&w);
         Some(w)
     };
     let path = socket_path(std::path::Path::new(DEFAULT_SOCKET_DIR), pool.uuid());
