@@ -446,14 +446,18 @@ fn temperature_case(o: &Opts) -> serde_json::Value {
     pool.sync_all().expect("sync_all");
     pool.close().expect("close");
     let (cold_ino, warm_ino) = (inos[0], inos[1]);
-    let check = |got: &[u8], i: u64, ino: u64| got.len() == MIB as usize && got[..8] == i.to_le_bytes() && got[8] == ino as u8;
+    let check =
+        |got: &[u8], i: u64, ino: u64| got.len() == MIB as usize && got[..8] == i.to_le_bytes() && got[8] == ino as u8;
 
     // (cold MiB/s, warm MiB/s) of one open of the pool.
     let pass = |track: bool| -> (f64, f64) {
         let pool = open(open_devices(&o.devices), track);
         let t = Instant::now();
         for i in 0..o.mib {
-            assert!(check(&pool.read(cold_ino, i * MIB, MIB as usize).expect("read"), i, cold_ino), "read back differs");
+            assert!(
+                check(&pool.read(cold_ino, i * MIB, MIB as usize).expect("read"), i, cold_ino),
+                "read back differs"
+            );
         }
         let cold = o.mib as f64 / t.elapsed().as_secs_f64();
         let warm_pass = |pool: &Pool| {

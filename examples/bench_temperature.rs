@@ -160,7 +160,10 @@ fn main() {
         let (on, on_ino) = pool(true, mib.min(8));
         let a = per_access(&on, on_ino);
         print_access(a);
-        println!("{}", json!({ "record_ns": a.0, "record_classify_ns": a.1, "note_reads_ns": a.2, "note_reads_2_threads_ns": a.3 }));
+        println!(
+            "{}",
+            json!({ "record_ns": a.0, "record_classify_ns": a.1, "note_reads_ns": a.2, "note_reads_2_threads_ns": a.3 })
+        );
         return;
     }
     let (on, on_ino) = pool(true, mib);

@@ -53,7 +53,10 @@ fn dfs_json(args: &[&str]) -> Value {
 
 fn mounted(dir: &Path) -> bool {
     let needle = format!(" {} ", dir.display());
-    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.contains(&needle) && l.contains(" - fuse.dfs "))
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&needle) && l.contains(" - fuse.dfs "))
 }
 
 /// Unmounts on drop if still mounted, and waits for the daemon to let go.
