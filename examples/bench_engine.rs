@@ -5,6 +5,7 @@
 //! bench_engine --devices /dev/loopA,/dev/loopB,... [--mib 1024] [--runs 3]
 //!              [--policies replication:3,erasure:4+2] [--fio-mib 1024]
 //!              [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs] [--skip-cpu]
+//!              [--temperature | --temperature-only]
 //! ```
 //!
 //! `scripts/bench-engine` sets up six loop devices and runs this. Every
@@ -40,6 +41,9 @@
 //! (`ratio_at_fragment_size`): erasure:4+2 writes 260 KiB requests, and
 //! these devices do not deliver with them what they do with 1 MiB. Progress
 //! goes to stderr, a table to stdout, and as the last line one JSON object.
+//!
+//! 5. With `--temperature` (or `--temperature-only`, which skips 1-4): the
+//!    read path with temperature tracking on and off ([`temperature_case`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,13 +66,16 @@ struct Opts {
     btrfs_mnt: Option<PathBuf>,
     skip_fio: bool,
     skip_cpu: bool,
+    /// Run the temperature-overhead case (after the others, or alone).
+    temperature: bool,
+    temperature_only: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("bench_engine: {msg}");
     eprintln!(
         "usage: bench_engine --devices D1,D2,... [--mib N] [--runs N] [--policies P1,P2] [--fio-mib N] \
-         [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs] [--skip-cpu]"
+         [--btrfs-mnt DIR] [--skip-fio] [--skip-btrfs] [--skip-cpu] [--temperature | --temperature-only]"
     );
     std::process::exit(2)
 }
@@ -83,6 +90,8 @@ fn parse_args() -> Opts {
         btrfs_mnt: None,
         skip_fio: false,
         skip_cpu: false,
+        temperature: false,
+        temperature_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -100,6 +109,8 @@ fn parse_args() -> Opts {
             "--skip-fio" => o.skip_fio = true,
             "--skip-btrfs" => o.btrfs_mnt = None,
             "--skip-cpu" => o.skip_cpu = true,
+            "--temperature" => o.temperature = true,
+            "--temperature-only" => o.temperature_only = true,
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -387,8 +398,143 @@ fn btrfs_profile(
     Ok(r)
 }
 
+// ---------------------------------------------------------------------------
+// Temperature tracking overhead (#8)
+
+/// Size of the warm file: it fits the engine's 16 MiB extent cache.
+const WARM_MIB: u64 = 8;
+/// Passes over the warm file per measurement.
+const WARM_PASSES: u64 = 32;
+/// Request size of the warm reads (what FUSE sends without read-ahead).
+const WARM_READ: u64 = 128 << 10;
+
+/// The read path with temperature tracking on (the defaults: tracking,
+/// classification, migration queueing) and off (`track: false`), same
+/// files, same devices. One replication:3 pool holds a `--mib` MiB file
+/// and an 8 MiB one. Each run opens the pool twice, once each way (the
+/// order alternates between runs, so drift of the machine's load hits both
+/// alike), and measures: *cold*, the big file read as 1 MiB `Pool::read`
+/// calls right after open (devices are O_DIRECT, nothing cached); *warm*,
+/// the small file read 32 times as 128 KiB calls served from the extent
+/// cache (no device IO: where a fixed per-call cost shows most). Overhead
+/// = 1 - on/off, from the medians and as the median of the per-run pairs.
+/// No migration runs here (no worker; fresh extents have too few
+/// observations to move), so this is the cost of counting and classifying.
+fn temperature_case(o: &Opts) -> serde_json::Value {
+    use dynamicfs::temperature::TemperatureConfig;
+    let policy: Policy = "replication:3".parse().unwrap();
+    let devs = open_devices(&o.devices);
+    let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref()).collect();
+    dynamicfs::mkfs::format_devices(&refs, "bench", policy).expect("mkfs");
+    drop(refs);
+    let open = |devs: Vec<Arc<dyn Device>>, track: bool| {
+        let temperature = TemperatureConfig { track, migrate: track, ..Default::default() };
+        Pool::open(devs, PoolOptions { no_lock: true, temperature, ..Default::default() }).expect("open")
+    };
+    let pool = open(devs, true);
+    let mut chunk = vec![0u8; MIB as usize];
+    let mut inos = Vec::new();
+    for (name, mib) in [("cold", o.mib), ("warm", WARM_MIB)] {
+        let (ino, _) = pool.create(ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0).expect("create");
+        for i in 0..mib {
+            chunk[..8].copy_from_slice(&i.to_le_bytes());
+            chunk[8] = ino as u8;
+            pool.write(ino, i * MIB, &chunk).expect("write");
+        }
+        inos.push(ino);
+    }
+    pool.sync_all().expect("sync_all");
+    pool.close().expect("close");
+    let (cold_ino, warm_ino) = (inos[0], inos[1]);
+    let check =
+        |got: &[u8], i: u64, ino: u64| got.len() == MIB as usize && got[..8] == i.to_le_bytes() && got[8] == ino as u8;
+
+    // (cold MiB/s, warm MiB/s) of one open of the pool.
+    let pass = |track: bool| -> (f64, f64) {
+        let pool = open(open_devices(&o.devices), track);
+        let t = Instant::now();
+        for i in 0..o.mib {
+            assert!(
+                check(&pool.read(cold_ino, i * MIB, MIB as usize).expect("read"), i, cold_ino),
+                "read back differs"
+            );
+        }
+        let cold = o.mib as f64 / t.elapsed().as_secs_f64();
+        let warm_pass = |pool: &Pool| {
+            let mut off = 0;
+            while off < WARM_MIB * MIB {
+                let got = pool.read(warm_ino, off, WARM_READ as usize).expect("read");
+                assert_eq!(got.len() as u64, WARM_READ);
+                off += WARM_READ;
+            }
+        };
+        warm_pass(&pool); // into the extent cache
+        let t = Instant::now();
+        for _ in 0..WARM_PASSES {
+            warm_pass(&pool);
+        }
+        let warm = (WARM_MIB * WARM_PASSES) as f64 / t.elapsed().as_secs_f64();
+        pool.close().expect("close");
+        (cold, warm)
+    };
+    let (mut cold_on, mut cold_off, mut warm_on, mut warm_off) = (vec![], vec![], vec![], vec![]);
+    for run in 0..=o.runs {
+        let (on, off) = if run % 2 == 0 {
+            let on = pass(true);
+            (on, pass(false))
+        } else {
+            let off = pass(false);
+            (pass(true), off)
+        };
+        eprintln!(
+            "temperature run {run}{}: cold 1 MiB reads {:.0} (on) vs {:.0} (off) MiB/s; warm 128 KiB reads {:.0} vs {:.0} MiB/s",
+            if run == 0 { " (warm-up)" } else { "" },
+            on.0,
+            off.0,
+            on.1,
+            off.1
+        );
+        if run > 0 {
+            cold_on.push(on.0);
+            cold_off.push(off.0);
+            warm_on.push(on.1);
+            warm_off.push(off.1);
+        }
+    }
+    let overhead = |on: &[f64], off: &[f64]| {
+        let paired = stat(on.iter().zip(off).map(|(a, b)| (1.0 - a / b) * 100.0).collect()).median;
+        let (s_on, s_off) = (stat(on.to_vec()), stat(off.to_vec()));
+        (s_on, s_off, (1.0 - s_on.median / s_off.median) * 100.0, paired)
+    };
+    let mut out = json!({ "case": "temperature_overhead", "policy": policy.to_string(), "mib": o.mib });
+    println!();
+    println!("{:<34} {:>22} {:>22} {:>9} {:>9}", "temperature tracking", "on MiB/s", "off MiB/s", "overhead", "paired");
+    for (kind, on, off) in [("cold", &cold_on, &cold_off), ("warm", &warm_on, &warm_off)] {
+        let (s_on, s_off, pct, paired) = overhead(on, off);
+        let what = if kind == "cold" { "cold read, 1 MiB calls" } else { "warm read, 128 KiB calls (cache)" };
+        println!(
+            "{what:<34} {:>22} {:>22} {:>8.2}% {:>8.2}%",
+            format!("{:.0} ({:.0}..{:.0})", s_on.median, s_on.min, s_on.max),
+            format!("{:.0} ({:.0}..{:.0})", s_off.median, s_off.min, s_off.max),
+            pct,
+            paired
+        );
+        out[kind] = json!({
+            "on_mib_s": round1(s_on.median), "off_mib_s": round1(s_off.median),
+            "on_runs": stat_json(&s_on), "off_runs": stat_json(&s_off),
+            "overhead_pct": round3(pct), "overhead_pct_paired_median": round3(paired),
+        });
+    }
+    out
+}
+
 fn main() {
     let o = parse_args();
+    if o.temperature_only {
+        let t = temperature_case(&o);
+        println!("{}", json!({ "bench": "engine", "devices": o.devices.len(), "runs": o.runs, "cases": [t] }));
+        return;
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("bench_engine: {} devices, {} MiB, {} runs, {cores} cores", o.devices.len(), o.mib, o.runs);
 
@@ -532,6 +678,10 @@ fn main() {
                 Err(e) => eprintln!("btrfs {profile}: skipped: {e}"),
             }
         }
+    }
+
+    if o.temperature {
+        cases.push(temperature_case(&o));
     }
 
     // Table.

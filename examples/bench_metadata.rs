@@ -107,12 +107,12 @@ fn rss_bytes() -> i64 {
 /// Heap bytes of a state decoded from its serialized form (what open holds).
 fn decoded_heap(bytes: &[u8]) -> (i64, State) {
     let before = live();
-    let s: State = postcard::from_bytes(bytes).expect("decode state");
+    let s = State::decode_checkpoint(bytes).expect("decode state");
     (live() - before, s)
 }
 
 fn state_heap(pool: &Pool) -> i64 {
-    let bytes = postcard::to_stdvec(&pool.state_snapshot()).expect("encode");
+    let bytes = pool.state_snapshot().encode_checkpoint().expect("encode");
     decoded_heap(&bytes).0
 }
 
@@ -422,7 +422,7 @@ fn big_open() -> BigOpen {
     let full = synth_state(&fp, 125, &mut next, true);
     let problems = full.check();
     assert!(problems.is_empty(), "synthesized state: {:?}", &problems[..problems.len().min(5)]);
-    let bytes = postcard::to_stdvec(&full).expect("encode");
+    let bytes = full.encode_checkpoint().expect("encode");
     let (extents, inodes) = (full.extents.len() as u64, full.inodes.len() as u64);
     drop(full);
     write_checkpoint(&devs, &fp, &bytes, &next);
@@ -432,7 +432,7 @@ fn big_open() -> BigOpen {
     // decoded from their serialized form as open decodes them.
     let (state_heap, s) = decoded_heap(&bytes);
     drop(s);
-    let ns_bytes = postcard::to_stdvec(&synth_state(&fp, 125, &mut vec![0; devs.len()], false)).expect("encode");
+    let ns_bytes = synth_state(&fp, 125, &mut vec![0; devs.len()], false).encode_checkpoint().expect("encode");
     let (namespace_heap, s) = decoded_heap(&ns_bytes);
     drop(s);
     drop(ns_bytes);
@@ -443,7 +443,7 @@ fn big_open() -> BigOpen {
     std::hint::black_box(blake3::hash(&bytes));
     let phase_blake3_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let st: State = postcard::from_bytes(&bytes).expect("decode");
+    let st = State::decode_checkpoint(&bytes).expect("decode");
     let phase_decode_secs = t.elapsed().as_secs_f64();
     drop(bytes);
     let new_allocators = || -> Vec<dfs_alloc::Allocator> {
@@ -478,7 +478,7 @@ fn big_open() -> BigOpen {
     let phase_allocators_sorted_secs = t.elapsed().as_secs_f64();
     drop(allocs);
     let t = Instant::now();
-    std::hint::black_box(postcard::to_stdvec(&st).expect("encode"));
+    std::hint::black_box(st.encode_checkpoint().expect("encode"));
     let phase_encode_secs = t.elapsed().as_secs_f64();
     drop(st);
 
@@ -526,8 +526,8 @@ fn per_extent_at(dirs: u64) -> f64 {
     let devs: Vec<Arc<dyn Device>> =
         (0..3).map(|i| Arc::new(Sparse::new(&format!("s{i}"), 8 * GIB)) as Arc<dyn Device>).collect();
     let fp = format(&devs, Policy::Replication { copies: 2 });
-    let full = postcard::to_stdvec(&synth_state(&fp, dirs, &mut [0; 3], true)).expect("encode");
-    let ns = postcard::to_stdvec(&synth_state(&fp, dirs, &mut [0; 3], false)).expect("encode");
+    let full = synth_state(&fp, dirs, &mut [0; 3], true).encode_checkpoint().expect("encode");
+    let ns = synth_state(&fp, dirs, &mut [0; 3], false).encode_checkpoint().expect("encode");
     let (a, s) = decoded_heap(&full);
     drop(s);
     let (b, s) = decoded_heap(&ns);

@@ -11,12 +11,17 @@
 //! per-call cost weighs most), alternating the two pools so that machine
 //! noise hits both alike; one warm-up pass, then `--runs` runs, median
 //! (min-max) reported with the overhead of tracking. It also times one HMM
-//! classification (Viterbi + forward over 100 observations). The last line
-//! is one JSON object.
+//! classification (Viterbi + forward over 100 observations) and the cost
+//! per recorded access (`--access-only` runs just that): `ExtentTemp::record`
+//! alone, `record` + a full classification (what an access costs when it
+//! closes an interval, at most once an hour per extent), and
+//! `Pool::note_reads` for one extent (the read path's one call: tracker
+//! lock, table lookup, record; single-threaded and with 2 threads on
+//! different extents). The last line is one JSON object.
 
 use dynamicfs::device::{Device, MemDevice};
 use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
-use dynamicfs::temperature::{Hmm, HmmConfig, TemperatureConfig};
+use dynamicfs::temperature::{Access, ExtentTemp, Hmm, HmmConfig, TemperatureConfig};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,6 +67,62 @@ fn small(pool: &Pool, ino: u64, mib: usize, seed: u64) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Nanoseconds per recorded access: (record, record + classify,
+/// note_reads one thread, note_reads two threads on different extents).
+fn per_access(pool: &Pool, ino: u64) -> (f64, f64, f64, f64) {
+    use std::hint::black_box;
+    let t = pool.temperature();
+    let p = dynamicfs::temperature::StatsParams::default();
+    let n = 2_000_000u32;
+    let now0 = 1_700_000_000u32;
+    // Five accesses a minute: every 12th closes nothing, one an hour does.
+    let mut s = ExtentTemp::default();
+    let start = Instant::now();
+    for i in 0..n {
+        black_box(s.record(now0 + i * 12, Access::Read, &p));
+    }
+    let record_ns = start.elapsed().as_nanos() as f64 / n as f64;
+    let m = 200_000u32;
+    let mut s = ExtentTemp::default();
+    let start = Instant::now();
+    for i in 0..m {
+        let now = now0 + i * 12;
+        s.record(now, Access::Read, &p);
+        black_box(t.classify(&s, now));
+    }
+    let classify_ns = start.elapsed().as_nanos() as f64 / m as f64;
+    let snap = pool.state_snapshot();
+    let map = match &snap.inodes[&ino].body {
+        dynamicfs::engine::state::Body::File(map) => map.clone(),
+        _ => unreachable!("a file"),
+    };
+    let exts: Vec<(u64, dynamicfs::engine::state::Extent)> =
+        map.iter().take(2).map(|(idx, id)| (*idx, snap.extents[id].clone())).collect();
+    let calls = 2_000_000u32;
+    let start = Instant::now();
+    for _ in 0..calls {
+        pool.note_reads(ino, [(exts[0].0, &exts[0].1)]);
+    }
+    let note_ns = start.elapsed().as_nanos() as f64 / calls as f64;
+    let start = Instant::now();
+    std::thread::scope(|sc| {
+        for (idx, e) in &exts {
+            sc.spawn(move || {
+                for _ in 0..calls / 2 {
+                    pool.note_reads(ino, [(*idx, e)]);
+                }
+            });
+        }
+    });
+    let note2_ns = start.elapsed().as_nanos() as f64 / (calls / 2 * exts.len() as u32) as f64;
+    (record_ns, classify_ns, note_ns, note2_ns)
+}
+
+fn print_access(a: (f64, f64, f64, f64)) {
+    println!("per recorded access: record {:.1} ns; record + classify (HMM + threshold) {:.0} ns", a.0, a.1);
+    println!("Pool::note_reads, one extent: {:.1} ns (1 thread), {:.1} ns per call (2 threads)", a.2, a.3);
+}
+
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -93,6 +154,16 @@ fn main() {
             }
             println!("{what}: {:.0} ns ({acc:.1})", t.elapsed().as_nanos() as f64 / n as f64);
         }
+        return;
+    }
+    if args.iter().any(|a| a == "--access-only") {
+        let (on, on_ino) = pool(true, mib.min(8));
+        let a = per_access(&on, on_ino);
+        print_access(a);
+        println!(
+            "{}",
+            json!({ "record_ns": a.0, "record_classify_ns": a.1, "note_reads_ns": a.2, "note_reads_2_threads_ns": a.3 })
+        );
         return;
     }
     let (on, on_ino) = pool(true, mib);
@@ -148,6 +219,9 @@ fn main() {
         small_overhead
     );
     println!("HMM classification (100 observations): {classify_ns:.0} ns ({hot} hot)");
+    let live_entries = on.temperature().live_len();
+    let access = per_access(&on, on_ino);
+    print_access(access);
     println!(
         "{}",
         json!({
@@ -155,7 +229,9 @@ fn main() {
             "read_1mib_mib_s": {"on": so, "off": sf, "overhead_pct": seq_overhead},
             "read_4k_ops_s": {"on": mo, "off": mf, "overhead_pct": small_overhead},
             "hmm_classify_ns": classify_ns,
-            "live_stats_entries": on.temperature().live_len(),
+            "live_stats_entries": live_entries,
+            "record_ns": access.0, "record_classify_ns": access.1,
+            "note_reads_ns": access.2, "note_reads_2_threads_ns": access.3,
         })
     );
 }

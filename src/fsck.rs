@@ -1098,7 +1098,7 @@ impl Checker<'_> {
                         }
                     }
                 }
-                let problem = match good.map(|b| postcard::from_bytes::<State>(&b)) {
+                let problem = match good.map(|b| State::decode_checkpoint(&b)) {
                     Some(Ok(s)) => return Some(self.replay(s, replay)),
                     Some(Err(e)) => format!("the checkpoint verifies but does not decode: {e}"),
                     None if errors.is_empty() => "no copy listed".into(),

@@ -314,6 +314,19 @@ fn the_worker_migrates_in_the_background_within_its_rate_limit() {
     assert!(took >= Duration::from_millis(1700), "rate limit not honoured: {took:?}");
     assert_eq!(pool.temperature().queue().done.load(std::sync::atomic::Ordering::Relaxed), 8);
     worker.stop();
+    // Per job: the history records when the rate limit admitted each one
+    // (on the limiter's monotonic clock). No two starts closer than 250 ms,
+    // so no one-second window holds more than 4, whatever the machine load.
+    let mut starts: Vec<i64> = temperature_changes(&pool).iter().map(|c| c.started_ns).collect();
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 8);
+    for w in starts.windows(2) {
+        assert!(w[1] - w[0] >= 250_000_000, "two migrations {} ns apart: {starts:?}", w[1] - w[0]);
+    }
+    for (i, s) in starts.iter().enumerate() {
+        let in_window = starts[i..].iter().take_while(|t| **t - s < 1_000_000_000).count();
+        assert!(in_window <= 4, "{in_window} migrations within one second: {starts:?}");
+    }
     for (i, (ino, d)) in files.iter().enumerate() {
         assert_eq!(extents_of(&pool, &format!("/f{i}"))[0].1, "erasure:4+2");
         assert_eq!(&pool.read(*ino, 0, d.len()).unwrap(), d);

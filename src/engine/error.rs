@@ -45,6 +45,9 @@ pub enum EngineError {
     Corrupted(String),
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// A checkpoint payload of an unknown version, or one that does not decode.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::engine::state::CheckpointError),
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("{0}")]

@@ -750,7 +750,7 @@ impl Pool {
             m.pending.clear();
             frees.append(&mut m.pending_frees);
             let dirty = std::mem::take(&mut m.dirty_data);
-            let bytes = postcard::to_stdvec(&m.state).map_err(|e| EngineError::Other(format!("encode state: {e}")))?;
+            let bytes = m.state.encode_checkpoint()?;
             let mut locs = Vec::new();
             for copy in c.copies.iter().filter(|x| !removed.contains(&x.member)) {
                 let Some(Some(mem)) = self.members.get(copy.member as usize) else { continue };
@@ -970,7 +970,7 @@ fn read_checkpoint(members: &[Option<Member>], pool: uuid::Uuid, c: &CheckpointR
             errors.push(format!("{}: checkpoint BLAKE3 mismatch", m.dev.identity()));
             continue;
         }
-        let state = postcard::from_bytes(bytes).map_err(|e| corrupted(format!("checkpoint does not decode: {e}")))?;
+        let state = State::decode_checkpoint(bytes)?;
         return Ok((state, errors));
     }
     Err(corrupted(format!("no readable checkpoint copy: {}", errors.join("; "))))

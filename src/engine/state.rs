@@ -621,3 +621,146 @@ where
     }
     d.deserialize_map(Pairs(std::marker::PhantomData))
 }
+
+// ------------------------------------------------------------ checkpoint encoding
+
+/// First bytes of every checkpoint payload.
+pub const CHECKPOINT_MAGIC: [u8; 4] = *b"DFCK";
+/// The checkpoint encoding this build writes. Version 1: [`State`] as
+/// postcard (positional: every field, in declaration order).
+pub const CHECKPOINT_VERSION: u16 = 1;
+/// Bytes before the postcard body: magic (4), version (u16 LE), reserved
+/// (u16, zero).
+pub const CHECKPOINT_HEADER_LEN: usize = 8;
+
+/// Why a checkpoint payload did not decode (or encode).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error("checkpoint too short: {0} bytes, its header alone is {CHECKPOINT_HEADER_LEN}")]
+    TooShort(usize),
+    #[error("not a versioned checkpoint (magic {0:02x?}; written by a build before checkpoint versions?)")]
+    BadMagic([u8; 4]),
+    #[error("checkpoint format version {found} is unknown (this build reads versions 1 to {CHECKPOINT_VERSION})")]
+    UnknownVersion { found: u16 },
+    #[error("checkpoint format version {version} does not decode: {reason}")]
+    Decode { version: u16, reason: String },
+    #[error("encoding the checkpoint: {0}")]
+    Encode(String),
+}
+
+impl State {
+    /// The checkpoint payload of this state: an 8-byte header (magic,
+    /// [`CHECKPOINT_VERSION`]) then the postcard body. The rule for adding
+    /// a field is in docs/DECISIONS.md ("Checkpoint format version").
+    pub fn encode_checkpoint(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut out = Vec::with_capacity(CHECKPOINT_HEADER_LEN + 64);
+        out.extend_from_slice(&CHECKPOINT_MAGIC);
+        out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        postcard::to_io(self, &mut out).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Decode a checkpoint payload of any version this build knows
+    /// (today only 1). Unknown versions, foreign bytes and garbage give a
+    /// typed error, never a panic.
+    pub fn decode_checkpoint(bytes: &[u8]) -> Result<State, CheckpointError> {
+        if bytes.len() < CHECKPOINT_HEADER_LEN {
+            return Err(CheckpointError::TooShort(bytes.len()));
+        }
+        let magic: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
+        if magic != CHECKPOINT_MAGIC {
+            return Err(CheckpointError::BadMagic(magic));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if bytes[6..8] != [0, 0] {
+            return Err(CheckpointError::Decode { version, reason: "reserved header bytes are not zero".into() });
+        }
+        let body = &bytes[CHECKPOINT_HEADER_LEN..];
+        let decode_err = |e: postcard::Error| CheckpointError::Decode { version, reason: e.to_string() };
+        match version {
+            // A later version keeps this arm (decoding its own old struct,
+            // `StateV1`, and converting it) and adds its own above.
+            1 => {
+                let (state, rest) = postcard::take_from_bytes::<State>(body).map_err(decode_err)?;
+                if !rest.is_empty() {
+                    return Err(CheckpointError::Decode {
+                        version,
+                        reason: format!("{} bytes left after the state", rest.len()),
+                    });
+                }
+                Ok(state)
+            }
+            found => Err(CheckpointError::UnknownVersion { found }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> State {
+        let config = PoolConfig { default_policy: Policy::Replication { copies: 2 }.encode(), label: "t".into() };
+        State::new(config, Vec::new(), 1_700_000_000_000_000_000)
+    }
+
+    #[test]
+    fn checkpoint_round_trips_with_its_header() {
+        let s = sample();
+        let bytes = s.encode_checkpoint().unwrap();
+        assert_eq!(&bytes[..4], b"DFCK");
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), CHECKPOINT_VERSION);
+        assert_eq!(State::decode_checkpoint(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn unknown_version_is_refused_by_name() {
+        let mut bytes = sample().encode_checkpoint().unwrap();
+        bytes[4..6].copy_from_slice(&7u16.to_le_bytes());
+        let e = State::decode_checkpoint(&bytes).unwrap_err();
+        assert_eq!(e, CheckpointError::UnknownVersion { found: 7 });
+        assert!(e.to_string().contains("version 7 is unknown"), "{e}");
+    }
+
+    #[test]
+    fn headerless_postcard_of_an_older_build_is_refused() {
+        let raw = postcard::to_stdvec(&sample()).unwrap();
+        assert!(matches!(State::decode_checkpoint(&raw), Err(CheckpointError::BadMagic(_))));
+        assert_eq!(State::decode_checkpoint(&raw[..3]), Err(CheckpointError::TooShort(3)));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = sample().encode_checkpoint().unwrap();
+        bytes.push(0);
+        assert!(matches!(State::decode_checkpoint(&bytes), Err(CheckpointError::Decode { version: 1, .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_gives_a_typed_error_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = State::decode_checkpoint(&body);
+            let mut framed = CHECKPOINT_MAGIC.to_vec();
+            framed.extend_from_slice(&1u16.to_le_bytes());
+            framed.extend_from_slice(&[0, 0]);
+            framed.extend_from_slice(&body);
+            let _ = State::decode_checkpoint(&framed);
+        }
+
+        #[test]
+        fn any_mutation_of_a_real_checkpoint_decodes_or_errs(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = sample().encode_checkpoint().unwrap();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            match State::decode_checkpoint(&bytes) {
+                Ok(_) => prop_assert!(i >= CHECKPOINT_HEADER_LEN),
+                Err(CheckpointError::BadMagic(_)) => prop_assert!(i < 4),
+                Err(CheckpointError::UnknownVersion { found }) => prop_assert!((4..6).contains(&i) && found != 1),
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -149,6 +149,13 @@ impl Pool {
     /// it in the policy-change history, in one transaction (see the module
     /// doc). Not committed: the caller commits (the worker does, after each).
     pub fn migrate_extent(&self, job: &Job) -> Result<Outcome> {
+        self.migrate_extent_started(job, now_ns())
+    }
+
+    /// [`Pool::migrate_extent`], recording `started_ns` as the start in
+    /// the history (the worker passes the instant its rate limit admitted
+    /// the job).
+    fn migrate_extent_started(&self, job: &Job, started_ns: i64) -> Result<Outcome> {
         let still_there = |m: &crate::engine::pool::Meta| -> bool {
             match m.state.inodes.get(&job.ino) {
                 Some(i) if i.policy.is_none() => {
@@ -183,7 +190,7 @@ impl Pool {
             ino: job.ino,
             recursive: false,
             policy: job.target.encode(),
-            started_ns: job.queued_ns,
+            started_ns,
             finished_ns: Some(now_ns()),
             state: ChangeState::Done,
             extents_done: 1,
@@ -208,9 +215,9 @@ impl Pool {
     }
 
     /// Run one queued job here (counted, then committed).
-    fn run_job(&self, job: &Job) -> Result<Outcome> {
+    fn run_job(&self, job: &Job, started_ns: i64) -> Result<Outcome> {
         let q = &self.temperature.queue;
-        let r = self.migrate_extent(job).and_then(|o| self.commit().map(|_| o));
+        let r = self.migrate_extent_started(job, started_ns).and_then(|o| self.commit().map(|_| o));
         match &r {
             Ok(Outcome::Migrated { .. }) => q.done.fetch_add(1, Ordering::Relaxed),
             Ok(Outcome::Skipped) => q.skipped.fetch_add(1, Ordering::Relaxed),
@@ -228,7 +235,7 @@ impl Pool {
     pub fn run_migrations(&self) -> Vec<Result<Outcome>> {
         let mut out = Vec::new();
         while let Some(job) = self.temperature.queue.pop() {
-            out.push(self.run_job(&job));
+            out.push(self.run_job(&job, now_ns()));
         }
         out
     }
@@ -253,9 +260,45 @@ impl Pool {
     }
 }
 
+/// The worker's pace: job starts at least `1 / rate` seconds apart (a
+/// token bucket holding one token), so any window of `w` seconds holds at
+/// most `floor(w * rate) + 1` starts, however the jobs arrive and however
+/// long each takes. Pure: time is passed in, so tests can drive it.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimiter {
+    gap: Duration,
+    next: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// At most `per_sec` starts a second (0 or less: no limit).
+    pub fn new(per_sec: f64) -> RateLimiter {
+        let gap = if per_sec > 0.0 { Duration::from_secs_f64(1.0 / per_sec) } else { Duration::ZERO };
+        RateLimiter { gap, next: None }
+    }
+
+    /// How long a job that wants to start at `now` must still wait (zero:
+    /// it may start now).
+    pub fn wait(&self, now: Instant) -> Duration {
+        self.next.map_or(Duration::ZERO, |n| n.saturating_duration_since(now))
+    }
+
+    /// Start a job at `now` if the limit allows; true when it was admitted.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if !self.wait(now).is_zero() {
+            return false;
+        }
+        self.next = Some(now + self.gap);
+        true
+    }
+}
+
 fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_every: Duration, rate: f64) {
-    let gap = if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
-    let mut next_slot = Instant::now();
+    let mut limit = RateLimiter::new(rate);
+    // Wall time of an admission, derived from the monotonic instant the
+    // limiter saw (the history's start times keep the limiter's spacing).
+    let (base, base_ns) = (Instant::now(), now_ns());
+    let wall_ns = |at: Instant| base_ns + at.duration_since(base).as_nanos() as i64;
     let mut last_flush = Instant::now();
     let tick = flush_every.min(Duration::from_millis(500));
     loop {
@@ -275,8 +318,9 @@ fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_eve
                 None
             } else {
                 // Honour the rate limit before taking the job.
-                let wait = next_slot.saturating_duration_since(Instant::now());
-                if !wait.is_zero() {
+                let now = Instant::now();
+                if !limit.admit(now) {
+                    let wait = limit.wait(now);
                     drop(queue.cv.wait_timeout(q, wait).unwrap_or_else(|p| p.into_inner()).0);
                     continue;
                 }
@@ -284,11 +328,11 @@ fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_eve
                 if j.is_some() {
                     q.running += 1;
                 }
-                j
+                j.map(|j| (j, wall_ns(now)))
             }
         };
         let Some(pool) = pool.upgrade() else {
-            if let Some(j) = job {
+            if let Some((j, _)) = job {
                 queue.finish(&j);
             }
             return;
@@ -299,9 +343,8 @@ fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_eve
             }
             last_flush = Instant::now();
         }
-        if let Some(job) = job {
-            next_slot = Instant::now().max(next_slot) + gap;
-            let _ = pool.run_job(&job);
+        if let Some((job, started_ns)) = job {
+            let _ = pool.run_job(&job, started_ns);
         }
     }
 }
@@ -341,5 +384,64 @@ impl Tracker {
     /// The migration queue (lengths and counters).
     pub fn queue(&self) -> &MigrationQueue {
         &self.queue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Jobs arriving at any times and taking any time: the starts the
+        /// limiter admits are at least 1/rate apart, so no window of one
+        /// second ever holds more than floor(rate) + 1 of them, and a
+        /// backlog is worked off at the full rate (no lost slots).
+        #[test]
+        fn starts_never_exceed_the_rate_in_any_window(
+            rate in 1u32..50,
+            jobs in proptest::collection::vec((0u64..400, 0u64..300), 1..60),
+        ) {
+            let t0 = Instant::now();
+            let mut limit = RateLimiter::new(rate as f64);
+            let gap = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut now = t0;
+            let mut starts = Vec::new();
+            for (arrive_after_ms, takes_ms) in jobs {
+                now += Duration::from_millis(arrive_after_ms);
+                // The worker loop: wait until admitted, run, come back.
+                while !limit.admit(now) {
+                    let w = limit.wait(now);
+                    prop_assert!(!w.is_zero() && w <= gap);
+                    now += w;
+                }
+                starts.push(now);
+                now += Duration::from_millis(takes_ms);
+            }
+            for w in starts.windows(2) {
+                prop_assert!(w[1] - w[0] >= gap, "{:?} apart, gap {:?}", w[1] - w[0], gap);
+            }
+            for (i, s) in starts.iter().enumerate() {
+                let in_window = starts[i..].iter().take_while(|t| **t - *s < Duration::from_secs(1)).count();
+                prop_assert!(in_window as u32 <= rate + 1, "{in_window} starts in 1 s at rate {rate}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_backlog_runs_at_exactly_the_rate() {
+        let t0 = Instant::now();
+        let mut limit = RateLimiter::new(4.0);
+        let mut now = t0;
+        let mut per_second = [0u32; 5];
+        // 20 jobs waiting, each instant: admitted one per 250 ms.
+        for _ in 0..20 {
+            while !limit.admit(now) {
+                now += limit.wait(now);
+            }
+            per_second[(now - t0).as_secs() as usize] += 1;
+        }
+        assert_eq!(per_second, [4, 4, 4, 4, 4]);
+        assert!(RateLimiter::new(0.0).admit(t0) && RateLimiter::new(0.0).wait(t0).is_zero());
     }
 }

@@ -3,7 +3,8 @@
 //! Owns everything DynamicFS knows about how hot an extent is and what
 //! follows from it:
 //!
-//! - `clock`: the [`Clock`] trait ([`SystemClock`], [`TestClock`]).
+//! - `clock`: the [`Clock`] trait ([`SystemClock`], [`TestClock`],
+//!   [`OffsetClock`]).
 //! - `stats`: the compact per-extent record ([`ExtentTemp`], 44 bytes).
 //! - `threshold`: the seed's rule (hot > 100 ops/day or within 1 h, ...).
 //! - `hmm`: the three-state HMM with Viterbi over the last 100 intervals.
@@ -27,7 +28,7 @@ pub mod stats;
 pub mod threshold;
 pub mod tracker;
 
-pub use clock::{Clock, SystemClock, TestClock};
+pub use clock::{Clock, OffsetClock, SystemClock, TestClock};
 pub use hmm::{Hmm, HmmConfig, HmmVerdict};
 pub use migrate::MigrationWorker;
 pub use report::{handle_control, ControlError, ExtentStats};

@@ -5,7 +5,8 @@
 //! file and offset) for `dfs extent-stats`, the per-class listings of
 //! `dfs list-hot|list-warm|list-cold`, and [`handle_control`], the
 //! `temperature.list` / `temperature.extent_stats` methods for the control
-//! socket of a mounted pool. Read-only: this module must never change the
+//! socket of a mounted pool (and `temperature.advance`, which moves a test
+//! clock, nothing else). Read-only: this module must never change the
 //! pool.
 
 use super::{Temp, Tracker};
@@ -15,7 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 /// Everything known about one extent's temperature.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ExtentStats {
     pub id: String,
     pub ino: Ino,
@@ -52,6 +53,8 @@ pub enum ControlError {
     BadParams(String),
     #[error("no extent {0}")]
     NoSuchExtent(String),
+    #[error("this pool's temperature clock follows the system time (mount with -o test_clock to move it)")]
+    ClockFixed,
 }
 
 fn owners(m: &Meta) -> HashMap<u128, (Ino, u64, bool)> {
@@ -168,6 +171,18 @@ pub fn handle_control(pool: &Pool, method: &str, params: serde_json::Value) -> R
             let id = uuid::Uuid::parse_str(s).map_err(|e| ControlError::BadParams(format!("extent {s:?}: {e}")))?;
             let st = pool.extent_stats(id.as_u128()).ok_or_else(|| ControlError::NoSuchExtent(s.to_string()))?;
             to_json(&st)
+        }
+        // Test clocks only (`-o test_clock`): `{"seconds": N}` moves the
+        // temperature clock forward; answers the total offset and now.
+        "temperature.advance" => {
+            let secs = params
+                .get("seconds")
+                .and_then(|v| v.as_u64())
+                .filter(|s| *s <= u32::MAX as u64)
+                .ok_or_else(|| ControlError::BadParams("\"seconds\" must be a whole number up to 2^32-1".into()))?;
+            let t = pool.temperature();
+            let offset = t.cfg.clock.advance(secs as u32).ok_or(ControlError::ClockFixed)?;
+            Ok(serde_json::json!({ "offset_s": offset, "now_s": t.now_s() }))
         }
         other => Err(ControlError::UnknownMethod(other.to_string())),
     }

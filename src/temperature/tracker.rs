@@ -11,8 +11,12 @@
 //! by a crash; that costs a few counts, never data.
 //!
 //! Lock order: the pool's `meta` lock before the tracker's. The read path
-//! takes the tracker's lock alone, and `meta` only for an extent it has
-//! not seen since the last flush. This module must never do device IO.
+//! takes one shard lock of the tracker alone, and `meta` only for an
+//! extent it has not seen since the last flush. The live table is split in
+//! [`SHARDS`] shards by extent id (readers of different extents rarely
+//! meet on one lock) and hashed with [`IdHasher`] (extent ids are random
+//! UUIDs made by the pool, so folding them is enough; no SipHash on the
+//! read path). This module must never do device IO.
 
 use super::hmm::{Hmm, HmmVerdict};
 use super::migrate::{Job, MigrationQueue};
@@ -21,14 +25,43 @@ use super::{threshold, Classifier, Temp, TemperatureConfig};
 use crate::engine::pool::{Meta, Pool};
 use crate::engine::state::{Extent, Ino, Op};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Shards of the live table.
+pub const SHARDS: usize = 8;
+
+/// Hasher for extent ids: random v4 UUIDs chosen by the pool (never by a
+/// user), so the two halves folded and multiplied spread well.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = ((v as u64) ^ ((v >> 64) as u64) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type LiveMap = HashMap<u128, ExtentTemp, BuildHasherDefault<IdHasher>>;
+
+fn shard_of(id: u128) -> usize {
+    ((id as u64 ^ (id >> 64) as u64) >> 3) as usize % SHARDS
+}
 
 /// Live statistics, the classifiers and the migration queue of one pool.
 #[derive(Debug)]
 pub struct Tracker {
     pub(crate) cfg: TemperatureConfig,
     pub(crate) hmm: Hmm,
-    live: Mutex<HashMap<u128, ExtentTemp>>,
+    live: [Mutex<LiveMap>; SHARDS],
     pub(crate) queue: Arc<MigrationQueue>,
 }
 
@@ -46,14 +79,15 @@ impl Tracker {
     pub fn new(cfg: TemperatureConfig) -> Tracker {
         Tracker {
             hmm: Hmm::new(cfg.hmm),
-            live: Mutex::new(HashMap::new()),
+            live: std::array::from_fn(|_| Mutex::new(LiveMap::default())),
             queue: Arc::new(MigrationQueue::new(cfg.queue_capacity)),
             cfg,
         }
     }
 
-    fn live(&self) -> MutexGuard<'_, HashMap<u128, ExtentTemp>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard holding `id`.
+    fn live(&self, id: u128) -> MutexGuard<'_, LiveMap> {
+        self.live[shard_of(id)].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Now, by the configured clock.
@@ -77,12 +111,12 @@ impl Tracker {
 
     /// The current statistics of `id` (live, else as persisted).
     pub(crate) fn get(&self, m: &Meta, id: u128) -> Option<ExtentTemp> {
-        self.live().get(&id).copied().or_else(|| m.state.temperature.get(&id).copied())
+        self.live(id).get(&id).copied().or_else(|| m.state.temperature.get(&id).copied())
     }
 
     /// Give `id` these statistics (a migrated extent keeps its history).
     pub(crate) fn put(&self, id: u128, s: ExtentTemp) {
-        self.live().insert(id, s);
+        self.live(id).insert(id, s);
     }
 
     /// New extents in `ops` count as written now. Called with `meta` held.
@@ -90,24 +124,27 @@ impl Tracker {
         if !self.cfg.track {
             return;
         }
-        let now = self.now_s();
-        let mut live = None;
+        let mut now = None;
         for op in ops {
             if let Op::SetExtent { extent: Some(e), .. } = op {
-                let live = live.get_or_insert_with(|| self.live());
-                live.entry(e.id).or_default().record(now, Access::Write, &self.cfg.stats);
+                let now = *now.get_or_insert_with(|| self.now_s());
+                self.live(e.id).entry(e.id).or_default().record(now, Access::Write, &self.cfg.stats);
             }
         }
     }
 
     /// Take every live entry (for a flush).
-    fn drain(&self) -> HashMap<u128, ExtentTemp> {
-        std::mem::take(&mut *self.live())
+    fn drain(&self) -> Vec<(u128, ExtentTemp)> {
+        let mut out = Vec::new();
+        for shard in &self.live {
+            out.extend(std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner())));
+        }
+        out
     }
 
     /// Live entries (tests and memory accounting).
     pub fn live_len(&self) -> usize {
-        self.live().len()
+        self.live.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
     }
 }
 
@@ -129,23 +166,20 @@ impl Pool {
         let p = &t.cfg.stats;
         let mut due: Vec<(u64, u128, [u8; 4], ExtentTemp)> = Vec::new();
         let mut misses: Vec<(u64, u128, [u8; 4])> = Vec::new();
-        {
-            let mut live = t.live();
-            for (idx, e) in extents {
-                match live.get_mut(&e.id) {
-                    Some(s) => {
-                        if s.record(now, Access::Read, p) {
-                            due.push((idx, e.id, e.policy, *s));
-                        }
+        for (idx, e) in extents {
+            match t.live(e.id).get_mut(&e.id) {
+                Some(s) => {
+                    if s.record(now, Access::Read, p) {
+                        due.push((idx, e.id, e.policy, *s));
                     }
-                    None => misses.push((idx, e.id, e.policy)),
                 }
+                None => misses.push((idx, e.id, e.policy)),
             }
         }
         if !misses.is_empty() {
             let m = self.meta();
-            let mut live = t.live();
             for (idx, id, policy) in misses {
+                let mut live = t.live(id);
                 let s = live.entry(id).or_insert_with(|| m.state.temperature.get(&id).copied().unwrap_or_default());
                 s.record(now, Access::Read, p);
                 due.push((idx, id, policy, *s));
@@ -182,9 +216,8 @@ impl Pool {
             return Ok(());
         }
         let mut m = self.meta();
-        let live = self.temperature.drain();
-        let mut stats: Vec<(u128, ExtentTemp)> =
-            live.into_iter().filter(|(id, _)| m.state.extents.contains_key(id)).collect();
+        let mut stats = self.temperature.drain();
+        stats.retain(|(id, _)| m.state.extents.contains_key(id));
         if stats.is_empty() {
             return Ok(());
         }

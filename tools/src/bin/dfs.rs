@@ -185,12 +185,25 @@ enum Command {
     /// Access counts, rates, last access, classes and policies of one extent
     #[command(name = "extent-stats")]
     ExtentStats {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
         /// The extent's UUID (see list-extents)
         #[arg(long, value_name = "UUID")]
         extent: uuid::Uuid,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the temperature clock of a mount made with `-o test_clock` forward (demos, tests)
+    #[command(name = "advance-clock")]
+    AdvanceClock {
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// Seconds to add
+        #[arg(long)]
+        seconds: u32,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -419,17 +432,14 @@ fn main() -> ExitCode {
         Command::ListExtents(a) => listing(&a, admin::list_extents),
         Command::ShowRedundancy(a) => listing(&a, admin::show_redundancy),
         Command::PolicyStatus(a) => listing(&a, admin::policy_status),
-        Command::ListHot(a) => {
-            output(admin::open(&a.pool, true).and_then(|p| temperature::list(&p, Temp::Hot, a.json)))
-        }
-        Command::ListWarm(a) => {
-            output(admin::open(&a.pool, true).and_then(|p| temperature::list(&p, Temp::Warm, a.json)))
-        }
-        Command::ListCold(a) => {
-            output(admin::open(&a.pool, true).and_then(|p| temperature::list(&p, Temp::Cold, a.json)))
-        }
+        Command::ListHot(a) => on_pool(&a.pool, false, |t| temperature::list(t, Temp::Hot, a.json)),
+        Command::ListWarm(a) => on_pool(&a.pool, false, |t| temperature::list(t, Temp::Warm, a.json)),
+        Command::ListCold(a) => on_pool(&a.pool, false, |t| temperature::list(t, Temp::Cold, a.json)),
         Command::ExtentStats { pool, extent, json } => {
-            output(admin::open(&pool, true).and_then(|p| temperature::extent_stats(&p, extent, json)))
+            on_pool(&pool, false, |t| temperature::extent_stats(t, extent, json))
+        }
+        Command::AdvanceClock { pool, seconds, json } => {
+            on_pool(&pool, false, |t| temperature::advance_clock(t, seconds, json))
         }
         Command::ChangePolicy { pool, policy, path, recursive, quiet } => {
             // Refuse a nonsense policy before opening anything.

@@ -84,6 +84,8 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     /// Where to serve metrics (`ADDR:PORT`).
     pub metrics: Option<String>,
+    /// A movable temperature clock (`temperature.advance`; demos, tests).
+    pub test_clock: bool,
 }
 
 /// Parse `-o` lists (each comma-separated).
@@ -100,6 +102,7 @@ pub fn parse_options(lists: &[String], sloppy: bool) -> Result<MountOptions, Str
             ("allow_other", None) => o.allow_other = Some(true),
             ("verify", None) => o.verify = true,
             ("degraded", None) => o.degraded = true,
+            ("test_clock", None) => o.test_clock = true,
             ("commit", Some(v)) => {
                 o.commit_secs = Some(v.parse().map_err(|_| format!("commit={v}: not a number of seconds"))?);
             }
@@ -380,8 +383,14 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         }
         tracing::warn!(missing = %list, "members not found; mounting degraded");
     }
-    let (pool, meters) =
-        open_retrying_busy(&found, PoolOptions { read_only: ro, verify_writes: p.opts.verify, ..Default::default() })?;
+    let mut temperature = dynamicfs::temperature::TemperatureConfig::default();
+    if p.opts.test_clock {
+        temperature.clock = Arc::new(dynamicfs::temperature::OffsetClock::new());
+    }
+    let (pool, meters) = open_retrying_busy(
+        &found,
+        PoolOptions { read_only: ro, verify_writes: p.opts.verify, temperature, ..Default::default() },
+    )?;
     for line in &pool.open_report {
         tracing::warn!("open: {line}");
     }
@@ -507,7 +516,7 @@ fn start_control(
                 .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
         });
     }
-    for m in ["temperature.list", "temperature.extent_stats"] {
+    for m in ["temperature.list", "temperature.extent_stats", "temperature.advance"] {
         registry.register(m, move |pool, params| {
             dynamicfs::temperature::handle_control(pool, m, params)
                 .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
@@ -607,6 +616,7 @@ mod tests {
         assert_eq!(opts("commit=0").unwrap().commit_secs, Some(0));
         assert!(opts("commit=x").is_err());
         assert!(opts("x-systemd.automount,comment=foo").is_ok());
+        assert!(opts("test_clock").unwrap().test_clock && !opts("").unwrap().test_clock);
     }
 
     proptest::proptest! {

@@ -1,15 +1,21 @@
 //! `dfs list-hot | list-warm | list-cold` and `dfs extent-stats`: the
-//! temperature of extents, with the files they belong to.
+//! temperature of extents, with the files they belong to; and
+//! `dfs advance-clock`, which moves the temperature clock of a mount made
+//! with `-o test_clock` (demos and tests).
 //!
-//! On an unmounted (or mounted) pool these open it read-only, as the other
-//! listings do, and show the statistics as last written to the metadata
-//! (a mount writes them every 30 s and at unmount). `--json` prints the
-//! engine's `ExtentStats` records. This module only formats; it never
-//! changes the pool.
+//! On a mounted pool these ask the mount (control socket methods
+//! `temperature.list`, `temperature.extent_stats`, `temperature.advance`),
+//! which answers with its live statistics and its own clock. On an
+//! unmounted pool they open it read-only, as the other listings do, and
+//! show the statistics as last written to the metadata (a mount writes
+//! them every 30 s and at unmount). `--json` prints the engine's
+//! `ExtentStats` records. This module only formats; it never changes the
+//! pool.
 
-use dynamicfs::engine::Pool;
 use dynamicfs::temperature::{ExtentStats, Temp};
+use serde_json::json;
 
+use super::admin::Target;
 use crate::{format_time_ns, iec, Table};
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, String> {
@@ -27,8 +33,11 @@ fn age(s: Option<u32>) -> String {
 }
 
 /// `list-hot`, `list-warm`, `list-cold`.
-pub fn list(pool: &Pool, class: Temp, as_json: bool) -> Result<String, String> {
-    let rows = pool.list_temperature(Some(class));
+pub fn list(t: &mut Target, class: Temp, as_json: bool) -> Result<String, String> {
+    let rows: Vec<ExtentStats> = match t {
+        Target::Local { pool, .. } => pool.list_temperature(Some(class)),
+        Target::Mounted { .. } => t.call("temperature.list", json!({ "class": class.name() }))?,
+    };
     if as_json {
         return json(&rows);
     }
@@ -56,9 +65,13 @@ pub fn list(pool: &Pool, class: Temp, as_json: bool) -> Result<String, String> {
 }
 
 /// `extent-stats --extent UUID`.
-pub fn extent_stats(pool: &Pool, extent: uuid::Uuid, as_json: bool) -> Result<String, String> {
-    let s: ExtentStats =
-        pool.extent_stats(extent.as_u128()).ok_or_else(|| format!("no extent {extent} in the pool"))?;
+pub fn extent_stats(t: &mut Target, extent: uuid::Uuid, as_json: bool) -> Result<String, String> {
+    let s: ExtentStats = match t {
+        Target::Local { pool, .. } => {
+            pool.extent_stats(extent.as_u128()).ok_or_else(|| format!("no extent {extent} in the pool"))?
+        }
+        Target::Mounted { .. } => t.call("temperature.extent_stats", json!({ "extent": extent.to_string() }))?,
+    };
     if as_json {
         return json(&s);
     }
@@ -98,4 +111,31 @@ pub fn extent_stats(pool: &Pool, extent: uuid::Uuid, as_json: bool) -> Result<St
             s.target_policy.clone().unwrap_or_else(|| "none (stays as it is)".into())
         },
     ))
+}
+
+/// `advance-clock --seconds N`: move a mount's test clock forward.
+pub fn advance_clock(t: &mut Target, seconds: u32, as_json: bool) -> Result<String, String> {
+    if !t.is_mounted() {
+        return Err("advance-clock needs a pool mounted with -o test_clock (this one is not mounted)".into());
+    }
+    let v: serde_json::Value = t.call("temperature.advance", json!({ "seconds": seconds }))?;
+    if as_json {
+        return json(&v);
+    }
+    let offset = v.get("offset_s").and_then(|o| o.as_u64()).unwrap_or(0);
+    let now = v.get("now_s").and_then(|o| o.as_u64()).unwrap_or(0);
+    Ok(format!(
+        "temperature clock advanced {seconds} s: now {} ({} ahead of the system clock)\n",
+        format_time_ns(now * 1_000_000_000),
+        age_span(offset)
+    ))
+}
+
+fn age_span(s: u64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
