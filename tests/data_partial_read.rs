@@ -279,23 +279,35 @@ fn sequential_reads_fetch_the_next_extents_ahead_once() {
         let rig = Rig::new(policy, 4096);
         let extents = 20;
         let data = pattern(extents * MIB, 6);
-        let (ino, _) = rig.put("f", &data);
+        let (ino, ext) = rig.put("f", &data);
+        // Device bytes of one fast-path fetch of an extent: one replica or
+        // the K data shards, header blocks included.
         let per_extent = match policy.parse::<Policy>().unwrap() {
-            Policy::Replication { .. } => 1,
-            Policy::Erasure { data, .. } => data as u64,
+            Policy::Replication { .. } => ext[0].frags[0].blocks as u64 * 4096,
+            Policy::Erasure { data, .. } => data as u64 * ext[0].frags[0].blocks as u64 * 4096,
         };
-        let reads0 = rig.pool.counters.fragments_read.load(Ordering::Relaxed);
+        let before = rig.bytes_read();
         let step = 128 * 1024;
         let first = rig.pool.read(ino, 0, step).unwrap();
         assert!(first == data[..step]);
-        let after_first = rig.pool.counters.fragments_read.load(Ordering::Relaxed) - reads0;
-        assert!(after_first >= 4 * per_extent, "{policy}: no read-ahead ({after_first} fragments read)");
+        // The next extents arrive in the background, without more reads.
+        let t0 = std::time::Instant::now();
+        while rig.bytes_read() - before < 4 * per_extent && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let ahead = rig.bytes_read() - before;
+        assert!(ahead >= 4 * per_extent, "{policy}: no read-ahead ({ahead} bytes read after the first 128 KiB)");
         let mut got = first;
         for off in (step..data.len()).step_by(step) {
             got.extend(rig.pool.read(ino, off as u64, step).unwrap());
         }
         assert!(got == data, "{policy}: sequential read differs");
-        let reads = rig.pool.counters.fragments_read.load(Ordering::Relaxed) - reads0;
-        assert_eq!(reads, extents as u64 * per_extent, "{policy}: each extent fetched once");
+        let read = rig.bytes_read() - before;
+        // Each extent once (one more allowed: the extent cache is shared
+        // with the other tests of this binary, running in parallel, which
+        // may evict a fetched extent before it is read).
+        assert!(read >= extents as u64 * per_extent, "{policy}: {read} bytes read: some extent never fetched?");
+        assert!(read <= (extents as u64 + 1) * per_extent, "{policy}: {read} bytes read: extents fetched twice");
+        assert_eq!(rig.pool.counters.fragment_errors.load(Ordering::Relaxed), 0);
     }
 }

@@ -41,9 +41,16 @@
 //! few good fragments the read fails with `DataLost` (EIO) and the extent is
 //! reported (`Pool::lost_extents`, counter `extents_lost`, an error log).
 //! The extents of one `read` call are read in parallel, [`READ_PARALLEL`] at
-//! a time. An extent read in part (FUSE asks for 128 KiB) is kept whole,
-//! verified, in a small cache of [`PARTIAL_READ_CACHE`] extents, so the
-//! next part of it costs no IO.
+//! a time. A read that continues a sequential stream of its file
+//! (`readahead.rs`) reads whole extents: one read in part (FUSE asks for
+//! 128 KiB) is kept whole, verified, in a small cache of
+//! [`PARTIAL_READ_CACHE`] extents, so the next part of it costs no IO, and
+//! the next extents of the file are fetched into that cache in the
+//! background. Any other read of part of an extent (a random read) takes
+//! the partial path (`partial.rs`): only the 4 KiB pieces it needs, each
+//! checked against the fragment's block-sum table (`block_sums.rs`,
+//! written in every extent fragment's header block); anything amiss there
+//! falls back to the whole-extent read, told which fragment was bad.
 //!
 //! A read that found bad fragments but still returned correct data rewrites
 //! them (lazy repair, `repair.rs`); fragments on members that are missing
@@ -149,15 +156,16 @@ const BUF_CACHE_BYTES: usize = 64 << 20;
 static PARTIAL_READS: Mutex<std::collections::VecDeque<(u128, Arc<AlignedBuf>)>> =
     Mutex::new(std::collections::VecDeque::new());
 
-/// Extents kept in [`PARTIAL_READS`].
+/// Extents kept in [`PARTIAL_READS`] (32 MiB: the read-ahead window of a
+/// few concurrent sequential streams).
 pub const PARTIAL_READ_CACHE: usize = 32;
 
-fn cached_extent(id: u128) -> Option<Arc<AlignedBuf>> {
+pub(crate) fn cached_extent(id: u128) -> Option<Arc<AlignedBuf>> {
     let c = PARTIAL_READS.lock().unwrap_or_else(|p| p.into_inner());
     c.iter().rev().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
 }
 
-fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
+pub(crate) fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
     let mut c = PARTIAL_READS.lock().unwrap_or_else(|p| p.into_inner());
     c.retain(|(i, _)| *i != id);
     while c.len() >= PARTIAL_READ_CACHE {
@@ -166,28 +174,10 @@ fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
     c.push_back((id, buf));
 }
 
-/// Extents being read ahead right now (so concurrent sequential readers
-/// of one file don't fetch the same extent twice).
-static PREFETCHING: Mutex<Vec<u128>> = Mutex::new(Vec::new());
-
-/// Claim extent `id` for read-ahead; false when someone already has.
-fn claim_prefetch(id: u128) -> bool {
-    let mut p = PREFETCHING.lock().unwrap_or_else(|p| p.into_inner());
-    if p.contains(&id) {
-        return false;
-    }
-    p.push(id);
-    true
-}
-
-fn release_prefetch(id: u128) {
-    PREFETCHING.lock().unwrap_or_else(|p| p.into_inner()).retain(|&x| x != id);
-}
-
 static BUF_CACHE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
 /// An aligned buffer of exactly `len` bytes with undefined (old) contents.
-fn take_buf(len: usize) -> AlignedBuf {
+pub(crate) fn take_buf(len: usize) -> AlignedBuf {
     let mut cache = BUF_CACHE.lock().unwrap_or_else(|p| p.into_inner());
     match cache.iter().rposition(|b| b.len() == len) {
         Some(i) => cache.swap_remove(i),
@@ -199,7 +189,7 @@ fn take_buf(len: usize) -> AlignedBuf {
 }
 
 /// Give a buffer back for reuse (dropped if the cache is full).
-fn give_buf(buf: AlignedBuf) {
+pub(crate) fn give_buf(buf: AlignedBuf) {
     if buf.is_empty() || buf.len() > BUF_CACHE_BYTES / 8 {
         return;
     }
@@ -552,6 +542,27 @@ impl Drop for ReadFrag {
     }
 }
 
+/// What is wrong with `h` as the header of fragment `index` of extent `e`
+/// of pool `pool` (compared with the extent table), if anything.
+pub(crate) fn header_mismatch(pool: uuid::Uuid, e: &Extent, index: usize, h: &FragmentHeader) -> Option<&'static str> {
+    let policy = e.policy();
+    if h.kind != FragmentKind::Extent {
+        Some("not an extent fragment")
+    } else if h.pool_uuid != pool {
+        Some("another pool's fragment")
+    } else if h.extent_uuid.as_u128() != e.id {
+        Some("another extent's fragment")
+    } else if h.fragment_index as usize != index {
+        Some("wrong fragment index")
+    } else if h.policy != policy || h.extent_len != e.len || h.extent_blake3 != e.blake3 {
+        Some("policy, length or extent BLAKE3 differ from the extent table")
+    } else if h.payload_len != redundancy::shard_len(policy, e.len) {
+        Some("wrong payload length")
+    } else {
+        None
+    }
+}
+
 /// Give never-committed fragment space back to the allocators.
 fn free_locs(m: &mut Meta, frags: &[FragLoc]) {
     for f in frags {
@@ -629,7 +640,7 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync)
 /// life of the process. When every worker is busy and no more can be
 /// started, a thread waiting for its jobs runs queued jobs meanwhile, so
 /// nested `par_map` calls cannot deadlock.
-mod workers {
+pub(crate) mod workers {
     use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
@@ -1165,8 +1176,6 @@ impl Pool {
         // Committed extents to read: (extent, its offset in `out`, bytes of
         // `out` it covers, where those start in the extent).
         let mut plan: Vec<(Extent, usize, usize, usize)> = Vec::new();
-        // Extents after the range to fetch into the cache (read-ahead).
-        let mut ahead: Vec<Extent> = Vec::new();
         let seq;
         let mut out;
         {
@@ -1197,33 +1206,20 @@ impl Pool {
                 pos += n as u64;
             }
             seq = readahead::sequential(self.uuid.as_u128(), ino, offset, end);
-            // Read ahead only when this read misses the cache: the next
-            // extents then come in one parallel batch with it.
-            if seq && plan.iter().any(|(e, ..)| cached_extent(e.id).is_none()) {
+            if seq {
+                // The next extents of the file, fetched in the background.
                 let last = (end - 1) / EXTENT_SIZE;
                 for (idx, id) in map.range(last + 1..=last + readahead::READ_AHEAD_EXTENTS as u64) {
                     let dirty = fb.is_some_and(|f| f.extents.contains_key(idx));
                     if let Some(e) = m.state.extents.get(id).filter(|_| !dirty) {
-                        if cached_extent(e.id).is_none() && claim_prefetch(e.id) {
-                            ahead.push(e.clone());
-                        }
+                        self.read_ahead(&m, e);
                     }
                 }
             }
         }
-        // Each extent into its own disjoint part of `out` (None: read
-        // ahead into the cache), READ_PARALLEL at a time.
-        let read_one = |e: &Extent, within: usize, dst: Option<&mut [u8]>| -> Result<()> {
-            let Some(dst) = dst else {
-                let mut tmp = take_buf(e.len as usize);
-                if self.read_extent_into(e, &mut tmp).is_ok() {
-                    cache_extent(e.id, Arc::new(tmp));
-                } else {
-                    give_buf(tmp);
-                }
-                release_prefetch(e.id);
-                return Ok(());
-            };
+        // Each extent into its own disjoint part of `out`, READ_PARALLEL at a time.
+        let read_one = |e: &Extent, within: usize, dst: &mut [u8]| -> Result<()> {
+            readahead::wait_for(e.id);
             if let Some(whole) = cached_extent(e.id) {
                 dst.copy_from_slice(&whole[within..within + dst.len()]);
                 return Ok(());
@@ -1254,29 +1250,21 @@ impl Pool {
         };
         let mut rest: &mut [u8] = &mut out;
         let mut consumed = 0usize;
-        let mut ahead = Some(ahead);
         for chunk in plan.chunks(READ_PARALLEL) {
-            let mut parts: Vec<(&Extent, usize, Option<Mutex<&mut [u8]>>)> = Vec::with_capacity(chunk.len());
+            let mut parts: Vec<(&Extent, usize, Mutex<&mut [u8]>)> = Vec::with_capacity(chunk.len());
             for (e, o, covered, within) in chunk {
                 let (_, after) = std::mem::take(&mut rest).split_at_mut(o - consumed);
                 let (dst, after) = after.split_at_mut(*covered);
                 rest = after;
                 consumed = o + covered;
-                parts.push((e, *within, Some(Mutex::new(dst))));
+                parts.push((e, *within, Mutex::new(dst)));
             }
-            // The read-ahead goes with the first batch.
-            let ahead = ahead.take().unwrap_or_default();
-            parts.extend(ahead.iter().map(|e| (e, 0, None)));
-            par_map(&parts, |(e, within, dst)| match dst {
-                Some(dst) => read_one(e, *within, Some(&mut dst.lock().unwrap_or_else(|p| p.into_inner()))),
-                None => read_one(e, 0, None),
+            par_map(&parts, |(e, within, dst)| {
+                let mut dst = dst.lock().unwrap_or_else(|p| p.into_inner());
+                read_one(e, *within, &mut dst)
             })
             .into_iter()
             .collect::<Result<Vec<()>>>()?;
-        }
-        // No part to read (all zeros or dirty): nothing was claimed to fetch.
-        for e in ahead.into_iter().flatten() {
-            release_prefetch(e.id);
         }
         self.note_reads(ino, plan.iter().map(|(e, o, _, _)| ((offset + *o as u64) / EXTENT_SIZE, e)));
         Ok(out)
@@ -1595,22 +1583,7 @@ impl Pool {
     /// What is wrong with `h` as the header of fragment `index` of `e`
     /// (compared with the extent table), if anything.
     pub(crate) fn header_mismatch(&self, e: &Extent, index: usize, h: &FragmentHeader) -> Option<&'static str> {
-        let policy = e.policy();
-        if h.kind != FragmentKind::Extent {
-            Some("not an extent fragment")
-        } else if h.pool_uuid != self.uuid {
-            Some("another pool's fragment")
-        } else if h.extent_uuid.as_u128() != e.id {
-            Some("another extent's fragment")
-        } else if h.fragment_index as usize != index {
-            Some("wrong fragment index")
-        } else if h.policy != policy || h.extent_len != e.len || h.extent_blake3 != e.blake3 {
-            Some("policy, length or extent BLAKE3 differ from the extent table")
-        } else if h.payload_len != redundancy::shard_len(policy, e.len) {
-            Some("wrong payload length")
-        } else {
-            None
-        }
+        header_mismatch(self.uuid, e, index, h)
     }
 
     /// Read fragment `index` of `e` and check its header against the

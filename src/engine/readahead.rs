@@ -1,24 +1,50 @@
-//! # Read-ahead: which reads are sequential, and how far to read ahead
+//! # Read-ahead: which reads are sequential, and fetching ahead of them
 //!
-//! Owns the per-file read cursor (where the last read of each file ended)
-//! and the decision "this read continues a sequential stream". `data.rs`
-//! `read` asks [`sequential`] once per call; for a sequential read it
-//! fetches the extent(s) whole into the extent cache and, when that
-//! missed, the next [`READ_AHEAD_EXTENTS`] extents of the file in parallel
-//! with it, so the reads that follow cost no IO. A read that is not
+//! Owns the per-file read cursor (where the last read of each file ended),
+//! the decision "this read continues a sequential stream", and the
+//! background fetch of the extents after it. `data.rs` `read` asks
+//! [`sequential`] once per call; for a sequential read it reads the
+//! extent(s) whole (into the extent cache when in part) and calls
+//! [`Pool::read_ahead`] for each of the next [`READ_AHEAD_EXTENTS`]
+//! extents of the file, which queues a job on the worker pool that reads
+//! them, each from its fragments in parallel, and puts them in the extent
+//! cache. A read of an extent being fetched waits for that fetch
+//! ([`wait_for`]) instead of reading it twice. A read that is not
 //! sequential takes the partial path (`partial.rs`) instead.
 //!
-//! Never does IO, never holds data, never blocks: it is a bounded map of
-//! cursors, and a wrong guess costs only speed (a needless prefetch, or a
-//! partial read where a whole one would have been cached).
+//! A fetch only takes the fast path (one replica, or the K data shards, as
+//! `read_fragment` checks them, then the extent's full BLAKE3): it never
+//! falls back, repairs, counts or logs faults. Whatever goes wrong, it
+//! just caches nothing, and the reader's own read later does all that. It
+//! never caches a byte that failed the extent's BLAKE3, and holds no
+//! reference to the pool (jobs outlive the call): only the member devices.
+//! A wrong guess costs only speed.
 
-use super::state::{Ino, EXTENT_SIZE};
+use super::data::{cache_extent, cached_extent, give_buf, header_mismatch, par_map, take_buf, workers};
+use super::pool::{Meta, Pool};
+use super::redundancy;
+use super::state::{Extent, Ino, MemberState, EXTENT_SIZE};
+use crate::device::{AlignedBuf, Device};
+use dfs_format::{FragmentHeader, Policy};
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::time::Duration;
 
 /// Extents fetched ahead of a sequential read that missed the cache (the
 /// extent cache, `PARTIAL_READ_CACHE`, must hold them plus the current one).
 pub const READ_AHEAD_EXTENTS: usize = 7;
+
+/// Extents being fetched at once, all streams together (bounds the memory
+/// of fetches in flight to this many extents).
+pub const MAX_FETCHES: usize = 24;
+
+/// Longest a reader waits for a fetch of the extent it wants (then reads
+/// it itself).
+const WAIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Extents being fetched right now, and a condvar signalled when one ends.
+static FETCHING: Mutex<Vec<u128>> = Mutex::new(Vec::new());
+static FETCHED: Condvar = Condvar::new();
 
 /// Files whose cursor is kept; beyond this the map is cleared (a new
 /// stream then starts as "not sequential" once).
@@ -38,6 +64,136 @@ pub(crate) fn sequential(pool: u128, ino: Ino, offset: u64, end: u64) -> bool {
     }
     let last = c.insert((pool, ino), end);
     offset == 0 || last.is_some_and(|l| offset.abs_diff(l) <= EXTENT_SIZE)
+}
+
+/// Wait until no fetch of extent `id` is in flight (at most [`WAIT_LIMIT`]).
+pub(crate) fn wait_for(id: u128) {
+    let mut f = FETCHING.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = std::time::Instant::now() + WAIT_LIMIT;
+    while f.contains(&id) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        f = FETCHED.wait_timeout(f, left).unwrap_or_else(|p| p.into_inner()).0;
+    }
+}
+
+/// Claim extent `id` for a fetch: false when it is being fetched already
+/// or too many are.
+fn claim(id: u128) -> bool {
+    let mut f = FETCHING.lock().unwrap_or_else(|p| p.into_inner());
+    if f.contains(&id) || f.len() >= MAX_FETCHES {
+        return false;
+    }
+    f.push(id);
+    true
+}
+
+fn release(id: u128) {
+    FETCHING.lock().unwrap_or_else(|p| p.into_inner()).retain(|&x| x != id);
+    FETCHED.notify_all();
+}
+
+/// One fragment to fetch: where it is and which it is.
+struct Source {
+    dev: Arc<dyn Device>,
+    offset: u64,
+    len: usize,
+    bs: usize,
+    index: usize,
+}
+
+/// The fetch of one extent, owning all it needs.
+struct Fetch {
+    pool: uuid::Uuid,
+    e: Extent,
+    sources: Vec<Source>,
+}
+
+impl Pool {
+    /// Fetch extent `e` into the extent cache in the background, unless it
+    /// is cached or being fetched, or its fast-path fragments are not all
+    /// on members that are present and not failed. `m` is the caller's
+    /// `meta` guard (nothing here waits while it is held).
+    pub(crate) fn read_ahead(&self, m: &Meta, e: &Extent) {
+        if cached_extent(e.id).is_some() {
+            return;
+        }
+        let source = |index: usize| -> Option<Source> {
+            let loc = e.frags.get(index)?;
+            let mem = self.members.get(loc.member as usize)?.as_ref()?;
+            if m.state.members.get(loc.member as usize).is_some_and(|r| r.state == MemberState::Failed) {
+                return None;
+            }
+            let bs = mem.layout.block_size as usize;
+            Some(Source {
+                dev: mem.dev.clone(),
+                offset: mem.layout.data_offset(loc.block),
+                len: loc.blocks as usize * bs,
+                bs,
+                index,
+            })
+        };
+        let n = e.frags.len();
+        let sources: Option<Vec<Source>> = match e.policy() {
+            // The replica a partial read would use first (partial.rs).
+            Policy::Replication { .. } => {
+                let first = (e.id % n.max(1) as u128) as usize;
+                (0..n).map(|k| (first + k) % n).find_map(source).map(|s| vec![s])
+            }
+            Policy::Erasure { data, .. } => (0..data as usize).map(source).collect(),
+        };
+        let Some(sources) = sources else { return };
+        if !claim(e.id) {
+            return;
+        }
+        let fetch = Fetch { pool: self.uuid, e: e.clone(), sources };
+        workers::submit(Box::new(move || {
+            let id = fetch.e.id;
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fetch.run()));
+            release(id);
+        }));
+    }
+}
+
+impl Fetch {
+    /// Read the fragments in parallel, check their headers, assemble the
+    /// extent, check its BLAKE3, cache it. Any failure: cache nothing.
+    fn run(self) {
+        let Fetch { pool, e, sources } = self;
+        let policy = e.policy();
+        let payload_len = redundancy::shard_len(policy, e.len) as usize;
+        let bufs: Vec<Option<AlignedBuf>> = par_map(&sources, |s| {
+            let mut buf = take_buf(s.len);
+            let ok = s.dev.read_at(s.offset, &mut buf).is_ok()
+                && s.bs + payload_len <= buf.len()
+                && FragmentHeader::decode(&buf).is_ok_and(|h| header_mismatch(pool, &e, s.index, &h).is_none());
+            if ok {
+                Some(buf)
+            } else {
+                give_buf(buf);
+                None
+            }
+        });
+        if bufs.iter().all(Option::is_some) {
+            let mut views: Vec<Option<&[u8]>> = vec![None; e.frags.len()];
+            for (s, b) in sources.iter().zip(&bufs) {
+                views[s.index] = b.as_ref().map(|b| &b[s.bs..s.bs + payload_len]);
+            }
+            let mut out = take_buf(e.len as usize);
+            let good = redundancy::decode_into(policy, e.len, &views, &mut out).is_ok()
+                && blake3::hash(&out).as_bytes() == &e.blake3;
+            if good {
+                cache_extent(e.id, Arc::new(out));
+            } else {
+                give_buf(out);
+            }
+        }
+        for b in bufs.into_iter().flatten() {
+            give_buf(b);
+        }
+    }
 }
 
 #[cfg(test)]
