@@ -55,31 +55,48 @@ pub(crate) fn header_block(header: &FragmentHeader, payload: &[u8]) -> Vec<u8> {
 /// repaired one lands at a new location, so an entry never goes stale.
 pub(crate) type TableKey = (u128, u16, u32, u64);
 
-/// Tables kept (each at most 2 KiB: about 8 MiB in all).
-pub const TABLE_CACHE_ENTRIES: usize = 4096;
+/// Bytes of table entries kept (a 1 MiB replica's table is 2 KiB, a 4+2
+/// shard's 512 bytes: 8 MiB is the tables of 4 GiB of replicated file, or
+/// 16 GiB of 4+2).
+pub const TABLE_CACHE_BYTES: usize = 8 << 20;
+
+/// Bytes one cached entry is counted for (its entries plus bookkeeping).
+fn cost(t: &Option<BlockSums>) -> usize {
+    64 + t.as_ref().map_or(0, |s| s.len() * BLOCK_SUM_LEN)
+}
 
 /// Parsed tables, `None` for a fragment written without one (so old
 /// fragments cost one header read, not one per partial read). Oldest
-/// entries are dropped first.
+/// entries are dropped first, to stay within [`TABLE_CACHE_BYTES`].
 #[derive(Default)]
 pub(crate) struct TableCache {
-    inner: Mutex<(HashMap<TableKey, Arc<Option<BlockSums>>>, VecDeque<TableKey>)>,
+    inner: Mutex<Tables>,
+}
+
+#[derive(Default)]
+struct Tables {
+    map: HashMap<TableKey, Arc<Option<BlockSums>>>,
+    order: VecDeque<TableKey>,
+    bytes: usize,
 }
 
 impl TableCache {
     pub(crate) fn get(&self, key: &TableKey) -> Option<Arc<Option<BlockSums>>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.get(key).cloned()
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.get(key).cloned()
     }
 
     pub(crate) fn insert(&self, key: TableKey, table: Arc<Option<BlockSums>>) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *g;
-        if map.insert(key, table).is_none() {
-            order.push_back(key);
+        let t = &mut *g;
+        t.bytes += cost(&table);
+        match t.map.insert(key, table) {
+            Some(old) => t.bytes -= cost(&old),
+            None => t.order.push_back(key),
         }
-        while order.len() > TABLE_CACHE_ENTRIES {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        while t.bytes > TABLE_CACHE_BYTES {
+            let Some(old) = t.order.pop_front() else { break };
+            if let Some(v) = t.map.remove(&old) {
+                t.bytes -= cost(&v);
             }
         }
     }
@@ -87,9 +104,10 @@ impl TableCache {
     /// Forget one table (its fragment turned out bad).
     pub(crate) fn remove(&self, key: &TableKey) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *g;
-        if map.remove(key).is_some() {
-            order.retain(|k| k != key);
+        let t = &mut *g;
+        if let Some(v) = t.map.remove(key) {
+            t.bytes -= cost(&v);
+            t.order.retain(|k| k != key);
         }
     }
 }
@@ -115,12 +133,17 @@ mod tests {
     #[test]
     fn cache_is_bounded_and_drops_the_oldest() {
         let c = TableCache::default();
-        for i in 0..(TABLE_CACHE_ENTRIES as u128 + 10) {
-            c.insert((i, 0, 0, 0), Arc::new(None));
+        let table = Arc::new(Some(BlockSums::new(vec![[1; 8]; 256])));
+        let fits = (TABLE_CACHE_BYTES / cost(&table)) as u128;
+        for i in 0..fits + 10 {
+            c.insert((i, 0, 0, 0), table.clone());
         }
         assert!(c.get(&(0, 0, 0, 0)).is_none());
-        assert!(c.get(&(TABLE_CACHE_ENTRIES as u128 + 9, 0, 0, 0)).is_some());
-        c.remove(&(TABLE_CACHE_ENTRIES as u128 + 9, 0, 0, 0));
-        assert!(c.get(&(TABLE_CACHE_ENTRIES as u128 + 9, 0, 0, 0)).is_none());
+        assert!(c.get(&(fits + 9, 0, 0, 0)).is_some());
+        assert!(c.get(&(11, 0, 0, 0)).is_some());
+        assert!(c.inner.lock().unwrap().bytes <= TABLE_CACHE_BYTES);
+        c.remove(&(fits + 9, 0, 0, 0));
+        assert!(c.get(&(fits + 9, 0, 0, 0)).is_none());
+        assert_eq!(c.inner.lock().unwrap().bytes, (fits as usize - 1) * cost(&table));
     }
 }
