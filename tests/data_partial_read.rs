@@ -311,3 +311,25 @@ fn sequential_reads_fetch_the_next_extents_ahead_once() {
         assert_eq!(rig.pool.counters.fragment_errors.load(Ordering::Relaxed), 0);
     }
 }
+
+#[test]
+fn whole_extent_sequential_reads_are_served_by_read_ahead() {
+    // 1 MiB reads (FUSE with read_ahead_kb raised, or bench-engine): after
+    // the first, every extent comes from the background fetches, so the
+    // reader itself fetches (almost) no fragment.
+    for policy in ["replication:3", "erasure:4+2"] {
+        let rig = Rig::new(policy, 4096);
+        let extents = 24;
+        let data = pattern(extents * MIB, 7);
+        let (ino, _) = rig.put("f", &data);
+        let reads0 = rig.pool.counters.fragments_read.load(Ordering::Relaxed);
+        for i in 0..extents {
+            let got = rig.pool.read(ino, (i * MIB) as u64, MIB).unwrap();
+            assert!(got == data[i * MIB..(i + 1) * MIB], "{policy}: extent {i} differs");
+        }
+        let own = rig.pool.counters.fragments_read.load(Ordering::Relaxed) - reads0;
+        let first = if policy.starts_with("erasure") { 4 } else { 1 };
+        // The first extent, plus a little slack for the shared cache.
+        assert!(own <= 3 * first, "{policy}: the reader fetched {own} fragments itself");
+    }
+}

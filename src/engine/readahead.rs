@@ -95,6 +95,44 @@ fn release(id: u128) {
     FETCHED.notify_all();
 }
 
+/// The fetches a pool has in flight; dropping it (with the pool) waits
+/// for them (at most [`WAIT_LIMIT`]), so no fetch touches a member device
+/// after its pool is gone (an exclusive reopen would find it busy).
+#[derive(Debug, Default)]
+pub(crate) struct Fetches(Arc<(Mutex<usize>, Condvar)>);
+
+/// One fetch counted in a [`Fetches`], until dropped.
+struct InFlight(Arc<(Mutex<usize>, Condvar)>);
+
+impl Fetches {
+    fn start(&self) -> InFlight {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        InFlight(self.0.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0 .1.notify_all();
+    }
+}
+
+impl Drop for Fetches {
+    fn drop(&mut self) {
+        let (n, cv) = &*self.0;
+        let mut n = n.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + WAIT_LIMIT;
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            n = cv.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
 /// One fragment to fetch: where it is and which it is.
 struct Source {
     dev: Arc<dyn Device>,
@@ -149,10 +187,12 @@ impl Pool {
             return;
         }
         let fetch = Fetch { pool: self.uuid, e: e.clone(), sources };
+        let counted = self.fetches.start();
         workers::submit(Box::new(move || {
             let id = fetch.e.id;
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fetch.run()));
             release(id);
+            drop(counted);
         }));
     }
 }
