@@ -12,8 +12,10 @@
 //! ([`wait_for`]) instead of reading it twice. A read that is not
 //! sequential takes the partial path (`partial.rs`) instead.
 //!
-//! A fetch only takes the fast path (one replica, or the K data shards, as
-//! `read_fragment` checks them, then the extent's full BLAKE3): it never
+//! A fetch only takes the fast path (the K data shards, or one slice of
+//! the extent from each usable replica so that as many requests are in
+//! flight; headers checked as `read_fragment` does, then the extent's
+//! full BLAKE3): it never
 //! falls back, repairs, counts or logs faults. Whatever goes wrong, it
 //! just caches nothing, and the reader's own read later does all that. It
 //! never caches a byte that failed the extent's BLAKE3, and holds no
@@ -24,7 +26,7 @@ use super::data::{cache_extent, cached_extent, give_buf, header_mismatch, par_ma
 use super::pool::{Meta, Pool};
 use super::redundancy;
 use super::state::{Extent, Ino, MemberState, EXTENT_SIZE};
-use crate::device::{AlignedBuf, Device};
+use crate::device::{AlignedBuf, Device, ReadReq};
 use dfs_format::{FragmentHeader, Policy};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
@@ -37,6 +39,10 @@ pub const READ_AHEAD_EXTENTS: usize = 7;
 /// Extents being fetched at once, all streams together (bounds the memory
 /// of fetches in flight to this many extents).
 pub const MAX_FETCHES: usize = 24;
+
+/// Replica slices start on multiples of this (the largest block size, so
+/// every member can read them directly).
+const SLICE_ALIGN: usize = dfs_format::MAX_BLOCK_SIZE as usize;
 
 /// Longest a reader waits for a fetch of the extent it wants (then reads
 /// it itself).
@@ -136,10 +142,13 @@ impl Drop for Fetches {
 /// One fragment to fetch: where it is and which it is.
 struct Source {
     dev: Arc<dyn Device>,
+    /// Where the fragment (its header block) starts on `dev`.
     offset: u64,
-    len: usize,
     bs: usize,
     index: usize,
+    /// The payload bytes to take from it: `from` is block aligned.
+    from: usize,
+    to: usize,
 }
 
 /// The fetch of one extent, owning all it needs.
@@ -158,29 +167,39 @@ impl Pool {
         if cached_extent(e.id).is_some() {
             return;
         }
-        let source = |index: usize| -> Option<Source> {
+        let source = |index: usize, from: usize, to: usize| -> Option<Source> {
             let loc = e.frags.get(index)?;
             let mem = self.members.get(loc.member as usize)?.as_ref()?;
             if m.state.members.get(loc.member as usize).is_some_and(|r| r.state == MemberState::Failed) {
                 return None;
             }
             let bs = mem.layout.block_size as usize;
-            Some(Source {
-                dev: mem.dev.clone(),
-                offset: mem.layout.data_offset(loc.block),
-                len: loc.blocks as usize * bs,
-                bs,
-                index,
-            })
+            Some(Source { dev: mem.dev.clone(), offset: mem.layout.data_offset(loc.block), bs, index, from, to })
         };
         let n = e.frags.len();
+        let len = e.len as usize;
         let sources: Option<Vec<Source>> = match e.policy() {
-            // The replica a partial read would use first (partial.rs).
+            // One slice of the extent from each usable replica, in
+            // parallel (as many requests in flight as erasure's shards),
+            // starting with the replica a partial read would use.
             Policy::Replication { .. } => {
                 let first = (e.id % n.max(1) as u128) as usize;
-                (0..n).map(|k| (first + k) % n).find_map(source).map(|s| vec![s])
+                let usable: Vec<usize> =
+                    (0..n).map(|k| (first + k) % n).filter(|&i| source(i, 0, len).is_some()).collect();
+                let chunk = len.div_ceil(usable.len().max(1)).next_multiple_of(SLICE_ALIGN);
+                let slices: Option<Vec<Source>> = usable
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| (i, j * chunk, ((j + 1) * chunk).min(len)))
+                    .filter(|(_, from, to)| from < to)
+                    .map(|(i, from, to)| source(i, from, to))
+                    .collect();
+                slices.filter(|v| !v.is_empty())
             }
-            Policy::Erasure { data, .. } => (0..data as usize).map(source).collect(),
+            Policy::Erasure { data, .. } => {
+                let s = redundancy::shard_len(e.policy(), e.len) as usize;
+                (0..data as usize).map(|i| source(i, 0, s)).collect()
+            }
         };
         let Some(sources) = sources else { return };
         if !claim(e.id) {
@@ -204,26 +223,45 @@ impl Fetch {
         let Fetch { pool, e, sources } = self;
         let policy = e.policy();
         let payload_len = redundancy::shard_len(policy, e.len) as usize;
+        // Header block and the slice, in one batch per fragment.
         let bufs: Vec<Option<AlignedBuf>> = par_map(&sources, |s| {
-            let mut buf = take_buf(s.len);
-            let ok = s.dev.read_at(s.offset, &mut buf).is_ok()
-                && s.bs + payload_len <= buf.len()
-                && FragmentHeader::decode(&buf).is_ok_and(|h| header_mismatch(pool, &e, s.index, &h).is_none());
+            if s.to > payload_len || s.from % s.bs != 0 {
+                return None;
+            }
+            let mut hdr = take_buf(s.bs);
+            let mut body = take_buf((s.to - s.from).div_ceil(s.bs) * s.bs);
+            let io = s.dev.read_batch(&mut [
+                ReadReq { offset: s.offset, buf: &mut hdr },
+                ReadReq { offset: s.offset + (s.bs + s.from) as u64, buf: &mut body },
+            ]);
+            let ok = io.is_ok()
+                && FragmentHeader::decode(&hdr).is_ok_and(|h| header_mismatch(pool, &e, s.index, &h).is_none());
+            give_buf(hdr);
             if ok {
-                Some(buf)
+                Some(body)
             } else {
-                give_buf(buf);
+                give_buf(body);
                 None
             }
         });
         if bufs.iter().all(Option::is_some) {
-            let mut views: Vec<Option<&[u8]>> = vec![None; e.frags.len()];
-            for (s, b) in sources.iter().zip(&bufs) {
-                views[s.index] = b.as_ref().map(|b| &b[s.bs..s.bs + payload_len]);
-            }
             let mut out = take_buf(e.len as usize);
-            let good = redundancy::decode_into(policy, e.len, &views, &mut out).is_ok()
-                && blake3::hash(&out).as_bytes() == &e.blake3;
+            let assembled = match policy {
+                Policy::Replication { .. } => {
+                    for (s, b) in sources.iter().zip(bufs.iter().flatten()) {
+                        out[s.from..s.to].copy_from_slice(&b[..s.to - s.from]);
+                    }
+                    sources.iter().map(|s| s.to - s.from).sum::<usize>() == out.len()
+                }
+                Policy::Erasure { .. } => {
+                    let mut views: Vec<Option<&[u8]>> = vec![None; e.frags.len()];
+                    for (s, b) in sources.iter().zip(&bufs) {
+                        views[s.index] = b.as_ref().map(|b| &b[..payload_len]);
+                    }
+                    redundancy::decode_into(policy, e.len, &views, &mut out).is_ok()
+                }
+            };
+            let good = assembled && blake3::hash(&out).as_bytes() == &e.blake3;
             if good {
                 cache_extent(e.id, Arc::new(out));
             } else {
