@@ -381,7 +381,7 @@ pub fn format_devices(devs: &[&dyn Device], label: &str, policy: Policy) -> Resu
     let mut sbs = Vec::new();
     for (i, (dev, (member_uuid, layout))) in devs.iter().zip(&plan).enumerate() {
         let sb = Superblock {
-            compat: 0,
+            compat: dfs_format::features::COMPAT_BLOCK_SUMS,
             ro_compat: 0,
             incompat: 0,
             pool_uuid,
@@ -434,7 +434,7 @@ pub fn format_member(
     write_regions(dev, &layout, &root)?;
     let member_uuid = uuid::Uuid::new_v4();
     let sb = Superblock {
-        compat: 0,
+        compat: dfs_format::features::COMPAT_BLOCK_SUMS,
         ro_compat: 0,
         incompat: 0,
         pool_uuid,

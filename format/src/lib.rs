@@ -34,7 +34,7 @@ pub mod superblock;
 pub use bitmap::{BitmapBlockHeader, BITMAP_HEADER_LEN};
 pub use checksum::crc32;
 pub use error::FormatError;
-pub use fragment::{FragmentHeader, FRAGMENT_HEADER_LEN};
+pub use fragment::{BlockSums, FragmentHeader, FRAGMENT_HEADER_LEN};
 pub use journal::{JournalRecordHeader, RecordKind, JOURNAL_HEADER_LEN};
 pub use layout::{Layout, Region, RegionKind};
 pub use policy::Policy;
@@ -51,11 +51,16 @@ pub const MAX_BLOCK_SIZE: u32 = 65536;
 /// Largest logical extent (bytes): files are cut into extents of up to 1 MiB.
 pub const MAX_EXTENT_LEN: u32 = 1 << 20;
 
-/// Feature flags in the ext4 scheme. No flag is defined in version 1; any set
+/// Feature flags in the ext4 scheme (one compat flag so far); any set
 /// bit that this build does not know is handled as the class says.
 pub mod features {
+    /// `compat` bit 0: extent fragments written to this member may carry a
+    /// block-sum table in their header block (see `FragmentHeader`'s
+    /// `block_sums`). Informational: each header says whether its own
+    /// fragment has one, and readers go by that, never by this bit.
+    pub const COMPAT_BLOCK_SUMS: u64 = 1;
     /// `compat` bits this build knows (an unknown compat bit is ignored).
-    pub const COMPAT_KNOWN: u64 = 0;
+    pub const COMPAT_KNOWN: u64 = COMPAT_BLOCK_SUMS;
     /// `ro_compat` bits this build knows (an unknown one forces read-only).
     pub const RO_COMPAT_KNOWN: u64 = 0;
     /// `incompat` bits this build knows (an unknown one refuses the open).

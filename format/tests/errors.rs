@@ -399,3 +399,31 @@ fn best_root_is_highest_generation_of_this_pool() {
     torn[100] ^= 4;
     assert!(RootRecord::decode(&torn).is_err());
 }
+
+#[test]
+fn block_sum_table_errors_name_the_table() {
+    use dfs_format::fragment::BlockSums;
+    let f = fragment();
+    let n = BlockSums::pieces(f.payload_len);
+    let block = f.encode_with_sums(&BlockSums::new(vec![[0xa5; 8]; n])).unwrap();
+    // A damaged entry: the table's own crc, not the header's.
+    let mut b = block.clone();
+    b[256 + 3] ^= 0x40;
+    let e = FragmentHeader::decode_with_sums(&b).unwrap_err();
+    assert!(matches!(e, FormatError::BadChecksum { what: "fragment block-sum table", .. }), "{e:?}");
+    assert!(e.to_string().starts_with("fragment block-sum table: checksum mismatch"), "{e}");
+    // Cut inside the table.
+    let e = FragmentHeader::decode_with_sums(&block[..block.len() - 1]).unwrap_err();
+    assert!(matches!(e, FormatError::TooShort { what: "fragment block-sum table", .. }), "{e:?}");
+    // A count that does not fit the payload (resealed, so only the count is wrong).
+    let mut b = block.clone();
+    b[146..148].copy_from_slice(&((n + 1) as u16).to_le_bytes());
+    reseal(&mut b[..256]);
+    let e = FragmentHeader::decode_with_sums(&b).unwrap_err();
+    assert!(matches!(e, FormatError::Invalid { field: "count", .. }), "{e:?}");
+    // An unknown table kind (a later format's): ignored, read as no table.
+    let mut b = block;
+    b[145] = 9;
+    reseal(&mut b[..256]);
+    assert_eq!(FragmentHeader::decode_with_sums(&b).unwrap(), (f, None));
+}

@@ -10,7 +10,7 @@
 //! changed v1 encoding pass.
 
 use dfs_format::bitmap::BitmapBlockHeader;
-use dfs_format::fragment::{FragmentHeader, FragmentKind};
+use dfs_format::fragment::{BlockSums, FragmentHeader, FragmentKind};
 use dfs_format::journal::{JournalRecordHeader, RecordKind};
 use dfs_format::layout::{Layout, Region, RegionKind};
 use dfs_format::policy::Policy;
@@ -264,6 +264,34 @@ fn fragment_v1() {
     assert_eq!(bytes[252..256], dfs_format::crc32(&bytes[..252]).to_le_bytes());
 }
 
+/// The golden fragment (a 256 KiB shard: 64 pieces) with a block-sum
+/// table of fixed entries: entry `i` is 8 bytes of `bytes_pattern(i)`.
+fn golden_block_sums() -> BlockSums {
+    BlockSums::new((0..64u8).map(|i| bytes_pattern(i)[..8].try_into().unwrap()).collect())
+}
+
+#[test]
+fn fragment_block_sums_v1() {
+    let f = golden_fragment();
+    let sums = golden_block_sums();
+    let bytes = golden("fragment_block_sums_v1.hex", &f.encode_with_sums(&sums).unwrap());
+    assert_eq!(bytes.len(), 256 + 64 * 8);
+    assert_eq!(FragmentHeader::decode_with_sums(&bytes).unwrap(), (f.clone(), Some(sums)));
+    // What an older v1 reader sees: the same header, table ignored.
+    assert_eq!(FragmentHeader::decode(&bytes).unwrap(), f);
+    assert_eq!(bytes[145], 1); // table of truncated BLAKE3 per 4 KiB piece
+    assert_eq!(bytes[146..148], [64, 0]); // 64 entries
+    assert_eq!(bytes[148..152], dfs_format::crc32(&bytes[256..]).to_le_bytes());
+    assert!(bytes[152..252].iter().all(|&b| b == 0));
+    assert_eq!(bytes[252..256], dfs_format::crc32(&bytes[..252]).to_le_bytes());
+    assert_eq!(bytes[256..264], bytes_pattern(0)[..8]);
+    assert_eq!(bytes[256 + 63 * 8..], bytes_pattern(63)[..8]);
+    // Against the table-less golden header: only the table fields and the crc differ.
+    let plain = golden("fragment_v1.hex", &f.encode());
+    let differ: Vec<usize> = (0..256).filter(|&i| bytes[i] != plain[i]).collect();
+    assert!(differ.iter().all(|&i| (145..152).contains(&i) || (252..256).contains(&i)), "{differ:?}");
+}
+
 #[test]
 fn bitmap_v1() {
     let h = golden_bitmap_header();
@@ -446,7 +474,10 @@ fn field_offsets_in_format_md() {
         (offset_of!(F, payload_blake3), 80),
         (offset_of!(F, extent_blake3), 112),
         (offset_of!(F, kind), 144),
-        (offset_of!(F, reserved), 145),
+        (offset_of!(F, block_sums), 145),
+        (offset_of!(F, block_sums_count), 146),
+        (offset_of!(F, block_sums_crc32), 148),
+        (offset_of!(F, reserved), 152),
         (offset_of!(F, crc32), 252),
         (size_of::<F>(), 256),
     ];

@@ -9,7 +9,7 @@
 //!    checks behind the checksum run too) never make a decoder panic.
 
 use dfs_format::bitmap::BitmapBlockHeader;
-use dfs_format::fragment::{FragmentHeader, FragmentKind, MAX_OBJECT_PAYLOAD};
+use dfs_format::fragment::{BlockSums, FragmentHeader, FragmentKind, BLOCK_SUMS_OFFSET, MAX_OBJECT_PAYLOAD};
 use dfs_format::journal::{JournalRecordHeader, RecordKind};
 use dfs_format::layout::{Layout, MIN_MEMBER_SIZE};
 use dfs_format::policy::{Policy, MAX_COPIES, MAX_DATA_SHARDS, MAX_PARITY_SHARDS};
@@ -219,6 +219,18 @@ prop_compose! {
     }
 }
 
+/// An extent fragment header and a table of the right size for it.
+fn fragment_with_sums() -> impl Strategy<Value = (FragmentHeader, BlockSums)> {
+    (fragment(), any::<u64>()).prop_map(|(mut f, seed)| {
+        f.kind = FragmentKind::Extent;
+        f.payload_len = 1 + (f.payload_len - 1) % MAX_EXTENT_LEN;
+        f.extent_len = 1 + (f.extent_len - 1) % MAX_EXTENT_LEN;
+        let n = BlockSums::pieces(f.payload_len);
+        let sums = (0..n as u64).map(|i| (seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes()).collect();
+        (f, BlockSums::new(sums))
+    })
+}
+
 /// `len` pseudo-random bytes from `seed` (xorshift64*, eight bytes a step),
 /// with density 0 (all clear), 1 (about 1/8 of the bits set), 2 (1/2),
 /// 3 (7/8) or 4 (all set): cheap enough for 64 KiB blocks in a debug build.
@@ -304,6 +316,7 @@ fn decode_all(bytes: &[u8], bs: u32) {
     let _ = dfs_format::root::RootRecord::decode(bytes);
     let _ = JournalRecordHeader::decode(bytes, bs);
     let _ = FragmentHeader::decode(bytes);
+    let _ = FragmentHeader::decode_with_sums(bytes);
     let _ = BitmapBlockHeader::decode_block(bytes, bs);
     if bytes.len() >= 4 {
         let _ = Policy::decode([bytes[0], bytes[1], bytes[2], bytes[3]]);
@@ -372,6 +385,73 @@ proptest! {
     fn fragment_roundtrip(f in fragment()) {
         let bytes = f.encode();
         prop_assert_eq!(FragmentHeader::decode(&bytes).unwrap(), f);
+    }
+
+    #[test]
+    fn fragment_with_block_sums_roundtrip((f, sums) in fragment_with_sums()) {
+        let block = f.encode_with_sums(&sums).unwrap();
+        prop_assert_eq!(block.len(), BLOCK_SUMS_OFFSET + 8 * sums.len());
+        prop_assert_eq!(FragmentHeader::decode_with_sums(&block).unwrap(), (f.clone(), Some(sums.clone())));
+        // An older reader's decode sees the same header and ignores the table.
+        prop_assert_eq!(FragmentHeader::decode(&block).unwrap(), f.clone());
+        // Zero padding after the table (the rest of the block) changes nothing.
+        let mut padded = block.clone();
+        padded.resize(4096, 0);
+        prop_assert_eq!(FragmentHeader::decode_with_sums(&padded).unwrap(), (f.clone(), Some(sums)));
+        // A header written without a table has none.
+        prop_assert_eq!(FragmentHeader::decode_with_sums(&f.encode()).unwrap(), (f, None));
+    }
+
+    #[test]
+    fn block_sums_only_for_extents_and_of_the_right_count(f in fragment(), extra in 1usize..4) {
+        let n = BlockSums::pieces(f.payload_len);
+        let right = BlockSums::new(vec![[7u8; 8]; n]);
+        match f.kind {
+            FragmentKind::Checkpoint => prop_assert!(f.encode_with_sums(&right).is_err()),
+            FragmentKind::Extent => {
+                prop_assert!(f.encode_with_sums(&right).is_ok());
+                prop_assert!(f.encode_with_sums(&BlockSums::new(vec![[7u8; 8]; n + extra])).is_err());
+                prop_assert!(f.encode_with_sums(&BlockSums::new(vec![[7u8; 8]; n - 1])).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn block_sums_bit_flip_is_an_error((f, sums) in fragment_with_sums(), bit in any::<usize>()) {
+        // Anywhere in header or table: the header crc or the table crc.
+        let block = f.encode_with_sums(&sums).unwrap();
+        prop_assert!(FragmentHeader::decode_with_sums(&flip(&block, bit)).is_err());
+    }
+
+    #[test]
+    fn truncated_block_sums_are_too_short((f, sums) in fragment_with_sums(), cut in any::<usize>()) {
+        let block = f.encode_with_sums(&sums).unwrap();
+        let n = cut % block.len();
+        prop_assert!(FragmentHeader::decode_with_sums(&block[..n]).is_err());
+    }
+
+    #[test]
+    fn mutated_block_sums_never_panic((f, sums) in fragment_with_sums(), e in edits(), fix in any::<bool>()) {
+        let mut v = f.encode_with_sums(&sums).unwrap();
+        for &(at, b) in &e {
+            let i = at % v.len();
+            v[i] = b;
+        }
+        if fix {
+            // Reseal the table crc (bytes 148..152) and then the header crc,
+            // so the count and table checks behind them run too.
+            let n = u16::from_le_bytes([v[146], v[147]]) as usize;
+            if let Some(table) = v.get(BLOCK_SUMS_OFFSET..BLOCK_SUMS_OFFSET + 8 * n) {
+                let c = crc32(table);
+                v[148..152].copy_from_slice(&c.to_le_bytes());
+            }
+            let c = crc32(&v[..252]);
+            v[252..256].copy_from_slice(&c.to_le_bytes());
+        }
+        if let Ok((h, Some(t))) = FragmentHeader::decode_with_sums(&v) {
+            prop_assert_eq!(t.len(), BlockSums::pieces(h.payload_len));
+            prop_assert_eq!(h.kind, FragmentKind::Extent);
+        }
     }
 
     #[test]

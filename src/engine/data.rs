@@ -41,9 +41,16 @@
 //! few good fragments the read fails with `DataLost` (EIO) and the extent is
 //! reported (`Pool::lost_extents`, counter `extents_lost`, an error log).
 //! The extents of one `read` call are read in parallel, [`READ_PARALLEL`] at
-//! a time. An extent read in part (FUSE asks for 128 KiB) is kept whole,
-//! verified, in a small cache of [`PARTIAL_READ_CACHE`] extents, so the
-//! next part of it costs no IO.
+//! a time. A read that continues a sequential stream of its file
+//! (`readahead.rs`) reads whole extents: one read in part (FUSE asks for
+//! 128 KiB) is kept whole, verified, in a small cache of
+//! [`PARTIAL_READ_CACHE`] extents, so the next part of it costs no IO, and
+//! the next extents of the file are fetched into that cache in the
+//! background. Any other read of part of an extent (a random read) takes
+//! the partial path (`partial.rs`): only the 4 KiB pieces it needs, each
+//! checked against the fragment's block-sum table (`block_sums.rs`,
+//! written in every extent fragment's header block); anything amiss there
+//! falls back to the whole-extent read, told which fragment was bad.
 //!
 //! A read that found bad fragments but still returned correct data rewrites
 //! them (lazy repair, `repair.rs`); fragments on members that are missing
@@ -88,14 +95,16 @@
 //! size, so growing a file always shows zeros.
 
 use super::error::{EngineError, Result};
+use super::partial::Miss;
 use super::placement::{self, MemberView};
 use super::pool::{now_ns, Member, Meta, Pool};
 use super::redundancy;
 use super::state::{Attrs, Body, Extent, FileKind, FragLoc, Ino, MemberState, Op, State, EXTENT_SIZE};
+use super::{block_sums, readahead};
 use crate::device::{AlignedBuf, WriteReq};
 use dfs_alloc::Run;
 use dfs_format::fragment::FragmentKind;
-use dfs_format::{FragmentHeader, Policy, FRAGMENT_HEADER_LEN};
+use dfs_format::{FragmentHeader, Policy};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -147,15 +156,16 @@ const BUF_CACHE_BYTES: usize = 64 << 20;
 static PARTIAL_READS: Mutex<std::collections::VecDeque<(u128, Arc<AlignedBuf>)>> =
     Mutex::new(std::collections::VecDeque::new());
 
-/// Extents kept in [`PARTIAL_READS`].
-pub const PARTIAL_READ_CACHE: usize = 16;
+/// Extents kept in [`PARTIAL_READS`] (32 MiB: the read-ahead window of a
+/// few concurrent sequential streams).
+pub const PARTIAL_READ_CACHE: usize = 32;
 
-fn cached_extent(id: u128) -> Option<Arc<AlignedBuf>> {
+pub(crate) fn cached_extent(id: u128) -> Option<Arc<AlignedBuf>> {
     let c = PARTIAL_READS.lock().unwrap_or_else(|p| p.into_inner());
     c.iter().rev().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
 }
 
-fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
+pub(crate) fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
     let mut c = PARTIAL_READS.lock().unwrap_or_else(|p| p.into_inner());
     c.retain(|(i, _)| *i != id);
     while c.len() >= PARTIAL_READ_CACHE {
@@ -167,7 +177,7 @@ fn cache_extent(id: u128, buf: Arc<AlignedBuf>) {
 static BUF_CACHE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
 /// An aligned buffer of exactly `len` bytes with undefined (old) contents.
-fn take_buf(len: usize) -> AlignedBuf {
+pub(crate) fn take_buf(len: usize) -> AlignedBuf {
     let mut cache = BUF_CACHE.lock().unwrap_or_else(|p| p.into_inner());
     match cache.iter().rposition(|b| b.len() == len) {
         Some(i) => cache.swap_remove(i),
@@ -179,7 +189,7 @@ fn take_buf(len: usize) -> AlignedBuf {
 }
 
 /// Give a buffer back for reuse (dropped if the cache is full).
-fn give_buf(buf: AlignedBuf) {
+pub(crate) fn give_buf(buf: AlignedBuf) {
     if buf.is_empty() || buf.len() > BUF_CACHE_BYTES / 8 {
         return;
     }
@@ -340,10 +350,12 @@ fn encode_and_send(plan: EncodePlan, data: Arc<AlignedBuf>, io: Arc<IoBatch>) {
         let mut writes = Vec::with_capacity(count);
         match policy {
             Policy::Replication { .. } => {
+                let sums = block_sums::compute(&data[..len]);
                 for (i, t) in targets.into_iter().enumerate() {
+                    let h = extent_header(pool, id, policy, i, payload_len, len, extent_hash, extent_hash);
                     writes.push(FragWrite {
                         index: i,
-                        header: Some(extent_header(pool, id, policy, i, payload_len, len, extent_hash, extent_hash)),
+                        header: Some(h.encode_with_sums(&sums).unwrap_or_else(|_| h.encode().to_vec())),
                         payload: data.clone(),
                         range: 0..(t.blocks - 1) * t.bs,
                         dev: t.dev,
@@ -370,9 +382,10 @@ fn encode_and_send(plan: EncodePlan, data: Arc<AlignedBuf>, io: Arc<IoBatch>) {
                 for (i, (c, t)) in buf.chunks_mut(stride).zip(&targets).enumerate() {
                     let hash = *blake3::hash(&c[max_bs..max_bs + payload_len]).as_bytes();
                     let header = extent_header(pool, id, policy, i, payload_len, len, extent_hash, hash);
+                    let hb = block_sums::header_block(&header, &c[max_bs..max_bs + payload_len]);
                     let block = &mut c[max_bs - t.bs..max_bs];
                     block.fill(0);
-                    block[..FRAGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+                    block[..hb.len()].copy_from_slice(&hb);
                 }
                 let buf = Arc::new(buf);
                 for (i, t) in targets.into_iter().enumerate() {
@@ -434,9 +447,10 @@ struct FragWrite {
     dev: Arc<dyn crate::device::Device>,
     offset: u64,
     bs: usize,
-    /// The header, or None when its block already precedes `range` in
-    /// `payload` (erasure slabs: one request per fragment).
-    header: Option<FragmentHeader>,
+    /// The header block's bytes (header and block-sum table), or None when
+    /// its block already precedes `range` in `payload` (erasure slabs: one
+    /// request per fragment).
+    header: Option<Vec<u8>>,
     payload: Arc<AlignedBuf>,
     /// The payload blocks in `payload` (header block excluded).
     range: std::ops::Range<usize>,
@@ -453,7 +467,7 @@ impl FragWrite {
     fn write(&self) -> Result<u64> {
         let bs = self.bs;
         let payload = &self.payload[self.range.clone()];
-        let hdr = self.header.as_ref().map(|h| AlignedBuf::from_slice_padded(&h.encode(), bs));
+        let hdr = self.header.as_ref().map(|h| AlignedBuf::from_slice_padded(h, bs));
         let whole = &self.payload[self.range.start.saturating_sub(bs)..self.range.end];
         match &hdr {
             Some(hdr) => self.dev.write_batch(&[
@@ -525,6 +539,27 @@ impl ReadFrag {
 impl Drop for ReadFrag {
     fn drop(&mut self) {
         give_buf(std::mem::replace(&mut self.buf, AlignedBuf::zeroed(0)));
+    }
+}
+
+/// What is wrong with `h` as the header of fragment `index` of extent `e`
+/// of pool `pool` (compared with the extent table), if anything.
+pub(crate) fn header_mismatch(pool: uuid::Uuid, e: &Extent, index: usize, h: &FragmentHeader) -> Option<&'static str> {
+    let policy = e.policy();
+    if h.kind != FragmentKind::Extent {
+        Some("not an extent fragment")
+    } else if h.pool_uuid != pool {
+        Some("another pool's fragment")
+    } else if h.extent_uuid.as_u128() != e.id {
+        Some("another extent's fragment")
+    } else if h.fragment_index as usize != index {
+        Some("wrong fragment index")
+    } else if h.policy != policy || h.extent_len != e.len || h.extent_blake3 != e.blake3 {
+        Some("policy, length or extent BLAKE3 differ from the extent table")
+    } else if h.payload_len != redundancy::shard_len(policy, e.len) {
+        Some("wrong payload length")
+    } else {
+        None
     }
 }
 
@@ -605,7 +640,7 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync)
 /// life of the process. When every worker is busy and no more can be
 /// started, a thread waiting for its jobs runs queued jobs meanwhile, so
 /// nested `par_map` calls cannot deadlock.
-mod workers {
+pub(crate) mod workers {
     use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
@@ -1141,6 +1176,7 @@ impl Pool {
         // Committed extents to read: (extent, its offset in `out`, bytes of
         // `out` it covers, where those start in the extent).
         let mut plan: Vec<(Extent, usize, usize, usize)> = Vec::new();
+        let seq;
         let mut out;
         {
             let m = self.meta();
@@ -1169,17 +1205,40 @@ impl Pool {
                 }
                 pos += n as u64;
             }
+            seq = readahead::sequential(self.uuid.as_u128(), ino, offset, end);
+            if seq {
+                // The next extents of the file, fetched in the background.
+                let last = (end - 1) / EXTENT_SIZE;
+                for (idx, id) in map.range(last + 1..=last + readahead::READ_AHEAD_EXTENTS as u64) {
+                    let dirty = fb.is_some_and(|f| f.extents.contains_key(idx));
+                    if let Some(e) = m.state.extents.get(id).filter(|_| !dirty) {
+                        self.read_ahead(&m, e);
+                    }
+                }
+            }
         }
         // Each extent into its own disjoint part of `out`, READ_PARALLEL at a time.
         let read_one = |e: &Extent, within: usize, dst: &mut [u8]| -> Result<()> {
-            if within == 0 && dst.len() == e.len as usize {
-                self.read_extent_into(e, dst)
-            } else if let Some(whole) = cached_extent(e.id) {
+            readahead::wait_for(e.id);
+            if let Some(whole) = cached_extent(e.id) {
                 dst.copy_from_slice(&whole[within..within + dst.len()]);
-                Ok(())
+                return Ok(());
+            }
+            let whole_req = within == 0 && dst.len() == e.len as usize;
+            // A random read of part of an extent: only the pieces it needs.
+            let mut known_bad = None;
+            if !seq && !whole_req {
+                match self.read_partial(e, within, dst) {
+                    Ok(()) => return Ok(()),
+                    Err(Miss::Unavailable) => {}
+                    Err(Miss::Bad(i, fault)) => known_bad = Some((i, fault)),
+                }
+            }
+            if whole_req {
+                self.read_extent_known_bad(e, dst, known_bad)
             } else {
                 let mut tmp = take_buf(e.len as usize);
-                let res = self.read_extent_into(e, &mut tmp);
+                let res = self.read_extent_known_bad(e, &mut tmp, known_bad);
                 if res.is_ok() {
                     dst.copy_from_slice(&tmp[within..within + dst.len()]);
                     cache_extent(e.id, Arc::new(tmp));
@@ -1337,7 +1396,7 @@ impl Pool {
                 payload_blocks
             )));
         }
-        let hdr = AlignedBuf::from_slice_padded(&header.encode(), bs);
+        let hdr = AlignedBuf::from_slice_padded(&block_sums::header_block(header, payload), bs);
         let offset = mem.layout.data_offset(loc.block);
         mem.dev.write_batch(&[
             WriteReq { offset, buf: &hdr },
@@ -1521,6 +1580,12 @@ impl Pool {
             .collect()
     }
 
+    /// What is wrong with `h` as the header of fragment `index` of `e`
+    /// (compared with the extent table), if anything.
+    pub(crate) fn header_mismatch(&self, e: &Extent, index: usize, h: &FragmentHeader) -> Option<&'static str> {
+        header_mismatch(self.uuid, e, index, h)
+    }
+
     /// Read fragment `index` of `e` and check its header against the
     /// extent table; the payload hash is checked only when `verify`.
     fn read_fragment(&self, e: &Extent, index: usize, verify: bool) -> std::result::Result<ReadFrag, FragFault> {
@@ -1541,22 +1606,10 @@ impl Pool {
                     return Err(FragFault::Corrupt(format!("header: {err}")));
                 }
             };
-            let policy = e.policy();
-            let expect_len = redundancy::shard_len(policy, e.len) as usize;
-            let mismatch = if h.kind != FragmentKind::Extent {
-                Some("not an extent fragment")
-            } else if h.pool_uuid != self.uuid {
-                Some("another pool's fragment")
-            } else if h.extent_uuid.as_u128() != e.id {
-                Some("another extent's fragment")
-            } else if h.fragment_index as usize != index {
-                Some("wrong fragment index")
-            } else if h.policy != policy || h.extent_len != e.len || h.extent_blake3 != e.blake3 {
-                Some("policy, length or extent BLAKE3 differ from the extent table")
-            } else if h.payload_len as usize != expect_len || bs + expect_len > buf.len() {
-                Some("wrong payload length")
-            } else {
-                None
+            let expect_len = redundancy::shard_len(e.policy(), e.len) as usize;
+            let mismatch = match self.header_mismatch(e, index, &h) {
+                None if bs + expect_len > buf.len() => Some("wrong payload length"),
+                m => m,
             };
             if let Some(why) = mismatch {
                 give_buf(buf);
@@ -1596,10 +1649,21 @@ impl Pool {
     /// [`Pool::read_extent`] into `out` (exactly `e.len` bytes). On error
     /// `out` holds garbage.
     pub(crate) fn read_extent_into(&self, e: &Extent, out: &mut [u8]) -> Result<()> {
+        self.read_extent_known_bad(e, out, None)
+    }
+
+    /// [`Pool::read_extent_into`] with fragment `bad` already known bad (a
+    /// partial read found it so): not read, and repaired like any other.
+    pub(crate) fn read_extent_known_bad(
+        &self,
+        e: &Extent,
+        out: &mut [u8],
+        bad: Option<(usize, FragFault)>,
+    ) -> Result<()> {
         if out.len() != e.len as usize {
             return Err(EngineError::Other(format!("internal: {} byte buffer for a {} byte extent", out.len(), e.len)));
         }
-        match self.read_extent_inner(e, out) {
+        match self.read_extent_seeded(e, out, bad) {
             Ok((got, set, faults)) => {
                 let bad: Vec<(usize, FragFault)> =
                     faults.into_iter().enumerate().filter_map(|(i, f)| f.map(|f| (i, f))).collect();
@@ -1630,6 +1694,17 @@ impl Pool {
         e: &Extent,
         out: &mut [u8],
     ) -> Result<(Vec<Option<ReadFrag>>, Vec<usize>, Vec<Option<FragFault>>)> {
+        self.read_extent_seeded(e, out, None)
+    }
+
+    /// [`Pool::read_extent_inner`] starting with fragment `bad` marked bad.
+    #[allow(clippy::type_complexity)]
+    fn read_extent_seeded(
+        &self,
+        e: &Extent,
+        out: &mut [u8],
+        bad: Option<(usize, FragFault)>,
+    ) -> Result<(Vec<Option<ReadFrag>>, Vec<usize>, Vec<Option<FragFault>>)> {
         let policy = e.policy();
         let n = e.frags.len();
         let lost = |reason: String| EngineError::DataLost { extent: e.id, reason };
@@ -1648,6 +1723,13 @@ impl Pool {
                 })
                 .collect()
         };
+        if let Some((i, fault)) = bad {
+            if i < n && faults[i].is_none() {
+                self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = i, %fault, "bad fragment (partial read)");
+                faults[i] = Some(fault);
+            }
+        }
         let mut got: Vec<Option<ReadFrag>> = (0..n).map(|_| None).collect();
         loop {
             let usable: Vec<bool> = (0..n).map(|i| got[i].is_some() || faults[i].is_none()).collect();

@@ -7,14 +7,17 @@
 //! `crate::device::Device`.
 
 pub mod admin;
+pub(crate) mod block_sums;
 pub mod data;
 pub mod error;
 pub mod journal;
 pub mod lock;
 pub mod namespace;
 pub mod orphans;
+pub(crate) mod partial;
 pub mod placement;
 pub mod pool;
+pub(crate) mod readahead;
 pub mod rebuild;
 pub mod redundancy;
 pub mod repair;

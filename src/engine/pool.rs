@@ -222,6 +222,9 @@ struct CommitState {
 /// An opened pool. All methods take `&self`; share it with `Arc`.
 #[derive(Debug)]
 pub struct Pool {
+    /// Read-ahead fetches in flight (`readahead.rs`). First field, so it is
+    /// dropped first: a dropped pool waits for them before its devices go.
+    pub(crate) fetches: super::readahead::Fetches,
     pub(crate) uuid: uuid::Uuid,
     pub(crate) members: MemberTable,
     pub(crate) meta: Mutex<Meta>,
@@ -517,6 +520,7 @@ impl Pool {
         let ticket = orphan_ops.len() as u64;
         let temperature = crate::temperature::Tracker::new(opts.temperature.clone());
         let pool = Pool {
+            fetches: Default::default(),
             uuid,
             members: MemberTable::new(members)?,
             meta: Mutex::new(Meta {
