@@ -9,6 +9,9 @@
 //! the pool itself — read-only and shared for listings, read-write under
 //! the pool lock for changes — and runs the very same methods in-process
 //! (`dynamicfs::control::methods`). So two writers never touch one pool.
+//! A mount point is matched to its mount by asking each control socket
+//! (`ping` names the mount point), not through the member it was mounted
+//! from: that member may have left the pool since (`remove-disk`).
 //! `--json` output uses the field names of the engine's `MemberInfo`,
 //! `ExtentInfo`, `PolicyChange`, `RebuildIo`, `DrainProgress` and
 //! `WorkerStatus` records (documented in `docs/CLI.md`).
@@ -44,6 +47,9 @@ impl Target {
     /// read-only, shared).
     pub fn open(arg: &str, writable: bool) -> Result<Target, String> {
         let mount = if Path::new(arg).is_dir() { mountinfo::find(Path::new(arg), FS_TYPE) } else { None };
+        if let Some((client, socket)) = mount.as_ref().and_then(|m| socket_of_mount(&m.mountpoint)) {
+            return Ok(Target::Mounted { client, socket });
+        }
         let source = match &mount {
             Some(m) => PoolSource::parse(&m.source).map_err(|e| format!("{arg}: mounted from {:?}: {e}", m.source))?,
             None => PoolSource::parse(arg).map_err(|e| e.to_string())?,
@@ -99,6 +105,31 @@ impl Target {
             Target::Local { pool, .. } if pool.read_only() => Ok(()),
             Target::Local { pool, .. } => pool.close().map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// The control socket (in [`DEFAULT_SOCKET_DIR`]) of the mount on
+/// `mountpoint`: the one whose `ping` names it.
+fn socket_of_mount(mountpoint: &Path) -> Option<(Client, PathBuf)> {
+    let want = mountpoint.display().to_string();
+    let mut sockets: Vec<PathBuf> = std::fs::read_dir(DEFAULT_SOCKET_DIR)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    sockets.sort();
+    sockets.into_iter().find_map(|socket| {
+        let mut client = Client::connect(&socket).ok()?;
+        let pong = client.call("ping", Value::Null).ok()?;
+        (pong.get("mountpoint").and_then(Value::as_str) == Some(want.as_str())).then_some((client, socket))
+    })
+}
+
+/// `--max-rate`: bytes per second with an optional K/M/G suffix, not zero.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    match crate::parse_size(s.trim_end_matches("/s"))? {
+        0 => Err(format!("{s:?}: a rate must be more than zero")),
+        n => Ok(n),
     }
 }
 
@@ -292,15 +323,73 @@ pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
     Ok(tb.render(0))
 }
 
+/// How `change-policy` runs: path, recursion, rate cap, progress line.
+#[derive(Debug, Default, Clone)]
+pub struct ChangeArgs<'a> {
+    pub path: Option<&'a str>,
+    pub recursive: bool,
+    /// Most bytes per second re-encoded (`--max-rate`).
+    pub max_rate: Option<u64>,
+    /// Show a progress line on stderr (a terminal, a mounted pool).
+    pub progress: bool,
+}
+
 /// `change-policy`: finishes interrupted changes first, then runs this one.
 /// The policy is checked here first, so a nonsense string is a clear error
 /// before anything is opened for writing.
-pub fn change_policy(t: &mut Target, policy: &str, path: Option<&str>, recursive: bool) -> Result<String, String> {
+pub fn change_policy(t: &mut Target, policy: &str, a: &ChangeArgs) -> Result<String, String> {
     let p: Policy = policy.parse().map_err(|e: dfs_format::FormatError| format!("policy {policy:?}: {e}"))?;
     p.validate().map_err(|e| format!("policy {policy:?}: {e}"))?;
-    let c: PolicyChange =
-        t.call("change-policy", serde_json::json!({"policy": policy, "path": path, "recursive": recursive}))?;
+    let _ticker = match t {
+        Target::Mounted { socket, .. } if a.progress => Some(Ticker::start(socket.clone())),
+        _ => None,
+    };
+    let c: PolicyChange = t.call(
+        "change-policy",
+        serde_json::json!({"policy": policy, "path": a.path, "recursive": a.recursive, "max_rate": a.max_rate}),
+    )?;
     Ok(format!("{}: {} re-encoded {} extents under {p}\n", c.id, c.scope, c.extents_done))
+}
+
+/// A progress line for a change running in a mount: a second connection
+/// polls `policy-history` and rewrites one stderr line until dropped.
+struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(socket: PathBuf) -> Ticker {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(mut client) = Client::connect(&socket) else { return };
+            let mut shown = false;
+            while !s.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let Ok(v) = client.call("policy-history", Value::Null) else { break };
+                let history: Vec<PolicyChange> = serde_json::from_value(v).unwrap_or_default();
+                if let Some(c) = history.iter().rev().find(|c| c.state == ChangeState::Running) {
+                    eprint!("\r  change {}: {}/{} extents   ", c.id, c.extents_done, c.extents_total);
+                    shown = true;
+                }
+            }
+            if shown {
+                eprintln!();
+            }
+        });
+        Ticker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `fail-disk`.

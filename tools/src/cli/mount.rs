@@ -429,7 +429,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         read_only = ro,
         "serving"
     );
-    let control = start_control(&pool, ro, &scrubd)?;
+    let control = start_control(&pool, ro, &scrubd, &p.mountpoint)?;
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready");
     }
@@ -491,10 +491,12 @@ fn start_control(
     pool: &Arc<Pool>,
     read_only: bool,
     scrubd: &Arc<dynamicfs::engine::scrub_daemon::ScrubDaemon>,
+    mountpoint: &std::path::Path,
 ) -> Result<Control, String> {
     use dynamicfs::control::{methods, socket_path, ErrorKind, Registry, Server, WireError, DEFAULT_SOCKET_DIR};
     let mut registry = Registry::new();
     methods::register_admin(&mut registry);
+    methods::register_mountpoint(&mut registry, mountpoint);
     // The scrub daemon of this mount (#9) and the temperature reports (#8).
     for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop"] {
         let d = scrubd.clone();
