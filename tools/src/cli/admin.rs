@@ -176,7 +176,8 @@ pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
         &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "PATH"],
         &[true, false, true, true, true, true, false],
     );
-    for m in &members {
+    // Members that left the pool are history: only `--json` lists them.
+    for m in members.iter().filter(|m| m.state != "removed") {
         tb.row(vec![
             m.index.to_string(),
             m.state.clone(),
