@@ -411,9 +411,11 @@ impl Pool {
                 }
                 self.reencode_extent(ino, idx, id, policy)?;
                 change.extents_done += 1;
+                // The record follows each extent (what policy-status shows,
+                // durable with the extent's own change); a commit every 64.
+                self.put_change(&change)?;
                 progress(change.extents_done, change.extents_total);
                 if n % 64 == 63 {
-                    self.put_change(&change)?;
                     self.commit()?;
                 }
             }

@@ -119,8 +119,11 @@ fn socket_of_mount(mountpoint: &Path) -> Option<(Client, PathBuf)> {
         .collect();
     sockets.sort();
     sockets.into_iter().find_map(|socket| {
+        // A stopped daemon must not hang the CLI: a short timeout for ping.
         let mut client = Client::connect(&socket).ok()?;
+        client.set_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
         let pong = client.call("ping", Value::Null).ok()?;
+        client.set_timeout(None).ok()?;
         (pong.get("mountpoint").and_then(Value::as_str) == Some(want.as_str())).then_some((client, socket))
     })
 }
