@@ -186,8 +186,9 @@ pub fn register_mountpoint(r: &mut Registry, mountpoint: &std::path::Path) {
 pub fn register_worker(r: &mut Registry, worker: Arc<Worker>) {
     let w = worker.clone();
     r.register("rebuild-status", move |_, _| to_value(&w.status()));
-    // After a change that gives the worker work, start its pass at once.
-    for name in ["fail-disk", "remove-disk"] {
+    // After a change that gives the worker work, start its pass at once
+    // (after `rebuild`, so its status shows what is left).
+    for name in ["fail-disk", "remove-disk", "rebuild"] {
         let Some(inner) = r.take(name) else { continue };
         let w = worker.clone();
         r.register(name, move |pool, p| {

@@ -506,3 +506,36 @@ pub fn add_disk(t: &mut Target, disk: &str, force: bool, as_json: bool) -> Resul
     }
     Ok(format!("{} added as member {}; it takes new fragments now\n", abs.display(), v["index"]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("8M"), Ok(8 << 20));
+        assert_eq!(parse_rate("16M/s"), Ok(16 << 20));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert!(parse_rate("0").unwrap_err().contains("more than zero"));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("").is_err());
+    }
+
+    proptest! {
+        /// Any text is a rate above zero or an error naming it, never a panic.
+        #[test]
+        fn any_text(s in ".{0,24}") {
+            match parse_rate(&s) {
+                Ok(n) => prop_assert!(n > 0),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        /// N with a suffix is N times the unit.
+        #[test]
+        fn with_suffix(n in 1u64..1 << 30, unit in prop::sample::select(vec![("K", 10u32), ("M", 20), ("G", 30)])) {
+            prop_assert_eq!(parse_rate(&format!("{n}{}", unit.0)), Ok(n << unit.1));
+        }
+    }
+}
