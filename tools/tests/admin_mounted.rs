@@ -168,16 +168,11 @@ impl Drop for Rig {
     }
 }
 
+/// `len` bytes of BLAKE3 XOF output keyed by `seed`: incompressible.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut v = vec![0u8; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut v);
+    v
 }
 
 /// Write `data` to `path` and fsync it; its BLAKE3.
