@@ -134,7 +134,9 @@ fn remove_disk_drains_while_files_are_read_and_written() {
     let devs = devices(&[64, 96, 128, 80], "replication:2");
     let pool = Arc::new(open(&devs));
     let files = fill(&pool, 4);
-    assert!(!pool.extents_on(1).is_empty());
+    // Placement is random: member 1 holds some fragments, how many varies.
+    let on1 = pool.extents_on(1).len() as u64;
+    assert!(on1 > 0);
     pool.start_removal(1).unwrap();
     assert_eq!(pool.draining_members(), vec![1]);
     let worker =
@@ -176,7 +178,7 @@ fn remove_disk_drains_while_files_are_read_and_written() {
     });
     let st = worker.status();
     drop(worker);
-    assert!(st.drain.fragments >= 4, "{st:?}");
+    assert_eq!(st.drain.fragments, on1, "every fragment of member 1 moved, once: {st:?}");
     assert_eq!(st.errors, 0, "{st:?}");
     let m = pool.list_members();
     assert_eq!(m[1].state, "removed");
