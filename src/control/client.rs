@@ -40,6 +40,13 @@ impl Client {
         Ok(Client { path: path.into(), reader: BufReader::new(s), writer: w, next_id: 1 })
     }
 
+    /// Give up a call after `timeout` without an answer (None: wait).
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> Result<(), ClientError> {
+        let io = |source| ClientError::Io { path: self.path.clone(), source };
+        self.writer.set_read_timeout(timeout).map_err(io)?;
+        self.writer.set_write_timeout(timeout).map_err(io)
+    }
+
     /// Call `method` with `params` and wait for its answer.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
         let id = self.next_id;

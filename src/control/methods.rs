@@ -8,11 +8,11 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `ping` | – | `{"pool": uuid, "pid": n}` |
+//! | `ping` | – | `{"pool": uuid, "pid": n, "mountpoint"?: path}` (a mount adds its mount point) |
 //! | `list-disks` | – | `[MemberInfo]` |
 //! | `list-extents` | – | `[ExtentInfo]` |
 //! | `policy-history` | – | `[PolicyChange]` |
-//! | `change-policy` | `policy`, `path`?, `recursive`? | `PolicyChange` |
+//! | `change-policy` | `policy`, `path`?, `recursive`?, `max_rate`? (bytes/s) | `PolicyChange` |
 //! | `add-disk` | `disk` (path), `size`? (directory), `force`? | `{"index", "path"}` |
 //! | `fail-disk` | `index` | `{}` |
 //! | `remove-disk` | `index`, `wait`? | `DrainProgress` |
@@ -23,6 +23,7 @@
 
 use super::protocol::{ErrorKind, WireError};
 use super::server::Registry;
+use crate::engine::admin::paced;
 use crate::engine::rebuild::{DrainProgress, RebuildIo, Worker};
 use crate::engine::state::MemberState;
 use crate::engine::{EngineError, Pool, ROOT_INO};
@@ -105,9 +106,19 @@ pub fn register_admin(r: &mut Registry) {
             Some(path) => (resolve(pool, path)?, path.to_string(), recursive),
             None => (ROOT_INO, "/".to_string(), true),
         };
+        let rate = match p.get("max_rate") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().filter(|r| *r > 0).ok_or_else(|| {
+                WireError::new(ErrorKind::Params, "parameter \"max_rate\" must be bytes per second (> 0)")
+            })?),
+        };
         // Finish what a crash or an unmount interrupted first.
         pool.resume_policy_changes(&|_, _| {}).map_err(failed)?;
-        let c = pool.change_policy(ino, &scope, recursive, policy, &|_, _| {}).map_err(failed)?;
+        let c = match rate {
+            Some(r) => pool.change_policy(ino, &scope, recursive, policy, &paced(r, &|_, _| {})),
+            None => pool.change_policy(ino, &scope, recursive, policy, &|_, _| {}),
+        }
+        .map_err(failed)?;
         to_value(&c)
     });
     r.register("fail-disk", |pool, p| {
@@ -162,12 +173,22 @@ pub fn register_admin(r: &mut Registry) {
     });
 }
 
+/// A mount's `ping` also names its mount point, so the CLI finds a mount
+/// by its mount point whatever member it was mounted through.
+pub fn register_mountpoint(r: &mut Registry, mountpoint: &std::path::Path) {
+    let mountpoint = mountpoint.display().to_string();
+    r.register("ping", move |pool, _| {
+        Ok(serde_json::json!({"pool": pool.uuid().to_string(), "pid": std::process::id(), "mountpoint": mountpoint}))
+    });
+}
+
 /// Register the methods of a mount's background worker.
 pub fn register_worker(r: &mut Registry, worker: Arc<Worker>) {
     let w = worker.clone();
     r.register("rebuild-status", move |_, _| to_value(&w.status()));
-    // After a change that gives the worker work, start its pass at once.
-    for name in ["fail-disk", "remove-disk"] {
+    // After a change that gives the worker work, start its pass at once
+    // (after `rebuild`, so its status shows what is left).
+    for name in ["fail-disk", "remove-disk", "rebuild"] {
         let Some(inner) = r.take(name) else { continue };
         let w = worker.clone();
         r.register(name, move |pool, p| {

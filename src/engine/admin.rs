@@ -16,6 +16,16 @@
 //! concurrent writer in the meantime is left alone (the writer's new extent
 //! already has the file's policy).
 //!
+//! Changes of one pool run one at a time (a per-pool lock in this process):
+//! a new change waits for the resume of an interrupted one, so two changes
+//! never re-encode the same extent towards different policies. A resume
+//! notes the interruption in the record's message ("interrupted at D/T
+//! extents; resumed"), keeps the total it had, and can be stopped between
+//! two extents ([`Pool::resume_policy_changes_until`], used by a mount's
+//! background worker, which resumes interrupted changes on its own at
+//! mount); a stopped change stays Running with its progress recorded.
+//! [`paced`] caps a change's rate for operators who want it gentle.
+//!
 //! This module never touches devices directly: it goes through the data path.
 
 use super::error::{EngineError, Result};
@@ -25,6 +35,33 @@ use super::state::{Body, ChangeState, FileKind, Ino, MemberRec, MemberState, Op,
 use dfs_format::Policy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The lock that makes the policy changes of pool `uuid` run one at a time.
+fn change_lock(uuid: uuid::Uuid) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<uuid::Uuid, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(uuid).or_default().clone()
+}
+
+/// A progress callback for a policy change that sleeps as needed so the
+/// change re-encodes at most `bytes_per_sec` (each extent counted as a
+/// full 1 MiB extent, so the real rate is at most that), then calls
+/// `inner`.
+pub fn paced(bytes_per_sec: u64, inner: &dyn Fn(u64, u64)) -> impl Fn(u64, u64) + '_ {
+    let start = Instant::now();
+    let calls = std::cell::Cell::new(0u64);
+    move |done, total| {
+        calls.set(calls.get() + 1);
+        let due =
+            Duration::from_secs_f64((calls.get() * super::state::EXTENT_SIZE) as f64 / bytes_per_sec.max(1) as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        inner(done, total)
+    }
+}
 
 /// One member as `list-disks` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +296,8 @@ impl Pool {
                 });
             }
         }
+        let lock = change_lock(self.uuid());
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let id = self.meta().state.history.iter().map(|c| c.id).max().unwrap_or(0) + 1;
         let change = PolicyChange {
             id,
@@ -275,17 +314,47 @@ impl Pool {
         };
         self.put_change(&change)?;
         self.commit()?;
-        self.run_change(change, progress)
+        self.run_change(change, progress, &|| false)
     }
 
     /// Finish every change left Running by a crash or an unmount.
     pub fn resume_policy_changes(&self, progress: &dyn Fn(u64, u64)) -> Result<Vec<PolicyChange>> {
-        let running: Vec<PolicyChange> =
-            self.meta().state.history.iter().filter(|c| c.state == ChangeState::Running).cloned().collect();
-        running.into_iter().map(|c| self.run_change(c, progress)).collect()
+        self.resume_policy_changes_until(progress, &|| false)
     }
 
-    fn run_change(&self, mut change: PolicyChange, progress: &dyn Fn(u64, u64)) -> Result<PolicyChange> {
+    /// Like [`Pool::resume_policy_changes`], but `stop` is asked before each
+    /// extent: once it says true, the change in hand is recorded with its
+    /// progress, still Running (the next resume continues it), and returned.
+    /// Each resumed change's message notes the interruption.
+    pub fn resume_policy_changes_until(
+        &self,
+        progress: &dyn Fn(u64, u64),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<PolicyChange>> {
+        let lock = change_lock(self.uuid());
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let running: Vec<PolicyChange> =
+            self.meta().state.history.iter().filter(|c| c.state == ChangeState::Running).cloned().collect();
+        let mut out = Vec::new();
+        for mut c in running {
+            if stop() {
+                break;
+            }
+            let note = format!("interrupted at {}/{} extents; resumed", c.extents_done, c.extents_total);
+            tracing::info!(change = c.id, scope = %c.scope, "policy change {note}");
+            c.message = if c.message.is_empty() { note } else { format!("{}; {note}", c.message) };
+            out.push(self.run_change(c, progress, stop)?);
+        }
+        Ok(out)
+    }
+
+    fn run_change(
+        &self,
+        mut change: PolicyChange,
+        progress: &dyn Fn(u64, u64),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<PolicyChange> {
+        let mut stopped = false;
         let policy = Policy::decode(change.policy).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let result = (|| -> Result<()> {
             let (files, dirs) = match self.change_targets(change.ino, change.recursive) {
@@ -325,24 +394,50 @@ impl Pool {
                     .filter(|(_, _, id)| m.state.extents.get(id).is_some_and(|e| e.policy != change.policy))
                     .collect()
             };
-            change.extents_total = change.extents_done + work.len() as u64;
+            // A resumed change keeps its total: what is left is what was
+            // not converted (some converted extents may have been committed
+            // after the last recorded progress).
+            let left = work.len() as u64;
+            if change.extents_total >= change.extents_done + left && change.extents_total > 0 {
+                change.extents_done = change.extents_total - left;
+            } else {
+                change.extents_total = change.extents_done + left;
+            }
+            self.put_change(&change)?;
             for (n, (ino, idx, id)) in work.into_iter().enumerate() {
+                if stop() {
+                    stopped = true;
+                    break;
+                }
                 self.reencode_extent(ino, idx, id, policy)?;
                 change.extents_done += 1;
+                // The record follows each extent (what policy-status shows,
+                // durable with the extent's own change); a commit every 64.
+                self.put_change(&change)?;
                 progress(change.extents_done, change.extents_total);
                 if n % 64 == 63 {
-                    self.put_change(&change)?;
                     self.commit()?;
                 }
             }
             Ok(())
         })();
+        if stopped && result.is_ok() {
+            self.put_change(&change)?;
+            self.commit()?;
+            tracing::info!(
+                change = change.id,
+                done = change.extents_done,
+                "policy change stopped; resumes at next mount"
+            );
+            return Ok(change);
+        }
         change.finished_ns = Some(now_ns());
         match &result {
             Ok(()) => change.state = ChangeState::Done,
             Err(e) => {
                 change.state = ChangeState::Failed;
-                change.message = e.to_string();
+                change.message =
+                    if change.message.is_empty() { e.to_string() } else { format!("{}; {e}", change.message) };
             }
         }
         // Record the outcome even when the change failed (if the pool still accepts writes).

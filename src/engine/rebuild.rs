@@ -23,7 +23,10 @@
 //!   superblocks so that no discovery ever finds it in the pool again.
 //!
 //! [`Worker`] runs both in the background of a mount: a pass over the
-//! extents, rate-limited in bytes per second, then a pause. Nothing here is
+//! extents, rate-limited in bytes per second, then a pause. At start it
+//! also resumes, on a thread of its own, the policy changes a crash or an
+//! unmount left Running (as ZFS resumes a resilver at import), stopping
+//! between two extents when the worker stops. Nothing here is
 //! global or stop-the-world: each extent is read, rebuilt and committed on
 //! its own while files stay readable and writable.
 //!
@@ -376,6 +379,7 @@ pub struct Worker {
     wake: Arc<(Mutex<bool>, std::sync::Condvar)>,
     status: Arc<Mutex<WorkerStatus>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    resume: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Worker {
@@ -384,10 +388,13 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let status = Arc::new(Mutex::new(WorkerStatus::default()));
+        let (p, s, st) = (pool.clone(), stop.clone(), status.clone());
+        let resume =
+            std::thread::Builder::new().name("dfs-policy-resume".into()).spawn(move || resume_changes(&p, &s, &st))?;
         let (s, w, st) = (stop.clone(), wake.clone(), status.clone());
         let thread =
             std::thread::Builder::new().name("dfs-rebuild".into()).spawn(move || run(&pool, &opts, &s, &w, &st))?;
-        Ok(Worker { stop, wake, status, thread: Mutex::new(Some(thread)) })
+        Ok(Worker { stop, wake, status, thread: Mutex::new(Some(thread)), resume: Mutex::new(Some(resume)) })
     }
 
     /// Start a pass now (after fail-disk or remove-disk).
@@ -408,8 +415,10 @@ impl Worker {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.kick();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = t.join();
+        for t in [&self.thread, &self.resume] {
+            if let Some(t) = t.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -417,6 +426,23 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Finish the policy changes left Running, until `stop`.
+fn resume_changes(pool: &Pool, stop: &AtomicBool, status: &Mutex<WorkerStatus>) {
+    match pool.resume_policy_changes_until(&|_, _| {}, &|| stop.load(Ordering::SeqCst)) {
+        Ok(changes) => {
+            for c in changes {
+                tracing::info!(change = c.id, state = ?c.state, done = c.extents_done, total = c.extents_total, "policy change resumed");
+            }
+        }
+        Err(e) => {
+            tracing::error!("resuming policy changes: {e}");
+            let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+            s.errors += 1;
+            s.last_error = Some(format!("resuming policy changes: {e}"));
+        }
     }
 }
 

@@ -112,9 +112,10 @@ fn administer_a_mounted_pool() {
     // Drain member 0 away while the file is read.
     ok(&run(DFS, &["remove-disk", "--pool", &m, "--disk", "0", "--wait"]));
     assert_eq!(fs::read(mnt.join("file")).unwrap(), data);
-    // The mount's source (member 0) has left the pool: name a member.
-    // (Known gap: a mount point whose source member was removed is not
-    // resolved to its socket yet.)
+    // The mount's source (member 0) has left the pool: the mount point
+    // still finds the mount (by its control socket), and so does a member.
+    let disks = ok(&run(DFS, &["list-disks", "--pool", &m, "--json"]));
+    assert_eq!(disks[0]["state"], "removed", "{disks}");
     let disks = ok(&run(DFS, &["list-disks", "--pool", &s(&imgs[2]), "--json"]));
     assert_eq!(disks[0]["state"], "removed", "{disks}");
 

@@ -134,6 +134,9 @@ enum Command {
         /// With --path DIR: the whole tree under it
         #[arg(long)]
         recursive: bool,
+        /// Re-encode at most RATE per second (e.g. 16M), to spare the disks
+        #[arg(long, value_name = "RATE", value_parser = admin::parse_rate)]
+        max_rate: Option<u64>,
         /// No progress output
         #[arg(short, long)]
         quiet: bool,
@@ -441,15 +444,17 @@ fn main() -> ExitCode {
         Command::AdvanceClock { pool, seconds, json } => {
             on_pool(&pool, false, |t| temperature::advance_clock(t, seconds, json))
         }
-        Command::ChangePolicy { pool, policy, path, recursive, quiet } => {
+        Command::ChangePolicy { pool, policy, path, recursive, max_rate, quiet } => {
             // Refuse a nonsense policy before opening anything.
             if let Err(e) = policy.parse::<dfs_format::Policy>().and_then(|p| p.validate().map(|_| p)) {
                 return fail(PROG, &format!("policy {policy:?}: {e}"));
             }
-            if !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            if progress {
                 eprintln!("re-encoding extents under {policy} ...");
             }
-            on_pool(&pool, true, |t| admin::change_policy(t, &policy, path.as_deref(), recursive))
+            let args = admin::ChangeArgs { path: path.as_deref(), recursive, max_rate, progress };
+            on_pool(&pool, true, |t| admin::change_policy(t, &policy, &args))
         }
         Command::FailDisk { pool, disk, index } => {
             let disk = disk.unwrap_or_else(|| index.unwrap_or_default().to_string());

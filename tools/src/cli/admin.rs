@@ -9,6 +9,9 @@
 //! the pool itself — read-only and shared for listings, read-write under
 //! the pool lock for changes — and runs the very same methods in-process
 //! (`dynamicfs::control::methods`). So two writers never touch one pool.
+//! A mount point is matched to its mount by asking each control socket
+//! (`ping` names the mount point), not through the member it was mounted
+//! from: that member may have left the pool since (`remove-disk`).
 //! `--json` output uses the field names of the engine's `MemberInfo`,
 //! `ExtentInfo`, `PolicyChange`, `RebuildIo`, `DrainProgress` and
 //! `WorkerStatus` records (documented in `docs/CLI.md`).
@@ -44,6 +47,9 @@ impl Target {
     /// read-only, shared).
     pub fn open(arg: &str, writable: bool) -> Result<Target, String> {
         let mount = if Path::new(arg).is_dir() { mountinfo::find(Path::new(arg), FS_TYPE) } else { None };
+        if let Some((client, socket)) = mount.as_ref().and_then(|m| socket_of_mount(&m.mountpoint)) {
+            return Ok(Target::Mounted { client, socket });
+        }
         let source = match &mount {
             Some(m) => PoolSource::parse(&m.source).map_err(|e| format!("{arg}: mounted from {:?}: {e}", m.source))?,
             None => PoolSource::parse(arg).map_err(|e| e.to_string())?,
@@ -102,6 +108,34 @@ impl Target {
     }
 }
 
+/// The control socket (in [`DEFAULT_SOCKET_DIR`]) of the mount on
+/// `mountpoint`: the one whose `ping` names it.
+fn socket_of_mount(mountpoint: &Path) -> Option<(Client, PathBuf)> {
+    let want = mountpoint.display().to_string();
+    let mut sockets: Vec<PathBuf> = std::fs::read_dir(DEFAULT_SOCKET_DIR)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    sockets.sort();
+    sockets.into_iter().find_map(|socket| {
+        // A stopped daemon must not hang the CLI: a short timeout for ping.
+        let mut client = Client::connect(&socket).ok()?;
+        client.set_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+        let pong = client.call("ping", Value::Null).ok()?;
+        client.set_timeout(None).ok()?;
+        (pong.get("mountpoint").and_then(Value::as_str) == Some(want.as_str())).then_some((client, socket))
+    })
+}
+
+/// `--max-rate`: bytes per second with an optional K/M/G suffix, not zero.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    match crate::parse_size(s.trim_end_matches("/s"))? {
+        0 => Err(format!("{s:?}: a rate must be more than zero")),
+        n => Ok(n),
+    }
+}
+
 /// Open an unmounted pool directly (commands that have no control-socket
 /// method yet). `read_only`: shared, without the pool lock. A mounted pool
 /// is refused with one line saying so.
@@ -145,7 +179,8 @@ pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
         &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "PATH"],
         &[true, false, true, true, true, true, false],
     );
-    for m in &members {
+    // Members that left the pool are history: only `--json` lists them.
+    for m in members.iter().filter(|m| m.state != "removed") {
         tb.row(vec![
             m.index.to_string(),
             m.state.clone(),
@@ -292,15 +327,73 @@ pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
     Ok(tb.render(0))
 }
 
+/// How `change-policy` runs: path, recursion, rate cap, progress line.
+#[derive(Debug, Default, Clone)]
+pub struct ChangeArgs<'a> {
+    pub path: Option<&'a str>,
+    pub recursive: bool,
+    /// Most bytes per second re-encoded (`--max-rate`).
+    pub max_rate: Option<u64>,
+    /// Show a progress line on stderr (a terminal, a mounted pool).
+    pub progress: bool,
+}
+
 /// `change-policy`: finishes interrupted changes first, then runs this one.
 /// The policy is checked here first, so a nonsense string is a clear error
 /// before anything is opened for writing.
-pub fn change_policy(t: &mut Target, policy: &str, path: Option<&str>, recursive: bool) -> Result<String, String> {
+pub fn change_policy(t: &mut Target, policy: &str, a: &ChangeArgs) -> Result<String, String> {
     let p: Policy = policy.parse().map_err(|e: dfs_format::FormatError| format!("policy {policy:?}: {e}"))?;
     p.validate().map_err(|e| format!("policy {policy:?}: {e}"))?;
-    let c: PolicyChange =
-        t.call("change-policy", serde_json::json!({"policy": policy, "path": path, "recursive": recursive}))?;
+    let _ticker = match t {
+        Target::Mounted { socket, .. } if a.progress => Some(Ticker::start(socket.clone())),
+        _ => None,
+    };
+    let c: PolicyChange = t.call(
+        "change-policy",
+        serde_json::json!({"policy": policy, "path": a.path, "recursive": a.recursive, "max_rate": a.max_rate}),
+    )?;
     Ok(format!("{}: {} re-encoded {} extents under {p}\n", c.id, c.scope, c.extents_done))
+}
+
+/// A progress line for a change running in a mount: a second connection
+/// polls `policy-history` and rewrites one stderr line until dropped.
+struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(socket: PathBuf) -> Ticker {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(mut client) = Client::connect(&socket) else { return };
+            let mut shown = false;
+            while !s.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let Ok(v) = client.call("policy-history", Value::Null) else { break };
+                let history: Vec<PolicyChange> = serde_json::from_value(v).unwrap_or_default();
+                if let Some(c) = history.iter().rev().find(|c| c.state == ChangeState::Running) {
+                    eprint!("\r  change {}: {}/{} extents   ", c.id, c.extents_done, c.extents_total);
+                    shown = true;
+                }
+            }
+            if shown {
+                eprintln!();
+            }
+        });
+        Ticker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `fail-disk`.
@@ -412,4 +505,37 @@ pub fn add_disk(t: &mut Target, disk: &str, force: bool, as_json: bool) -> Resul
         return json(&v);
     }
     Ok(format!("{} added as member {}; it takes new fragments now\n", abs.display(), v["index"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("8M"), Ok(8 << 20));
+        assert_eq!(parse_rate("16M/s"), Ok(16 << 20));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert!(parse_rate("0").unwrap_err().contains("more than zero"));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("").is_err());
+    }
+
+    proptest! {
+        /// Any text is a rate above zero or an error naming it, never a panic.
+        #[test]
+        fn any_text(s in ".{0,24}") {
+            match parse_rate(&s) {
+                Ok(n) => prop_assert!(n > 0),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        /// N with a suffix is N times the unit.
+        #[test]
+        fn with_suffix(n in 1u64..1 << 30, unit in prop::sample::select(vec![("K", 10u32), ("M", 20), ("G", 30)])) {
+            prop_assert_eq!(parse_rate(&format!("{n}{}", unit.0)), Ok(n << unit.1));
+        }
+    }
 }

@@ -440,7 +440,7 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         "serving"
     );
     pm.live().set_scrub_daemon(&scrubd);
-    let control = start_control(&pool, ro, &scrubd, &pm)?;
+    let control = start_control(&pool, ro, &scrubd, &pm, &p.mountpoint)?;
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready");
     }
@@ -504,10 +504,12 @@ fn start_control(
     read_only: bool,
     scrubd: &Arc<dynamicfs::engine::scrub_daemon::ScrubDaemon>,
     metrics: &Arc<dynamicfs::metrics::PoolMetrics>,
+    mountpoint: &std::path::Path,
 ) -> Result<Control, String> {
     use dynamicfs::control::{methods, socket_path, ErrorKind, Registry, Server, WireError, DEFAULT_SOCKET_DIR};
     let mut registry = Registry::new();
     methods::register_admin(&mut registry);
+    methods::register_mountpoint(&mut registry, mountpoint);
     // The scrub daemon of this mount (#9) and the temperature reports (#8).
     for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop"] {
         let d = scrubd.clone();
