@@ -28,6 +28,25 @@
 //! them and frees their space; nothing is ever written after its buffer is
 //! gone (a dropped pool waits for its writes).
 //!
+//! ## Close
+//!
+//! close(2) (`Pool::close_flush`, FUSE flush/release) hands every dirty
+//! extent of the file to the write-behind and returns without waiting for
+//! the fragment writes, as a Linux filesystem leaves dirty pages to its
+//! writeback. The file goes on the pool's list of closed files with writes
+//! in flight ([`Writeback`]); their transactions are queued by the next
+//! close that finds them written, by the mount's periodic commit
+//! ([`Pool::writeback`]), or by fsync / fsyncdir / sync, which wait for all
+//! of them. At most [`POOL_MAX_IN_FLIGHT`] extents of closed files are in
+//! flight: beyond that a close waits for the oldest. Errors (a failed
+//! fragment write leaves its extent dirty) no longer reach close(2): they
+//! surface at the next fsync of the file, or at fsyncdir / sync of the
+//! pool, which first write such extents again (like errseq writeback
+//! errors; only ENOSPC or a policy that can't be placed fails close
+//! itself). Crash safety is unchanged: an extent's transaction is queued
+//! only once its fragments are written, and a commit syncs their members
+//! before its journal record.
+//!
 //! ## Reads
 //!
 //! Reads take the buffer when the extent is dirty, else read the fewest
@@ -111,6 +130,20 @@ pub const FLUSH_BATCH: usize = 8;
 /// writer carries on (write-behind); beyond this the writer waits for the
 /// oldest.
 pub const MAX_IN_FLIGHT: usize = 16;
+
+/// Extents of closed files whose fragment writes may be in flight at once
+/// (all files together); beyond this a close waits for the oldest.
+pub const POOL_MAX_IN_FLIGHT: usize = 64;
+
+/// Writes handed over by close (see "Close" in the module doc).
+#[derive(Debug, Default)]
+pub(crate) struct Writeback {
+    /// Files closed with writes in flight or extents to write again,
+    /// oldest first (a file may appear twice; clean ones are skipped).
+    closed: std::collections::VecDeque<Ino>,
+    /// Extents in flight, all files.
+    in_flight: usize,
+}
 
 /// Whether every byte of `b` is zero. Word-wide and branch-free per block
 /// (so it vectorizes): a byte-at-a-time scan of a mostly empty 1 MiB
@@ -895,18 +928,17 @@ impl Pool {
     }
 
     pub(crate) fn flush_locked(&self, ino: Ino) -> Result<()> {
-        let idxs: Vec<u64> = self
-            .meta()
-            .files
-            .get(&ino)
-            .map(|fb| fb.extents.iter().filter(|(_, de)| de.sent != Some(de.gen)).map(|(i, _)| *i).collect())
-            .unwrap_or_default();
-        let sent = idxs.chunks(FLUSH_BATCH).try_for_each(|chunk| self.send_extents(ino, chunk));
+        let sent = self.send_unsent(ino);
         // Whatever happened, wait for everything in flight.
         let reaped = self.reap(ino, true);
         sent?;
         reaped?;
-        // A size change without data (zeros written past EOF) still needs committing.
+        self.queue_size_only(ino)
+    }
+
+    /// A size change without data (zeros written past EOF) still needs
+    /// committing once the file has no dirty extent left.
+    fn queue_size_only(&self, ino: Ino) -> Result<()> {
         let mut m = self.meta();
         if let Some(fb) = m.files.get(&ino) {
             if fb.extents.is_empty() {
@@ -948,6 +980,135 @@ impl Pool {
             self.flush(ino)?;
         }
         self.commit()
+    }
+
+    /// close(2): hand every dirty extent of `ino` to the write-behind and
+    /// return without waiting for the fragment writes (see "Close" in the
+    /// module doc). Fails only when an extent can't be placed (ENOSPC, an
+    /// unsatisfiable policy); write errors surface at the next fsync.
+    pub fn close_flush(&self, ino: Ino) -> Result<()> {
+        let lock = match self.file_lock(ino) {
+            Ok(l) => l,
+            Err(EngineError::NotFound) | Err(EngineError::IsDir) | Err(EngineError::Invalid(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let sent = {
+            let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = self.send_unsent(ino);
+            if let Err(e) = self.reap(ino, false) {
+                tracing::warn!(ino, %e, "write-behind failed; the extent stays dirty and is retried");
+            }
+            let mut m = self.meta();
+            let pending = m.files.get(&ino).is_some_and(|fb| !fb.extents.is_empty());
+            if pending {
+                m.writeback.closed.push_back(ino);
+            }
+            drop(m);
+            if !pending {
+                self.queue_size_only(ino)?;
+            }
+            sent
+        };
+        drop(lock);
+        self.writeback(false)?;
+        sent
+    }
+
+    /// Send the dirty extents of `ino` not being written yet (the caller
+    /// holds the file lock).
+    fn send_unsent(&self, ino: Ino) -> Result<()> {
+        let idxs: Vec<u64> = self
+            .meta()
+            .files
+            .get(&ino)
+            .map(|fb| fb.extents.iter().filter(|(_, de)| de.sent != Some(de.gen)).map(|(i, _)| *i).collect())
+            .unwrap_or_default();
+        idxs.chunks(FLUSH_BATCH).try_for_each(|chunk| self.send_extents(ino, chunk))
+    }
+
+    /// Queue the transactions of closed files' finished writes (the mount's
+    /// periodic commit calls this before committing). Without `wait`, only
+    /// writes already done are taken, plus, while more than
+    /// [`POOL_MAX_IN_FLIGHT`] extents are in flight, the oldest waited for.
+    /// With `wait` (fsyncdir, sync), every closed file is flushed: extents
+    /// a failed write left dirty are written again, all writes waited for,
+    /// and the first error returned. Buffers of clean files nobody has open
+    /// are dropped.
+    pub fn writeback(&self, wait: bool) -> Result<()> {
+        let mut first_err = None;
+        let mut budget = self.meta().writeback.closed.len();
+        while budget > 0 {
+            budget -= 1;
+            let (ino, lock, over) = {
+                let mut m = self.meta();
+                let Some(ino) = m.writeback.closed.pop_front() else { break };
+                let Some(fb) = m.files.get(&ino) else { continue };
+                (ino, fb.lock.clone(), m.writeback.in_flight > POOL_MAX_IN_FLIGHT)
+            };
+            let done = {
+                let guard = if wait || over {
+                    Some(lock.lock().unwrap_or_else(|p| p.into_inner()))
+                } else {
+                    match lock.try_lock() {
+                        Ok(g) => Some(g),
+                        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                        Err(std::sync::TryLockError::WouldBlock) => None,
+                    }
+                };
+                guard.map(|_g| {
+                    if wait {
+                        self.flush_locked(ino)
+                    } else if over {
+                        self.reap_one(ino).and_then(|()| self.reap(ino, false))
+                    } else {
+                        self.reap(ino, false)
+                    }
+                })
+            };
+            drop(lock);
+            let Some(r) = done else {
+                // Its owner is at work on it: look again next time.
+                self.meta().writeback.closed.push_back(ino);
+                continue;
+            };
+            if let Err(e) = r {
+                tracing::warn!(ino, %e, "write-behind failed; the extent stays dirty and is retried");
+                first_err.get_or_insert(e);
+            }
+            let mut m = self.meta();
+            let (dirty, busy) = match m.files.get(&ino) {
+                Some(fb) => (!fb.extents.is_empty(), !fb.in_flight.is_empty()),
+                None => (false, false),
+            };
+            if !dirty {
+                if !m.open_counts.contains_key(&ino) {
+                    Self::drop_clean_buffer(&mut m, ino);
+                }
+            } else if !wait && busy && m.writeback.in_flight <= POOL_MAX_IN_FLIGHT {
+                // The oldest closed file is still being written, so are
+                // the newer ones: look again next time.
+                m.writeback.closed.push_front(ino);
+                break;
+            } else {
+                m.writeback.closed.push_back(ino);
+            }
+        }
+        if wait {
+            return first_err.map_or(Ok(()), Err);
+        }
+        // Without `wait` a failure stays for fsync to report (the extent is dirty).
+        Ok(())
+    }
+
+    /// fsyncdir: the directory's entries and everything closed so far
+    /// become durable (see "Close" in the module doc: `sync(2)` never
+    /// reaches a FUSE filesystem, so this is what makes "create files,
+    /// close them, fsync the directory" durable, as on a local
+    /// filesystem whose journal commit carries the files' data).
+    pub fn sync_closed(&self) -> Result<()> {
+        let written = self.writeback(true);
+        self.commit()?;
+        written
     }
 
     /// Start writing extents `idxs` of `ino` (the caller holds the file
@@ -1002,7 +1163,8 @@ impl Pool {
             })
             .collect();
         let mut first_err = None;
-        let mut m = self.meta();
+        let mut guard = self.meta();
+        let m = &mut *guard;
         for (job, res) in jobs.into_iter().zip(started) {
             match res {
                 Ok(write) => match m.files.get_mut(&ino) {
@@ -1011,13 +1173,14 @@ impl Pool {
                             de.sent = Some(job.gen);
                         }
                         fb.in_flight.push_back(InFlight { idx: job.idx, gen: job.gen, len: job.len, write });
+                        m.writeback.in_flight += 1;
                     }
                     None => {
                         // The file went away: wait for the writes, free the space.
                         if let Some(w) = write {
                             let frags = w.extent.frags.clone();
                             drop(w);
-                            free_locs(&mut m, &frags);
+                            free_locs(m, &frags);
                         }
                     }
                 },
@@ -1055,7 +1218,14 @@ impl Pool {
 
     /// Wait for the oldest extent in flight of `ino` and queue its transaction.
     fn reap_one(&self, ino: Ino) -> Result<()> {
-        let Some(f) = self.meta().files.get_mut(&ino).and_then(|fb| fb.in_flight.pop_front()) else {
+        let Some(f) = ({
+            let mut m = self.meta();
+            let f = m.files.get_mut(&ino).and_then(|fb| fb.in_flight.pop_front());
+            if f.is_some() {
+                m.writeback.in_flight -= 1;
+            }
+            f
+        }) else {
             return Ok(());
         };
         let InFlight { idx, gen, len, write } = f;
@@ -1264,6 +1434,7 @@ impl Pool {
     /// are waited for (they are fragment IO only) and their space freed.
     pub(crate) fn forget_buffer(m: &mut Meta, ino: Ino) {
         if let Some(mut fb) = m.files.remove(&ino) {
+            m.writeback.in_flight -= fb.in_flight.len();
             for f in fb.in_flight.drain(..) {
                 if let Some(w) = f.write {
                     let frags = w.extent.frags.clone();

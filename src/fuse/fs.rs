@@ -390,11 +390,12 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    /// close(2): write the file's buffered extents (not a commit), so that
-    /// an IO error or ENOSPC reaches the closing process.
+    /// close(2): hand the file's buffered extents to the write-behind
+    /// without waiting for them (ENOSPC still reaches the closing process;
+    /// write errors reach the next fsync).
     fn flush(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _s = op_span!(req, "flush", ino = ino.0);
-        match self.pool.flush(ino.0) {
+        match self.pool.close_flush(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => fuse_error!("flush", reply, e),
         }
@@ -488,10 +489,12 @@ impl Filesystem for DfsFuse {
         reply.ok();
     }
 
-    /// A directory's entries are metadata: commit them.
+    /// Commit the directory's entries and the data of every closed file
+    /// (`Pool::sync_closed`: sync(2) never reaches us, so "close the
+    /// files, fsync the directory" must persist them).
     fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _s = op_span!(req, "fsyncdir", ino = ino.0);
-        match self.pool.commit() {
+        match self.pool.sync_closed() {
             Ok(()) => reply.ok(),
             Err(e) => fuse_error!("fsyncdir", reply, e),
         }
