@@ -30,22 +30,22 @@
 //!
 //! ## Close
 //!
-//! close(2) (`Pool::close_flush`, FUSE flush/release) hands every dirty
+//! Closing a file (`Pool::close_flush`, FUSE release) hands every dirty
 //! extent of the file to the write-behind and returns without waiting for
 //! the fragment writes, as a Linux filesystem leaves dirty pages to its
 //! writeback. The file goes on the pool's list of closed files with writes
 //! in flight ([`Writeback`]); their transactions are queued by the next
 //! close that finds them written, by the mount's periodic commit
-//! ([`Pool::writeback`]), or by fsync / fsyncdir / sync, which wait for all
-//! of them. At most [`POOL_MAX_IN_FLIGHT`] extents of closed files are in
-//! flight: beyond that a close waits for the oldest. Errors (a failed
-//! fragment write leaves its extent dirty) no longer reach close(2): they
-//! surface at the next fsync of the file, or at fsyncdir / sync of the
-//! pool, which first write such extents again (like errseq writeback
-//! errors; only ENOSPC or a policy that can't be placed fails close
-//! itself). Crash safety is unchanged: an extent's transaction is queued
-//! only once its fragments are written, and a commit syncs their members
-//! before its journal record.
+//! ([`Pool::writeback`]), or by fsync / sync (`Pool::sync_all`, also what
+//! fsyncdir does), which wait for them. At most [`POOL_MAX_IN_FLIGHT`]
+//! extents of closed files are in flight: beyond that a close waits for
+//! the oldest. A failed fragment write leaves its extent dirty: the error
+//! surfaces at the next fsync of the file or sync of the pool, which write
+//! such extents again (as errseq writeback errors do on Linux); only an
+//! extent that can't be placed (ENOSPC, an unsatisfiable policy) fails
+//! the close itself. Crash safety is unchanged: an extent's transaction is
+//! queued only once its fragments are written, and a commit syncs their
+//! members before its journal record.
 //!
 //! ## Reads
 //!
@@ -236,6 +236,44 @@ pub(crate) struct DirtyExtent {
     gen: u64,
     /// The generation whose fragments are being written now, if any.
     sent: Option<u64>,
+    /// Every byte at or past `end` is zero: what a flush must clear past
+    /// the file's end, and what recycling must clear (see [`take_zeroed`]).
+    end: usize,
+}
+
+/// Zeroed extent buffers kept for reuse, at most [`ZEROED_CACHE`].
+static ZEROED: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+
+/// Zeroed extent buffers kept in [`ZEROED`].
+const ZEROED_CACHE: usize = 32;
+
+/// A zeroed buffer of one extent. A small file's extent buffer is mostly
+/// zeros: recycled ones are kept zeroed by clearing only what was written
+/// ([`give_zeroed`]), so a 4 KiB file costs a 4 KiB memset, not 1 MiB
+/// (measured: memset and the zero scan of the tail were a third of the
+/// daemon's CPU creating small files).
+fn take_zeroed() -> AlignedBuf {
+    let cached = ZEROED.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    cached.unwrap_or_else(|| AlignedBuf::zeroed(EXTENT_SIZE as usize))
+}
+
+/// Give back an extent buffer whose bytes at or past `end` are zero.
+fn give_zeroed(mut buf: AlignedBuf, end: usize) {
+    if buf.len() != EXTENT_SIZE as usize {
+        return give_buf(buf);
+    }
+    let mut cache = ZEROED.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() < ZEROED_CACHE {
+        drop(cache);
+        buf[..end].fill(0);
+        cache = ZEROED.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() < ZEROED_CACHE {
+            cache.push(buf);
+            return;
+        }
+    }
+    drop(cache);
+    give_buf(buf);
 }
 
 /// The write buffer of one file.
@@ -834,6 +872,7 @@ impl Pool {
                 // No flush of this file runs (we hold its lock): no copy here.
                 Arc::make_mut(&mut de.data)[within..within + n].copy_from_slice(src);
             }
+            de.end = de.end.max(within + n);
             de.gen += 1;
             fb.size = fb.size.max(pos + n as u64);
             fb.mtime_ns = now_ns();
@@ -888,29 +927,33 @@ impl Pool {
             let (_, map) = file_map(&m, ino)?;
             map.get(&idx).and_then(|id| m.state.extents.get(id)).cloned()
         };
-        let mut data = take_buf(EXTENT_SIZE as usize);
-        match (whole, committed) {
-            (Some(src), _) => data.copy_from_slice(src),
+        let (data, end) = match (whole, committed) {
+            (Some(src), _) => {
+                let mut data = take_buf(EXTENT_SIZE as usize);
+                data.copy_from_slice(src);
+                (data, EXTENT_SIZE as usize)
+            }
             (None, Some(e)) => {
+                let mut data = take_zeroed();
                 if let Err(err) = self.read_extent_into(&e, &mut data[..e.len as usize]) {
-                    give_buf(data);
+                    give_zeroed(data, e.len as usize);
                     return Err(err);
                 }
-                data[e.len as usize..].fill(0);
+                (data, e.len as usize)
             }
-            (None, None) => data.fill(0),
-        }
+            (None, None) => (take_zeroed(), 0),
+        };
         let mut m = self.meta();
         let size = file_map(&m, ino)?.0.size;
         let fb = m.files.entry(ino).or_insert_with(|| FileBuf { size, ..Default::default() });
         match fb.extents.entry(idx) {
             std::collections::btree_map::Entry::Occupied(_) => {
                 drop(m);
-                give_buf(data);
+                give_zeroed(data, end);
                 Ok(false)
             }
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(DirtyExtent { data: Arc::new(data), gen: 0, sent: None });
+                v.insert(DirtyExtent { data: Arc::new(data), gen: 0, sent: None, end });
                 Ok(whole.is_some())
             }
         }
@@ -973,13 +1016,24 @@ impl Pool {
         self.commit()
     }
 
-    /// sync: flush every file, then commit.
+    /// sync (also fsyncdir and unmount): flush every file still linked
+    /// (an unlinked one's data need not last), then commit what was
+    /// flushed; the first flush error is returned after that commit.
     pub fn sync_all(&self) -> Result<()> {
-        let inos: Vec<Ino> = self.meta().files.keys().copied().collect();
+        let inos: Vec<Ino> = {
+            let m = self.meta();
+            let linked = |i: &&Ino| m.state.inodes.get(i).is_some_and(|n| n.attrs.nlink > 0);
+            m.files.keys().filter(linked).copied().collect()
+        };
+        let mut first_err = None;
         for ino in inos {
-            self.flush(ino)?;
+            if let Err(e) = self.flush(ino) {
+                first_err.get_or_insert(e);
+            }
         }
-        self.commit()
+        self.writeback();
+        self.commit()?;
+        first_err.map_or(Ok(()), Err)
     }
 
     /// close(2): hand every dirty extent of `ino` to the write-behind and
@@ -1010,7 +1064,7 @@ impl Pool {
             sent
         };
         drop(lock);
-        self.writeback(false)?;
+        self.writeback();
         sent
     }
 
@@ -1026,16 +1080,13 @@ impl Pool {
         idxs.chunks(FLUSH_BATCH).try_for_each(|chunk| self.send_extents(ino, chunk))
     }
 
-    /// Queue the transactions of closed files' finished writes (the mount's
-    /// periodic commit calls this before committing). Without `wait`, only
-    /// writes already done are taken, plus, while more than
-    /// [`POOL_MAX_IN_FLIGHT`] extents are in flight, the oldest waited for.
-    /// With `wait` (fsyncdir, sync), every closed file is flushed: extents
-    /// a failed write left dirty are written again, all writes waited for,
-    /// and the first error returned. Buffers of clean files nobody has open
-    /// are dropped.
-    pub fn writeback(&self, wait: bool) -> Result<()> {
-        let mut first_err = None;
+    /// Queue the transactions of closed files' finished writes (close and
+    /// the mount's periodic commit call this): only writes already done
+    /// are taken, plus, while more than [`POOL_MAX_IN_FLIGHT`] extents are
+    /// in flight, the oldest are waited for. A failed write leaves its
+    /// extent dirty for fsync / sync to write again and report. Buffers of
+    /// clean files nobody has open are dropped.
+    pub fn writeback(&self) {
         let mut budget = self.meta().writeback.closed.len();
         while budget > 0 {
             budget -= 1;
@@ -1046,7 +1097,7 @@ impl Pool {
                 (ino, fb.lock.clone(), m.writeback.in_flight > POOL_MAX_IN_FLIGHT)
             };
             let done = {
-                let guard = if wait || over {
+                let guard = if over {
                     Some(lock.lock().unwrap_or_else(|p| p.into_inner()))
                 } else {
                     match lock.try_lock() {
@@ -1056,9 +1107,7 @@ impl Pool {
                     }
                 };
                 guard.map(|_g| {
-                    if wait {
-                        self.flush_locked(ino)
-                    } else if over {
+                    if over {
                         self.reap_one(ino).and_then(|()| self.reap(ino, false))
                     } else {
                         self.reap(ino, false)
@@ -1066,14 +1115,14 @@ impl Pool {
                 })
             };
             drop(lock);
-            let Some(r) = done else {
+            match done {
                 // Its owner is at work on it: look again next time.
-                self.meta().writeback.closed.push_back(ino);
-                continue;
-            };
-            if let Err(e) = r {
-                tracing::warn!(ino, %e, "write-behind failed; the extent stays dirty and is retried");
-                first_err.get_or_insert(e);
+                None => {
+                    self.meta().writeback.closed.push_back(ino);
+                    continue;
+                }
+                Some(Err(e)) => tracing::warn!(ino, %e, "write-behind failed; the extent stays dirty and is retried"),
+                Some(Ok(())) => {}
             }
             let mut m = self.meta();
             let (dirty, busy) = match m.files.get(&ino) {
@@ -1084,7 +1133,7 @@ impl Pool {
                 if !m.open_counts.contains_key(&ino) {
                     Self::drop_clean_buffer(&mut m, ino);
                 }
-            } else if !wait && busy && m.writeback.in_flight <= POOL_MAX_IN_FLIGHT {
+            } else if busy && m.writeback.in_flight <= POOL_MAX_IN_FLIGHT {
                 // The oldest closed file is still being written, so are
                 // the newer ones: look again next time.
                 m.writeback.closed.push_front(ino);
@@ -1093,22 +1142,6 @@ impl Pool {
                 m.writeback.closed.push_back(ino);
             }
         }
-        if wait {
-            return first_err.map_or(Ok(()), Err);
-        }
-        // Without `wait` a failure stays for fsync to report (the extent is dirty).
-        Ok(())
-    }
-
-    /// fsyncdir: the directory's entries and everything closed so far
-    /// become durable (see "Close" in the module doc: `sync(2)` never
-    /// reaches a FUSE filesystem, so this is what makes "create files,
-    /// close them, fsync the directory" durable, as on a local
-    /// filesystem whose journal commit carries the files' data).
-    pub fn sync_closed(&self) -> Result<()> {
-        let written = self.writeback(true);
-        self.commit()?;
-        written
     }
 
     /// Start writing extents `idxs` of `ino` (the caller holds the file
@@ -1142,9 +1175,11 @@ impl Pool {
                 // the buffer is the replicas' zero-padded payload. Readers
                 // never look past the size. (If an earlier generation is
                 // still being written from this buffer, this copies it.)
-                if !is_zero(&de.data[len..]) {
-                    Arc::make_mut(&mut de.data)[len..].fill(0);
+                let end = de.end.max(len);
+                if !is_zero(&de.data[len..end]) {
+                    Arc::make_mut(&mut de.data)[len..end].fill(0);
                 }
+                de.end = de.end.min(len);
                 jobs.push(Job { idx, data: de.data.clone(), gen: de.gen, len });
             }
             (jobs, policy)
@@ -1292,12 +1327,12 @@ impl Pool {
         let mut spare = None;
         if let Some(fb) = m.files.get_mut(&ino) {
             if fb.extents.get(&idx).is_some_and(|de| de.gen == gen) {
-                spare = fb.extents.remove(&idx).and_then(|de| Arc::try_unwrap(de.data).ok());
+                spare = fb.extents.remove(&idx).and_then(|de| Arc::try_unwrap(de.data).ok().map(|b| (b, de.end)));
             }
         }
         drop(m);
-        if let Some(buf) = spare {
-            give_buf(buf);
+        if let Some((buf, end)) = spare {
+            give_zeroed(buf, end);
         }
         Ok(())
     }

@@ -348,7 +348,7 @@ impl Filesystem for DfsFuse {
         let _s = op_span!(req, "open", ino = ino.0);
         match self.pool.open_file(ino.0) {
             // Every change goes through this mount, so cached pages stay valid.
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH),
             Err(e) => fuse_error!("open", reply, e),
         }
     }
@@ -390,9 +390,9 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    /// close(2): hand the file's buffered extents to the write-behind
-    /// without waiting for them (ENOSPC still reaches the closing process;
-    /// write errors reach the next fsync).
+    /// close(2) on kernels that ignore `FOPEN_NOFLUSH` (before 5.16): hand
+    /// the file's buffered extents to the write-behind without waiting for
+    /// them (write errors reach the next fsync).
     fn flush(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _s = op_span!(req, "flush", ino = ino.0);
         match self.pool.close_flush(ino.0) {
@@ -489,12 +489,12 @@ impl Filesystem for DfsFuse {
         reply.ok();
     }
 
-    /// Commit the directory's entries and the data of every closed file
-    /// (`Pool::sync_closed`: sync(2) never reaches us, so "close the
-    /// files, fsync the directory" must persist them).
+    /// Commit the directory's entries and the data of every file
+    /// (`Pool::sync_all`: sync(2) never reaches us, so "close the files,
+    /// fsync the directory" must persist them).
     fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _s = op_span!(req, "fsyncdir", ino = ino.0);
-        match self.pool.sync_closed() {
+        match self.pool.sync_all() {
             Ok(()) => reply.ok(),
             Err(e) => fuse_error!("fsyncdir", reply, e),
         }
@@ -613,7 +613,13 @@ impl Filesystem for DfsFuse {
             .and_then(|(ino, _)| Ok((ino, self.pool.open_file(ino)?)));
         match res {
             Ok((ino, a)) => {
-                reply.created(&self.ttl, &file_attr(ino, &a), GENERATION, FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                reply.created(
+                &self.ttl,
+                &file_attr(ino, &a),
+                GENERATION,
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            )
             }
             Err(e) => fuse_error!("create", reply, e),
         }

@@ -17,11 +17,17 @@
 //! - open / create count the handle in the engine (`Pool::open_file`),
 //!   release drops it (`Pool::release`, which also flushes); an unlinked
 //!   file stays readable through its open descriptors until then.
-//! - flush (every close) hands the file's buffered extents to the engine's
-//!   write-behind without waiting (`Pool::close_flush`; write errors reach
-//!   the next fsync, as with a kernel filesystem's writeback); fsync and
-//!   fdatasync commit (`Pool::fsync`); fsyncdir commits the namespace and
-//!   the data of every closed file (`Pool::sync_closed`).
+//! - close(2) costs no request: open and create reply `FOPEN_NOFLUSH`, so
+//!   the kernel sends no flush (kernels before 5.16 still do; it does the
+//!   same as release), and release, which the kernel sends in the
+//!   background, hands the file's buffered extents to the engine's
+//!   write-behind without waiting (`Pool::close_flush`). Write errors
+//!   reach the next fsync, as with a kernel filesystem's writeback; ENOSPC
+//!   no longer reaches close(2) (it reaches write(2) when the file is over
+//!   its dirty limit, and fsync). fsync and fdatasync commit the file
+//!   (`Pool::fsync`); fsyncdir flushes every linked file and commits
+//!   (`Pool::sync_all`), so "close the files, fsync the directory" makes
+//!   them durable, as on a journaling filesystem.
 //! - Directory streams are snapshots taken at opendir (and again on
 //!   rewinddir), so concurrent changes never make `readdir` skip or repeat
 //!   an entry that was not itself changed.
@@ -371,7 +377,8 @@ impl Committer {
                         return;
                     }
                     let _s = tracing::debug_span!("commit", periodic = true).entered();
-                    if let Err(e) = pool.writeback(false).and_then(|()| pool.commit()) {
+                    pool.writeback();
+                    if let Err(e) = pool.commit() {
                         tracing::error!("periodic commit failed: {e}");
                     }
                 }
