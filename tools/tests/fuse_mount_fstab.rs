@@ -229,17 +229,20 @@ fn mount_t_dfs_fstab_and_uuid_on_loop_devices() {
 
     // An fstab line with UUID=: libblkid can't resolve it without the link.
     let fstab = dir.path().join("fstab");
-    fs::write(&fstab, format!("# test\nUUID={pool} {} dfs {logopt},nofail,_netdev,x-systemd.foo=1 0 0\n", s(&mnt)))
-        .unwrap();
+    // (Not `nofail` here: with it mount(8) says nothing and exits 0.)
+    let line = |extra: &str| format!("# test\nUUID={pool} {} dfs {logopt},_netdev,x-systemd.foo=1{extra} 0 0\n", s(&mnt));
+    fs::write(&fstab, line("")).unwrap();
     let o = run("mount", &["--fstab", &s(&fstab), &s(&mnt)]);
     assert!(!o.status.success(), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("can't find UUID={pool}")), "{o:?}");
     assert!(!mounted(&mnt));
     // With the link 61-dfs.rules makes (here by hand: no udev on this machine).
-    created.dir(Path::new("/dev/disk"));
-    created.dir(Path::new(BY_UUID));
+    let mut by_uuid = Created::default();
+    by_uuid.dir(Path::new("/dev/disk"));
+    by_uuid.dir(Path::new(BY_UUID));
     let link = Path::new(BY_UUID).join(&props[2]["ID_FS_UUID_ENC"]);
-    created.symlink(loops[2].path(), &link);
+    by_uuid.symlink(loops[2].path(), &link);
+    fs::write(&fstab, line(",nofail")).unwrap();
     ok(&run("mount", &["--fstab", &s(&fstab), &s(&mnt)]));
     assert!(mounted(&mnt));
     assert_eq!(fs::read(mnt.join("a")).unwrap(), a);
@@ -250,7 +253,7 @@ fn mount_t_dfs_fstab_and_uuid_on_loop_devices() {
     ok(&run("mount", &["-t", "dfs", "-o", &logopt, &format!("UUID={pool}"), &s(&mnt)]));
     assert_eq!(fs::read(mnt.join("c")).unwrap(), c);
     umount(&mut closes);
-    drop(created);
+    drop(by_uuid);
 
     // An fstab line naming a device, with `ro`: mounted read-only.
     fs::write(&fstab, format!("{l0} {} dfs ro,{logopt} 0 0\n", s(&mnt))).unwrap();
@@ -262,6 +265,7 @@ fn mount_t_dfs_fstab_and_uuid_on_loop_devices() {
     // Every umount left a clean pool.
     let o = run(FSCK, &["-n", &l0]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
+    drop(created);
 }
 
 #[test]
