@@ -612,15 +612,13 @@ impl Filesystem for DfsFuse {
             .create(parent.0, name.as_bytes(), kind, perm_of(mode, umask), req.uid(), req.gid(), 0)
             .and_then(|(ino, _)| Ok((ino, self.pool.open_file(ino)?)));
         match res {
-            Ok((ino, a)) => {
-                reply.created(
+            Ok((ino, a)) => reply.created(
                 &self.ttl,
                 &file_attr(ino, &a),
                 GENERATION,
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-            )
-            }
+            ),
             Err(e) => fuse_error!("create", reply, e),
         }
     }

@@ -230,7 +230,8 @@ fn mount_t_dfs_fstab_and_uuid_on_loop_devices() {
     // An fstab line with UUID=: libblkid can't resolve it without the link.
     let fstab = dir.path().join("fstab");
     // (Not `nofail` here: with it mount(8) says nothing and exits 0.)
-    let line = |extra: &str| format!("# test\nUUID={pool} {} dfs {logopt},_netdev,x-systemd.foo=1{extra} 0 0\n", s(&mnt));
+    let line =
+        |extra: &str| format!("# test\nUUID={pool} {} dfs {logopt},_netdev,x-systemd.foo=1{extra} 0 0\n", s(&mnt));
     fs::write(&fstab, line("")).unwrap();
     let o = run("mount", &["--fstab", &s(&fstab), &s(&mnt)]);
     assert!(!o.status.success(), "{o:?}");

@@ -85,8 +85,26 @@ use super::mountinfo;
 /// defaults. (`noexec`, `suid`, `dev`, `sync`, `strictatime` are not
 /// honoured, so they are errors, not silently dropped.)
 const IGNORED: &[&str] = &[
-    "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group", "nosuid", "nodev",
-    "noatime", "relatime", "nodiratime", "lazytime", "exec", "async", "silent", "loud",
+    "defaults",
+    "auto",
+    "noauto",
+    "_netdev",
+    "nofail",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nosuid",
+    "nodev",
+    "noatime",
+    "relatime",
+    "nodiratime",
+    "lazytime",
+    "exec",
+    "async",
+    "silent",
+    "loud",
 ];
 
 /// What `-o` said.
