@@ -12,6 +12,10 @@
 #                dfs-scrub@.service,
 #                dfs-scrub@.timer        -> PREFIX/lib/systemd/system
 #                                           (or DFS_SYSTEMD_DIR)
+#                61-dfs.rules            -> /etc/udev/rules.d without PREFIX,
+#                                           else PREFIX/lib/udev/rules.d
+#                                           (or DFS_UDEV_DIR); udev is told
+#                                           to reload when installing to /etc
 # A tool whose binary the build did not produce (not written yet) is skipped.
 # Idempotent: running it again replaces the files and the links. The /sbin
 # link directory can be changed with DFS_SBIN_LINK_DIR (tests use it); a file
@@ -66,6 +70,22 @@ mkfs-dfs mkfs.dfs sbin
 mount-dfs mount.dfs sbin
 fsck-dfs fsck.dfs sbin
 EOF
+
+# The udev rule that gives a pool UUID its /dev/disk/by-uuid link, so that
+# `mount UUID=...` and fstab lines resolve (scripts/udev/61-dfs.rules).
+udev_dir=${DFS_UDEV_DIR:-}
+if [ -z "$udev_dir" ]; then
+    if [ "$link_sbin" = yes ]; then udev_dir=/etc/udev/rules.d; else udev_dir=$prefix/lib/udev/rules.d; fi
+fi
+install -d "$udev_dir"
+sed "s|@BINDIR@|$prefix/bin|g" "$root/scripts/udev/61-dfs.rules" >"$udev_dir/61-dfs.rules.tmp"
+chmod 0644 "$udev_dir/61-dfs.rules.tmp"
+mv -f "$udev_dir/61-dfs.rules.tmp" "$udev_dir/61-dfs.rules"
+echo "installed $udev_dir/61-dfs.rules"
+if [ "$link_sbin" = yes ] && command -v udevadm >/dev/null 2>&1; then
+    udevadm control --reload 2>/dev/null && udevadm trigger --subsystem-match=block --action=change 2>/dev/null &&
+        echo "udev rules reloaded" || true
+fi
 
 # systemd units for hosts that prefer a timer to the mount's own schedule.
 install -d "$systemd_dir"

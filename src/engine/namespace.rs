@@ -529,9 +529,10 @@ impl Pool {
         Ok(Self::overlay_attrs(&m, ino, a))
     }
 
-    /// Release an open handle: flushes the file; drops it if it was unlinked.
+    /// Release an open handle: hands the file's dirty extents to the
+    /// write-behind (`close_flush`); drops the file if it was unlinked.
     pub fn release(&self, ino: Ino) -> Result<()> {
-        let flushed = if self.opts.read_only { Ok(()) } else { self.flush(ino) };
+        let flushed = if self.opts.read_only { Ok(()) } else { self.close_flush(ino) };
         let mut m = self.meta();
         let left = match m.open_counts.get_mut(&ino) {
             Some(c) => {

@@ -208,6 +208,8 @@ pub struct Meta {
     pub(crate) ticket: u64,
     pub(crate) files: HashMap<Ino, super::data::FileBuf>,
     pub(crate) open_counts: HashMap<Ino, u32>,
+    /// Writes handed over by close and not yet committed (`data.rs`, "Close").
+    pub(crate) writeback: super::data::Writeback,
 }
 
 #[derive(Debug)]
@@ -532,6 +534,7 @@ impl Pool {
                 ticket,
                 files: HashMap::new(),
                 open_counts: HashMap::new(),
+                writeback: Default::default(),
             }),
             commit: Mutex::new(CommitState {
                 writer,

@@ -348,7 +348,7 @@ impl Filesystem for DfsFuse {
         let _s = op_span!(req, "open", ino = ino.0);
         match self.pool.open_file(ino.0) {
             // Every change goes through this mount, so cached pages stay valid.
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH),
             Err(e) => fuse_error!("open", reply, e),
         }
     }
@@ -390,11 +390,12 @@ impl Filesystem for DfsFuse {
         }
     }
 
-    /// close(2): write the file's buffered extents (not a commit), so that
-    /// an IO error or ENOSPC reaches the closing process.
+    /// close(2) on kernels that ignore `FOPEN_NOFLUSH` (before 5.16): hand
+    /// the file's buffered extents to the write-behind without waiting for
+    /// them (write errors reach the next fsync).
     fn flush(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _s = op_span!(req, "flush", ino = ino.0);
-        match self.pool.flush(ino.0) {
+        match self.pool.close_flush(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => fuse_error!("flush", reply, e),
         }
@@ -488,10 +489,12 @@ impl Filesystem for DfsFuse {
         reply.ok();
     }
 
-    /// A directory's entries are metadata: commit them.
+    /// Commit the directory's entries and the data of every file
+    /// (`Pool::sync_all`: sync(2) never reaches us, so "close the files,
+    /// fsync the directory" must persist them).
     fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _s = op_span!(req, "fsyncdir", ino = ino.0);
-        match self.pool.commit() {
+        match self.pool.sync_all() {
             Ok(()) => reply.ok(),
             Err(e) => fuse_error!("fsyncdir", reply, e),
         }
@@ -609,9 +612,13 @@ impl Filesystem for DfsFuse {
             .create(parent.0, name.as_bytes(), kind, perm_of(mode, umask), req.uid(), req.gid(), 0)
             .and_then(|(ino, _)| Ok((ino, self.pool.open_file(ino)?)));
         match res {
-            Ok((ino, a)) => {
-                reply.created(&self.ttl, &file_attr(ino, &a), GENERATION, FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
+            Ok((ino, a)) => reply.created(
+                &self.ttl,
+                &file_attr(ino, &a),
+                GENERATION,
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
             Err(e) => fuse_error!("create", reply, e),
         }
     }

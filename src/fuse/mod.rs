@@ -17,16 +17,25 @@
 //! - open / create count the handle in the engine (`Pool::open_file`),
 //!   release drops it (`Pool::release`, which also flushes); an unlinked
 //!   file stays readable through its open descriptors until then.
-//! - flush (every close) writes the file's buffered extents so errors reach
-//!   `close(2)`; fsync and fdatasync commit (`Pool::fsync`), fsyncdir
-//!   commits the namespace.
+//! - close(2) costs no request: open and create reply `FOPEN_NOFLUSH`, so
+//!   the kernel sends no flush (kernels before 5.16 still do; it does the
+//!   same as release), and release, which the kernel sends in the
+//!   background, hands the file's buffered extents to the engine's
+//!   write-behind without waiting (`Pool::close_flush`). Write errors
+//!   reach the next fsync, as with a kernel filesystem's writeback; ENOSPC
+//!   no longer reaches close(2) (it reaches write(2) when the file is over
+//!   its dirty limit, and fsync). fsync and fdatasync commit the file
+//!   (`Pool::fsync`); fsyncdir flushes every linked file and commits
+//!   (`Pool::sync_all`), so "close the files, fsync the directory" makes
+//!   them durable, as on a journaling filesystem.
 //! - Directory streams are snapshots taken at opendir (and again on
 //!   rewinddir), so concurrent changes never make `readdir` skip or repeat
 //!   an entry that was not itself changed.
 //! - sync(1) and syncfs(2) never reach a FUSE filesystem (the kernel sends
 //!   `FUSE_SYNCFS` only to virtiofs), so a mount commits on its own every
-//!   [`MountConfig::commit_interval`] (5 s, as ext4's `commit=5`): what
-//!   was closed (flushed) then is durable within that time. fsync is exact.
+//!   [`MountConfig::commit_interval`] (5 s, as ext4's `commit=5`), taking
+//!   the closed files' finished writes along (`Pool::writeback`): what was
+//!   closed is durable within about that time. fsync is exact.
 //! - Errors: [`error::errno`] is the one mapping; anything unknown is EIO.
 //!   A read-only mount is also mounted `MS_RDONLY`, so the kernel answers
 //!   EROFS before a request reaches the engine (which would say EROFS too).
@@ -368,6 +377,7 @@ impl Committer {
                         return;
                     }
                     let _s = tracing::debug_span!("commit", periodic = true).entered();
+                    pool.writeback();
                     if let Err(e) = pool.commit() {
                         tracing::error!("periodic commit failed: {e}");
                     }

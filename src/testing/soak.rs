@@ -2,8 +2,8 @@
 //!
 //! For one seed: a pool of 3-5 `FaultyDevice` members over `MemDevice`s is
 //! formatted and opened; a random workload (creates, mkdirs, writes of many
-//! sizes, overwrites, truncates, renames, links, unlinks, symlinks, fsyncs,
-//! syncs) runs against the engine and a model; a power cut is armed at a
+//! sizes, overwrites, truncates, renames, links, unlinks, symlinks, closes
+//! that leave writes in flight, fsyncs, syncs) runs against the engine and a model; a power cut is armed at a
 //! random write or sync of a random member (or falls between operations).
 //! The crash images (synced writes kept; unsynced ones dropped, kept or torn
 //! at random) are reopened and checked against the model:
@@ -515,6 +515,13 @@ fn step(
                 *last_done = in_progress.take().expect("set");
             }
             r
+        }
+        96..=99 if !files.is_empty() => {
+            // close(2): the file's data goes to the write-behind, not
+            // waited for and not durable until an fsync or sync.
+            let (p, _) = files[rng.gen_range(0..files.len())].clone();
+            let ino = resolve(pool, &p).ok_or("model file missing")?;
+            pool.close_flush(ino)
         }
         _ => Ok(()),
     };

@@ -55,6 +55,14 @@ enum What {
         #[arg(long)]
         verify: bool,
     },
+    /// udev probe: ID_FS_* lines for IMPORT{program} (blkid does not know
+    /// DynamicFS; scripts/udev/61-dfs.rules uses this to give the pool UUID
+    /// its /dev/disk/by-uuid link, which mount(8) resolves UUID= through)
+    Udev {
+        /// Member: block device, image file or directory
+        #[arg(value_name = "DEV")]
+        device: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
         What::Bitmap { common, all } => bitmap(common, *all),
         What::Journal(c) => journal(c),
         What::Fragments { common, verify } => fragments(common, *verify),
+        What::Udev { device } => udev(device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,6 +119,58 @@ fn kind_name(k: DeviceKind) -> &'static str {
 
 fn err_string(e: &FormatError) -> String {
     e.to_string()
+}
+
+// ---------------------------------------------------------------- udev
+
+/// A value as udev's `*_ENC` properties spell it (blkid_encode_string):
+/// bytes outside `[A-Za-z0-9#+-.:=@_]` as `\xHH`.
+fn udev_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"#+-.:=@_".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// A value safe in a udev property (blkid_safe_string): whitespace and
+/// control characters become `_`.
+fn udev_safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
+}
+
+/// The udev properties of a member, one `KEY=value` a line; a device that
+/// is not a member fails (exit 1), so udev imports nothing for it.
+fn udev_properties(sb: &Superblock) -> String {
+    let pool = sb.pool_uuid.to_string();
+    let member = sb.member_uuid.to_string();
+    let mut out = String::new();
+    for (k, v) in [
+        ("ID_FS_TYPE", "dfs".to_string()),
+        ("ID_FS_USAGE", "filesystem".to_string()),
+        ("ID_FS_UUID", pool.clone()),
+        ("ID_FS_UUID_ENC", udev_encode(&pool)),
+        ("ID_FS_UUID_SUB", member.clone()),
+        ("ID_FS_UUID_SUB_ENC", udev_encode(&member)),
+        ("ID_FS_LABEL", udev_safe(&sb.label)),
+        ("ID_FS_LABEL_ENC", udev_encode(&sb.label)),
+        ("DFS_MEMBER_INDEX", sb.member_index.to_string()),
+    ] {
+        if !v.is_empty() {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    out
+}
+
+fn udev(device: &Path) -> Result<(), Failure> {
+    let (_, choice) = load(device)?;
+    write_stdout(&udev_properties(&choice.superblock))
+        .map_err(|e| Box::new(format!("cannot write the output: {e}")) as Failure)
 }
 
 // ---------------------------------------------------------------- superblock

@@ -16,8 +16,22 @@
 //! (serve `/metrics` and `/health` there; ADDR defaults to 127.0.0.1; off
 //! unless given; `dfs mount --listen` says the same). `defaults`, `auto`, `noauto`, `_netdev`,
 //! `nofail`, `user`, `users`, `nouser`, `owner`, `group`, `x-*` and
-//! `comment=*` (fstab's and systemd's) are accepted and ignored. Anything
-//! else is an error unless `-s` (sloppy) is given.
+//! `comment=*` (fstab's and systemd's) are accepted and ignored, and so
+//! are the VFS flags every dfs mount has anyway (`nosuid`, `nodev`,
+//! `noatime`, `relatime`, `nodiratime`, `lazytime`, `exec`, `async`),
+//! which mount(8) passes on from fstab. Anything else is an error unless
+//! `-s` (sloppy) is given.
+//!
+//! ## Sources
+//!
+//! DEV is a member path (block device, image file, directory member) or
+//! `UUID=<pool uuid>`. mount(8) resolves `UUID=` itself, through libblkid,
+//! before it runs this helper, and libblkid does not know DynamicFS: it
+//! finds the tag only through the `/dev/disk/by-uuid/<uuid>` link that
+//! scripts/udev/61-dfs.rules (installed by scripts/install.sh) makes with
+//! `dfs-inspect udev`; without it mount(8) stops with "can't find UUID=".
+//! mount.dfs run directly takes `UUID=` and finds the members itself
+//! (`dynamicfs::discover`).
 //!
 //! ## Flags
 //!
@@ -65,8 +79,33 @@ use dynamicfs::metrics::IoMeters;
 use super::mountinfo;
 
 /// Options ignored (fstab / systemd / mount(8) bookkeeping).
-const IGNORED: &[&str] =
-    &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"];
+/// mount(8) also passes VFS flags on: a FUSE mount is always `nosuid`,
+/// `nodev` and `noatime` (see `dynamicfs::fuse`), so those and the atime
+/// variants are accepted as already true; `exec` and `async` are the
+/// defaults. (`noexec`, `suid`, `dev`, `sync`, `strictatime` are not
+/// honoured, so they are errors, not silently dropped.)
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "_netdev",
+    "nofail",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nosuid",
+    "nodev",
+    "noatime",
+    "relatime",
+    "nodiratime",
+    "lazytime",
+    "exec",
+    "async",
+    "silent",
+    "loud",
+];
 
 /// What `-o` said.
 #[derive(Debug, Clone, Default, PartialEq)]
