@@ -790,7 +790,7 @@ struct Pass {
 }
 
 /// Why a fragment header in free space is not referenced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnreferencedKind {
     /// An extent fragment of an extent the extent table does not have
