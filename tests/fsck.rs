@@ -21,8 +21,10 @@
 //!   orphan note, exit status 0 (allocation is derived from the metadata);
 //! - a whole member zeroed: "not a member" and "member missing", every
 //!   fragment on it absent, the data still readable from the others; a
-//!   repair re-protects every extent on the surviving members but cannot
-//!   bring the member back (exit status 1 + 4);
+//!   repair re-initialises the blank device in place as that member (its
+//!   own index and UUID) and rebuilds its fragments: exit status 1, then a
+//!   check exits 0 and the files read back byte-exact; a device that is
+//!   not blank is never formatted over (exit status 1 + 4, untouched);
 //! - an unreadable fragment (IO errors on its range): rebuilt on another
 //!   member; the bad range itself stays reported (exit status 1 + 4);
 //! - a clean pool stays untouched by a repair run; a pool in use is refused
@@ -407,24 +409,49 @@ fn whole_member_zeroed() {
     // The data is still readable from the other two.
     tp.assert_files_with(&others);
 
-    // Repair: every extent is re-protected on the two others; the member
-    // itself cannot be brought back by fsck.
+    // Repair: the blank device is re-initialised in place as the missing
+    // member (same index and UUID) and every fragment it held is rebuilt.
+    let member_uuid = st.members.iter().find(|m| m.index == victim).unwrap().uuid;
     let r = tp.check(true);
-    assert_eq!(r.exit_code, 1 | 4, "{:#?}", r.findings);
+    assert_eq!(r.exit_code, 1, "{:#?}", r.findings);
     for f in &r.findings {
         match &f.finding {
-            Finding::Fragment { .. } | Finding::CheckpointCopy { .. } => assert_eq!(f.severity, Severity::Corrected),
-            Finding::NotAMember { .. } | Finding::MemberMissing { .. } => assert_eq!(f.severity, Severity::Left),
+            Finding::Fragment { .. }
+            | Finding::CheckpointCopy { .. }
+            | Finding::NotAMember { .. }
+            | Finding::MemberMissing { .. } => assert_eq!(f.severity, Severity::Corrected, "{f:?}"),
             other => assert_eq!(f.severity, Severity::Info, "{other:?}"),
         }
     }
+    assert_eq!(r.repairs.members_reinitialised, 1);
     assert_eq!(r.repairs.extents_read, extents_on_victim as u64);
+    let sb = read_superblocks(tp.devs[victim as usize].as_ref()).unwrap().superblock;
+    assert_eq!((sb.member_index, sb.member_uuid.as_u128()), (victim, member_uuid), "its own identity back");
     let r = tp.check(false);
-    assert_eq!(r.exit_code, 4);
-    let p = problems(&r);
-    assert_eq!(p.len(), 2, "{p:#?}");
-    assert!(p.contains(&&Finding::MemberMissing { member: victim, path_hint: name, fragments: 0 }));
+    assert_eq!(r.exit_code, 0, "{:#?}", r.findings);
+    assert!(problems(&r).is_empty());
+    tp.assert_files();
     tp.assert_files_with(&others);
+}
+
+#[test]
+fn missing_member_with_a_non_blank_device_is_not_reinitialised() {
+    let tp = TestPool::new(3, "replication:2", true);
+    // Member 2's superblocks are gone but the device is not blank (some
+    // other content at its start): fsck must not format over it.
+    tp.zero(2, 0, 64 * MIB);
+    let junk = AlignedBuf::from_slice_padded(b"someone else's data", BS as usize);
+    tp.devs[2].write_at(8 * BS, &junk).unwrap();
+    tp.devs[2].sync().unwrap();
+    let r = tp.check(true);
+    assert_eq!(r.repairs.members_reinitialised, 0);
+    assert_eq!(r.exit_code, 1 | 4, "{:#?}", r.findings);
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| matches!(f.finding, Finding::MemberMissing { member: 2, .. }) && f.severity == Severity::Left));
+    assert!(read_superblocks(tp.devs[2].as_ref()).is_err(), "nothing written to it");
+    assert_eq!(member::read_bytes(tp.devs[2].as_ref(), 8 * BS, 19).unwrap(), b"someone else's data");
 }
 
 #[test]
