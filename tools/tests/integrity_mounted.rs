@@ -27,10 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{expect, have_loop_and_fuse, json, mkfs, pattern, run, Loop, Mounted, BS, MIB};
-use dfs_format::fragment::FragmentKind;
-use dfs_format::{FragmentHeader, Policy};
-use dynamicfs::device::AlignedBuf;
+use common::{expect, have_loop_and_fuse, json, mkfs, now_ns, pattern, plant_orphan, run, Loop, Mounted, BS, MIB};
 use dynamicfs::engine::state::Body;
 use dynamicfs::engine::{Pool, PoolOptions, ROOT_INO};
 use dynamicfs::member::read_superblocks;
@@ -39,39 +36,6 @@ const DFS: &str = env!("CARGO_BIN_EXE_dfs");
 const MKFS: &str = env!("CARGO_BIN_EXE_mkfs-dfs");
 const MOUNT: &str = env!("CARGO_BIN_EXE_mount-dfs");
 const FSCK: &str = env!("CARGO_BIN_EXE_fsck-dfs");
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-/// A fragment header of this pool (and a payload block) in free space,
-/// `from_end` blocks before the end of member `l`'s data region: the data
-/// block it starts at.
-fn plant_orphan(l: &Loop, from_end: u64, created_ns: u64) -> u64 {
-    let dev = l.dev(false);
-    let sb = read_superblocks(dev.as_ref()).unwrap().superblock;
-    let payload = pattern(BS as usize, 9);
-    let h = FragmentHeader {
-        kind: FragmentKind::Extent,
-        pool_uuid: sb.pool_uuid,
-        extent_uuid: uuid::Uuid::new_v4(),
-        fragment_index: 0,
-        fragment_count: 1,
-        policy: Policy::Replication { copies: 1 },
-        payload_len: BS as u32,
-        extent_len: BS as u32,
-        generation: 1,
-        created_ns,
-        payload_blake3: *blake3::hash(&payload).as_bytes(),
-        extent_blake3: *blake3::hash(&payload).as_bytes(),
-    };
-    let mut buf = AlignedBuf::from_slice_padded(&h.encode(), BS as usize).to_vec();
-    buf.extend_from_slice(&payload);
-    let block = sb.layout.data_blocks() - from_end;
-    dev.write_at(sb.layout.data_offset(block), &AlignedBuf::from_slice_padded(&buf, BS as usize)).unwrap();
-    dev.sync().unwrap();
-    block
-}
 
 fn orphan_set(v: &serde_json::Value) -> BTreeSet<(u64, u64)> {
     v.as_array()

@@ -2,7 +2,8 @@
 //! loop devices made with `losetup` (this crate has no `loopdev`
 //! dependency to share the root crate's `tests/common` with), running a
 //! binary with its output printed, exit-status checks, test patterns,
-//! byte-level damage on a member, and a FUSE mount guard.
+//! byte-level damage on a member (flips, zeros, a planted orphan fragment
+//! header), and a FUSE mount guard.
 //!
 //! Each [`Loop`] is attached over a sparse image in its own temporary
 //! directory with direct IO, and only the device attached here is ever
@@ -16,8 +17,10 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamicfs::device::{open_member_device, Device, OpenMode};
-use dynamicfs::member::{read_bytes, write_bytes};
+use dfs_format::fragment::FragmentKind;
+use dfs_format::{FragmentHeader, Policy};
+use dynamicfs::device::{open_member_device, AlignedBuf, Device, OpenMode};
+use dynamicfs::member::{read_bytes, read_superblocks, write_bytes};
 
 pub const MIB: u64 = 1 << 20;
 pub const BS: u64 = 4096;
@@ -139,6 +142,39 @@ pub fn json(o: &Output, code: i32) -> serde_json::Value {
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// A fragment header of this pool (and a payload block) in free space,
+/// `from_end` blocks before the end of member `l`'s data region: the data
+/// block it starts at.
+pub fn plant_orphan(l: &Loop, from_end: u64, created_ns: u64) -> u64 {
+    let dev = l.dev(false);
+    let sb = read_superblocks(dev.as_ref()).unwrap().superblock;
+    let payload = pattern(BS as usize, 9);
+    let h = FragmentHeader {
+        kind: FragmentKind::Extent,
+        pool_uuid: sb.pool_uuid,
+        extent_uuid: uuid::Uuid::new_v4(),
+        fragment_index: 0,
+        fragment_count: 1,
+        policy: Policy::Replication { copies: 1 },
+        payload_len: BS as u32,
+        extent_len: BS as u32,
+        generation: 1,
+        created_ns,
+        payload_blake3: *blake3::hash(&payload).as_bytes(),
+        extent_blake3: *blake3::hash(&payload).as_bytes(),
+    };
+    let mut buf = AlignedBuf::from_slice_padded(&h.encode(), BS as usize).to_vec();
+    buf.extend_from_slice(&payload);
+    let block = sb.layout.data_blocks() - from_end;
+    dev.write_at(sb.layout.data_offset(block), &AlignedBuf::from_slice_padded(&buf, BS as usize)).unwrap();
+    dev.sync().unwrap();
+    block
 }
 
 /// A pool mounted by `mount-dfs` at a mount point of its own; unmounted
