@@ -31,6 +31,8 @@
 //!   for a repair and noted by a check; no member, two pools, one member
 //!   given twice are operational errors.
 
+mod common;
+
 use std::sync::Arc;
 
 use dfs_format::fragment::FragmentKind;
@@ -38,7 +40,7 @@ use dfs_format::{FragmentHeader, Layout, Policy, RegionKind};
 use dynamicfs::device::{AlignedBuf, Device, Fault, FaultyDevice, IoKind, MemDevice};
 use dynamicfs::engine::lock::PoolLock;
 use dynamicfs::engine::state::Extent;
-use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
+use dynamicfs::engine::{Pool, PoolOptions};
 use dynamicfs::fsck::{check_pool, Finding, FragmentFault, FsckError, FsckOptions, FsckReport, SbCopy, Severity};
 use dynamicfs::member::{self, best_root, read_root_ring, read_superblocks};
 
@@ -52,7 +54,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// A pool of `FaultyDevice`s over named `MemDevice`s, with two files.
 struct TestPool {
     devs: Vec<Arc<FaultyDevice>>,
-    files: Vec<(&'static [u8], Vec<u8>)>,
+    files: common::files::Files,
     lock: tempfile::TempDir,
 }
 
@@ -72,13 +74,7 @@ impl TestPool {
             lock: tempfile::tempdir().unwrap(),
         };
         let pool = tp.open(&tp.devices(), false);
-        let (dir, _) = pool.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap();
-        for (i, (name, data)) in tp.files.iter().enumerate() {
-            let parent = if i == 0 { ROOT_INO } else { dir };
-            let (ino, _) = pool.create(parent, name, FileKind::File, 0o644, 0, 0, 0).unwrap();
-            pool.write(ino, 0, data).unwrap();
-            pool.fsync(ino).unwrap();
-        }
+        common::files::write_files(&pool, &tp.files);
         if close {
             pool.close().unwrap();
         }
@@ -108,28 +104,12 @@ impl TestPool {
     /// Extent `index` of file `name` (in `/` or `/d`).
     fn extent(&self, name: &[u8], index: u64) -> Extent {
         let pool = self.open(&self.devices(), true);
-        let ino = match pool.lookup(ROOT_INO, name) {
-            Ok((ino, _)) => ino,
-            Err(_) => {
-                let (d, _) = pool.lookup(ROOT_INO, b"d").unwrap();
-                pool.lookup(d, name).unwrap().0
-            }
-        };
-        let st = pool.state_snapshot();
-        let dynamicfs::engine::state::Body::File(map) = &st.inodes[&ino].body else { panic!("not a file") };
-        st.extents[&map[&index]].clone()
+        common::files::extent_of(&pool, name, index)
     }
 
     /// Every file reads back byte-exact from the devices `devs`.
     fn assert_files_with(&self, devs: &[Arc<dyn Device>]) {
-        let pool = self.open(devs, true);
-        let (d, _) = pool.lookup(ROOT_INO, b"d").unwrap();
-        for (i, (name, data)) in self.files.iter().enumerate() {
-            let parent = if i == 0 { ROOT_INO } else { d };
-            let (ino, attrs) = pool.lookup(parent, name).unwrap();
-            assert_eq!(attrs.size, data.len() as u64);
-            assert!(pool.read(ino, 0, data.len()).unwrap() == *data, "{} differs", String::from_utf8_lossy(name));
-        }
+        common::files::assert_files(&self.open(devs, true), &self.files);
     }
 
     fn assert_files(&self) {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: `mod common;` in a test file.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod loopdev;
 
+#[allow(unused_imports)]
 pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};
