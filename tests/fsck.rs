@@ -179,19 +179,25 @@ fn clean_pool_is_clean_and_a_repair_run_writes_nothing() {
     assert_eq!(tp.devs.iter().map(|d| d.writes()).collect::<Vec<_>>(), writes, "a clean pool is not written");
 }
 
+/// Flip a payload byte (`at` bytes in) of fragment `index` of extent
+/// `extent` of file `name`; the finding fsck must report.
+fn flip_payload(tp: &TestPool, name: &[u8], extent: u64, index: usize, at: u64) -> Finding {
+    let e = tp.extent(name, extent);
+    let f = e.frags[index];
+    tp.flip(f.member, tp.layout(f.member).data_offset(f.block) + BS + at);
+    Finding::Fragment {
+        member: f.member,
+        extent: uuid::Uuid::from_u128(e.id),
+        index: index as u32,
+        block: f.block,
+        fault: FragmentFault::BadPayload,
+    }
+}
+
 #[test]
 fn flipped_payload_byte_in_a_data_shard() {
     let tp = TestPool::new(3, "erasure:2+1", true);
-    let e = tp.extent(b"a", 1);
-    let f = e.frags[0];
-    tp.flip(f.member, tp.layout(f.member).data_offset(f.block) + BS + 1234);
-    let expected = Finding::Fragment {
-        member: f.member,
-        extent: uuid::Uuid::from_u128(e.id),
-        index: 0,
-        block: f.block,
-        fault: FragmentFault::BadPayload,
-    };
+    let expected = flip_payload(&tp, b"a", 1, 0, 1234);
     // Without --data the payload is not read: the header is fine.
     let quick = check_pool(&tp.devices(), &FsckOptions { verify_data: false, ..tp.opts(false) }).unwrap();
     assert_eq!(quick.exit_code, 0, "{:#?}", quick.findings);
@@ -202,16 +208,7 @@ fn flipped_payload_byte_in_a_data_shard() {
 fn flipped_payload_byte_in_a_parity_shard() {
     // The read path never reads parity; fsck hands it to the engine's repair.
     let tp = TestPool::new(3, "erasure:2+1", true);
-    let e = tp.extent(b"b", 0);
-    let f = e.frags[2];
-    tp.flip(f.member, tp.layout(f.member).data_offset(f.block) + BS + 77);
-    let expected = Finding::Fragment {
-        member: f.member,
-        extent: uuid::Uuid::from_u128(e.id),
-        index: 2,
-        block: f.block,
-        fault: FragmentFault::BadPayload,
-    };
+    let expected = flip_payload(&tp, b"b", 0, 2, 77);
     found_then_repaired(&tp, &expected);
     // The rebuilt parity is a new fragment at a new location.
     assert_ne!(tp.extent(b"b", 0).frags[2], f);
