@@ -208,6 +208,7 @@ fn flipped_payload_byte_in_a_data_shard() {
 fn flipped_payload_byte_in_a_parity_shard() {
     // The read path never reads parity; fsck hands it to the engine's repair.
     let tp = TestPool::new(3, "erasure:2+1", true);
+    let f = tp.extent(b"b", 0).frags[2];
     let expected = flip_payload(&tp, b"b", 0, 2, 77);
     found_then_repaired(&tp, &expected);
     // The rebuilt parity is a new fragment at a new location.
