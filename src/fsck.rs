@@ -77,6 +77,17 @@
 //!   new location (on the same member when it was merely corrupt, on
 //!   another member when its member is missing) and switched over by a
 //!   committed `MoveExtent`, never overwritten in place;
+//! - first of all, re-initialises a **zeroed member** in place: when the
+//!   member table names exactly one member that is missing and exactly one
+//!   device given is blank (no superblock copy, its first and last 64 KiB
+//!   all zeros — a replaced or wiped disk, never one holding anything),
+//!   that device gets the member's own index and UUID back: fresh
+//!   superblocks, root ring, journal region and bitmap
+//!   ([`crate::mkfs::reinit_member`], as `zpool replace` of a disk with
+//!   itself). The engine then opens the whole pool, the open's checkpoint
+//!   gives it a root and the journal copy back, and every fragment it held
+//!   is rebuilt from the other members' (onto it or elsewhere, as
+//!   placement decides);
 //! - closes the pool (a final checkpoint), then clears root slots that still
 //!   do not verify (zeroes them: a damaged slot never wins, and the new
 //!   root is durable in another slot by then). Without that, a damaged slot
@@ -478,6 +489,7 @@ impl Finding {
             RootRingStale { .. } | JournalCopy { .. } | CheckpointCopy { .. } => "superseded by a new checkpoint",
             UnlinkedInode { .. } => "dropped by the engine at open",
             Fragment { .. } => "rebuilt from the other fragments",
+            NotAMember { .. } | MemberMissing { .. } => "re-initialised in place as the missing member",
             _ => "no longer found",
         }
     }
@@ -643,6 +655,8 @@ pub struct RepairStats {
     /// Fragments handed to the engine's repair.
     pub fragments_rebuilt: u64,
     pub root_slots_cleared: u32,
+    /// Zeroed members re-initialised in place (same index and UUID).
+    pub members_reinitialised: u32,
 }
 
 /// The result of [`check_pool`]; serializes to `fsck.dfs --json`.
@@ -699,6 +713,23 @@ struct Ident {
     pool: Uuid,
     members: BTreeMap<u32, Present>,
     not_members: Vec<Finding>,
+    /// Devices with no superblock whose superblock areas are all zeros.
+    blank: Vec<Arc<dyn Device>>,
+}
+
+/// Bytes at each end of a device that must be zero for it to count as
+/// blank (both superblock copies live inside them).
+const BLANK_PROBE: u64 = 64 * 1024;
+
+/// True when the first and last [`BLANK_PROBE`] bytes of `dev` read as zeros.
+fn is_blank(dev: &dyn Device) -> bool {
+    let size = dev.size();
+    if size < 2 * BLANK_PROBE {
+        return false;
+    }
+    [0, size - BLANK_PROBE]
+        .iter()
+        .all(|&off| member::read_bytes(dev, off, BLANK_PROBE as usize).is_ok_and(|b| b.iter().all(|&x| x == 0)))
 }
 
 fn identify(devices: &[Arc<dyn Device>]) -> Result<Ident, FsckError> {
@@ -708,6 +739,7 @@ fn identify(devices: &[Arc<dyn Device>]) -> Result<Ident, FsckError> {
     let mut pool: Option<(Uuid, String)> = None;
     let mut members: BTreeMap<u32, Present> = BTreeMap::new();
     let mut not_members = Vec::new();
+    let mut blank = Vec::new();
     for dev in devices {
         let name = dev.identity().to_string();
         let choice = match member::read_superblocks(dev.as_ref()) {
@@ -718,6 +750,9 @@ fn identify(devices: &[Arc<dyn Device>]) -> Result<Ident, FsckError> {
                     other => other.to_string(),
                 };
                 not_members.push(Finding::NotAMember { device: name, reason });
+                if is_blank(dev.as_ref()) {
+                    blank.push(dev.clone());
+                }
                 continue;
             }
         };
@@ -754,7 +789,7 @@ fn identify(devices: &[Arc<dyn Device>]) -> Result<Ident, FsckError> {
             .collect();
         return Err(FsckError::NotAMember(reasons));
     };
-    Ok(Ident { pool, members, not_members })
+    Ok(Ident { pool, members, not_members, blank })
 }
 
 /// The PID holding the pool lock of `pool` in `lock_dir`, if anyone does.
@@ -787,10 +822,14 @@ struct Pass {
     engine_ok: bool,
     /// Every unreferenced fragment header found by the data-region walk.
     unreferenced: Vec<Unreferenced>,
+    /// Members of the table (not removed) no device was given for: index
+    /// and UUID; and the winning root's journal geometry.
+    missing: Vec<(u32, Uuid)>,
+    journal: Option<(u64, u32)>,
 }
 
 /// Why a fragment header in free space is not referenced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnreferencedKind {
     /// An extent fragment of an extent the extent table does not have
@@ -886,12 +925,15 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
         engine_ok: false,
         unreferenced: Vec::new(),
         progress: opts.progress.clone(),
+        missing: Vec::new(),
     };
+    let mut journal = None;
     if let Some(pid) = in_use {
         c.findings.push(Finding::PoolInUse { pid });
     }
     c.superblocks();
     if let Some(root) = c.roots() {
+        journal = Some((root.journal_len, root.journal_block_size));
         let replay = c.journal(&root);
         if let Some(state) = c.load_state(&root, replay) {
             c.engine_verdict();
@@ -913,6 +955,8 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
         damaged_slots: c.damaged_slots,
         engine_ok: c.engine_ok,
         unreferenced: c.unreferenced,
+        missing: c.missing,
+        journal,
     }
 }
 
@@ -926,6 +970,7 @@ struct Checker<'a> {
     engine_ok: bool,
     unreferenced: Vec<Unreferenced>,
     progress: Option<Progress>,
+    missing: Vec<(u32, Uuid)>,
 }
 
 /// Data-block runs referenced on each member, sorted by start.
@@ -1161,11 +1206,14 @@ impl Checker<'_> {
                 continue;
             }
             match self.ident.members.get(&rec.index) {
-                None => self.findings.push(Finding::MemberMissing {
-                    member: rec.index,
-                    path_hint: rec.path_hint.clone(),
-                    fragments: fragments_on(rec.index),
-                }),
+                None => {
+                    self.missing.push((rec.index, Uuid::from_u128(rec.uuid)));
+                    self.findings.push(Finding::MemberMissing {
+                        member: rec.index,
+                        path_hint: rec.path_hint.clone(),
+                        fragments: fragments_on(rec.index),
+                    })
+                }
                 Some(m) if m.choice.superblock.member_uuid.as_u128() != rec.uuid => {
                     self.findings.push(Finding::MemberMismatch {
                         member: rec.index,
@@ -1771,6 +1819,33 @@ fn repair(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Vec<Finding> {
     failed
 }
 
+/// Re-initialise a zeroed member in place (see the module doc): exactly
+/// one missing member, exactly one blank device, the journal geometry
+/// known. `Ok(true)` when it was done.
+fn reinit_zeroed_member(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Result<bool, Finding> {
+    let (&[(index, member_uuid)], [dev], Some((journal_len, journal_bs))) =
+        (pass.missing.as_slice(), ident.blank.as_slice(), pass.journal)
+    else {
+        return Ok(false);
+    };
+    let Some(model) = ident.members.values().next() else { return Ok(false) };
+    let sb = &model.choice.superblock;
+    let what = || format!("re-initialise {} as member {index}", dev.identity());
+    crate::mkfs::reinit_member(
+        dev.as_ref(),
+        ident.pool,
+        member_uuid,
+        index,
+        &sb.label,
+        sb.default_policy,
+        journal_len,
+        journal_bs,
+    )
+    .map_err(|e| Finding::RepairFailed { what: what(), error: e.to_string() })?;
+    stats.members_reinitialised += 1;
+    Ok(true)
+}
+
 /// Rebuild extent `id`'s bad fragments through the engine (shared with
 /// scrub: [`crate::engine::scrub::repair_extent`]).
 fn rebuild_extent(pool: &Pool, _ident: &Ident, id: u128, stats: &mut RepairStats) -> Result<(), EngineError> {
@@ -1786,7 +1861,7 @@ fn rebuild_extent(pool: &Pool, _ident: &Ident, id: u128, stats: &mut RepairStats
 /// members `devices` are. See the module doc. Errors only when nothing can
 /// be checked (exit status 8); everything found is in the report.
 pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<FsckReport, FsckError> {
-    let ident = identify(devices)?;
+    let mut ident = identify(devices)?;
     let lock_dir = opts.lock_dir();
     let _lock = if opts.repairing() {
         match PoolLock::acquire(&lock_dir, ident.pool) {
@@ -1810,7 +1885,14 @@ pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<Fsc
         finding: f,
     };
     if opts.repairing() && first.problems().next().is_some() {
-        let failed = repair(&ident, &first, &mut repairs);
+        let mut failed = Vec::new();
+        // A zeroed member first: the engine's repair then sees it present.
+        match reinit_zeroed_member(&ident, &first, &mut repairs) {
+            Ok(false) => {}
+            Ok(true) => ident = identify(devices)?,
+            Err(f) => failed.push(f),
+        }
+        failed.extend(repair(&ident, &first, &mut repairs));
         let second = identify(devices).ok().map(|id| run_pass(&id, opts, None));
         let still: HashMap<String, &Finding> =
             second.as_ref().map(|p| p.problems().map(|f| (f.key(), f)).collect()).unwrap_or_default();

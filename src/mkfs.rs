@@ -427,12 +427,32 @@ pub fn format_member(
     journal_len: u64,
     journal_block_size: u32,
 ) -> Result<(uuid::Uuid, Layout), MkfsError> {
+    let member_uuid = uuid::Uuid::new_v4();
+    let layout = reinit_member(dev, pool_uuid, member_uuid, index, label, policy, journal_len, journal_block_size)?;
+    Ok((member_uuid, layout))
+}
+
+/// Format member `index` of `pool_uuid` with the given `member_uuid`:
+/// [`format_member`] for a new member, and `fsck.dfs -y` for a member whose
+/// contents were lost (re-initialised in place under its own identity, so
+/// the pool's member table still names it; its fragments are then rebuilt
+/// by the engine). Returns its layout.
+#[allow(clippy::too_many_arguments)]
+pub fn reinit_member(
+    dev: &dyn Device,
+    pool_uuid: uuid::Uuid,
+    member_uuid: uuid::Uuid,
+    index: u32,
+    label: &str,
+    policy: Policy,
+    journal_len: u64,
+    journal_block_size: u32,
+) -> Result<Layout, MkfsError> {
     let layout = Layout::compute(dev.size(), dev.block_size())
         .map_err(|source| MkfsError::Format { device: dev.identity().path.clone(), source })?;
     let created_ns = now_ns();
     let root = first_root(pool_uuid, created_ns, index + 1, journal_len, journal_block_size);
     write_regions(dev, &layout, &root)?;
-    let member_uuid = uuid::Uuid::new_v4();
     let sb = Superblock {
         compat: dfs_format::features::COMPAT_BLOCK_SUMS,
         ro_compat: 0,
@@ -448,7 +468,7 @@ pub fn format_member(
     };
     write_superblocks(dev, &sb)?;
     verify_member(dev, &sb)?;
-    Ok((member_uuid, layout))
+    Ok(layout)
 }
 
 /// Write both copies of `sb` (backup first, then primary) and sync.

@@ -21,13 +21,17 @@
 //!   orphan note, exit status 0 (allocation is derived from the metadata);
 //! - a whole member zeroed: "not a member" and "member missing", every
 //!   fragment on it absent, the data still readable from the others; a
-//!   repair re-protects every extent on the surviving members but cannot
-//!   bring the member back (exit status 1 + 4);
+//!   repair re-initialises the blank device in place as that member (its
+//!   own index and UUID) and rebuilds its fragments: exit status 1, then a
+//!   check exits 0 and the files read back byte-exact; a device that is
+//!   not blank is never formatted over (exit status 1 + 4, untouched);
 //! - an unreadable fragment (IO errors on its range): rebuilt on another
 //!   member; the bad range itself stays reported (exit status 1 + 4);
 //! - a clean pool stays untouched by a repair run; a pool in use is refused
 //!   for a repair and noted by a check; no member, two pools, one member
 //!   given twice are operational errors.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -36,7 +40,7 @@ use dfs_format::{FragmentHeader, Layout, Policy, RegionKind};
 use dynamicfs::device::{AlignedBuf, Device, Fault, FaultyDevice, IoKind, MemDevice};
 use dynamicfs::engine::lock::PoolLock;
 use dynamicfs::engine::state::Extent;
-use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
+use dynamicfs::engine::{Pool, PoolOptions};
 use dynamicfs::fsck::{check_pool, Finding, FragmentFault, FsckError, FsckOptions, FsckReport, SbCopy, Severity};
 use dynamicfs::member::{self, best_root, read_root_ring, read_superblocks};
 
@@ -50,7 +54,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// A pool of `FaultyDevice`s over named `MemDevice`s, with two files.
 struct TestPool {
     devs: Vec<Arc<FaultyDevice>>,
-    files: Vec<(&'static [u8], Vec<u8>)>,
+    files: common::files::Files,
     lock: tempfile::TempDir,
 }
 
@@ -70,13 +74,7 @@ impl TestPool {
             lock: tempfile::tempdir().unwrap(),
         };
         let pool = tp.open(&tp.devices(), false);
-        let (dir, _) = pool.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap();
-        for (i, (name, data)) in tp.files.iter().enumerate() {
-            let parent = if i == 0 { ROOT_INO } else { dir };
-            let (ino, _) = pool.create(parent, name, FileKind::File, 0o644, 0, 0, 0).unwrap();
-            pool.write(ino, 0, data).unwrap();
-            pool.fsync(ino).unwrap();
-        }
+        common::files::write_files(&pool, &tp.files);
         if close {
             pool.close().unwrap();
         }
@@ -106,28 +104,12 @@ impl TestPool {
     /// Extent `index` of file `name` (in `/` or `/d`).
     fn extent(&self, name: &[u8], index: u64) -> Extent {
         let pool = self.open(&self.devices(), true);
-        let ino = match pool.lookup(ROOT_INO, name) {
-            Ok((ino, _)) => ino,
-            Err(_) => {
-                let (d, _) = pool.lookup(ROOT_INO, b"d").unwrap();
-                pool.lookup(d, name).unwrap().0
-            }
-        };
-        let st = pool.state_snapshot();
-        let dynamicfs::engine::state::Body::File(map) = &st.inodes[&ino].body else { panic!("not a file") };
-        st.extents[&map[&index]].clone()
+        common::files::extent_of(&pool, name, index)
     }
 
     /// Every file reads back byte-exact from the devices `devs`.
     fn assert_files_with(&self, devs: &[Arc<dyn Device>]) {
-        let pool = self.open(devs, true);
-        let (d, _) = pool.lookup(ROOT_INO, b"d").unwrap();
-        for (i, (name, data)) in self.files.iter().enumerate() {
-            let parent = if i == 0 { ROOT_INO } else { d };
-            let (ino, attrs) = pool.lookup(parent, name).unwrap();
-            assert_eq!(attrs.size, data.len() as u64);
-            assert!(pool.read(ino, 0, data.len()).unwrap() == *data, "{} differs", String::from_utf8_lossy(name));
-        }
+        common::files::assert_files(&self.open(devs, true), &self.files);
     }
 
     fn assert_files(&self) {
@@ -197,19 +179,25 @@ fn clean_pool_is_clean_and_a_repair_run_writes_nothing() {
     assert_eq!(tp.devs.iter().map(|d| d.writes()).collect::<Vec<_>>(), writes, "a clean pool is not written");
 }
 
+/// Flip a payload byte (`at` bytes in) of fragment `index` of extent
+/// `extent` of file `name`; the finding fsck must report.
+fn flip_payload(tp: &TestPool, name: &[u8], extent: u64, index: usize, at: u64) -> Finding {
+    let e = tp.extent(name, extent);
+    let f = e.frags[index];
+    tp.flip(f.member, tp.layout(f.member).data_offset(f.block) + BS + at);
+    Finding::Fragment {
+        member: f.member,
+        extent: uuid::Uuid::from_u128(e.id),
+        index: index as u32,
+        block: f.block,
+        fault: FragmentFault::BadPayload,
+    }
+}
+
 #[test]
 fn flipped_payload_byte_in_a_data_shard() {
     let tp = TestPool::new(3, "erasure:2+1", true);
-    let e = tp.extent(b"a", 1);
-    let f = e.frags[0];
-    tp.flip(f.member, tp.layout(f.member).data_offset(f.block) + BS + 1234);
-    let expected = Finding::Fragment {
-        member: f.member,
-        extent: uuid::Uuid::from_u128(e.id),
-        index: 0,
-        block: f.block,
-        fault: FragmentFault::BadPayload,
-    };
+    let expected = flip_payload(&tp, b"a", 1, 0, 1234);
     // Without --data the payload is not read: the header is fine.
     let quick = check_pool(&tp.devices(), &FsckOptions { verify_data: false, ..tp.opts(false) }).unwrap();
     assert_eq!(quick.exit_code, 0, "{:#?}", quick.findings);
@@ -220,16 +208,8 @@ fn flipped_payload_byte_in_a_data_shard() {
 fn flipped_payload_byte_in_a_parity_shard() {
     // The read path never reads parity; fsck hands it to the engine's repair.
     let tp = TestPool::new(3, "erasure:2+1", true);
-    let e = tp.extent(b"b", 0);
-    let f = e.frags[2];
-    tp.flip(f.member, tp.layout(f.member).data_offset(f.block) + BS + 77);
-    let expected = Finding::Fragment {
-        member: f.member,
-        extent: uuid::Uuid::from_u128(e.id),
-        index: 2,
-        block: f.block,
-        fault: FragmentFault::BadPayload,
-    };
+    let f = tp.extent(b"b", 0).frags[2];
+    let expected = flip_payload(&tp, b"b", 0, 2, 77);
     found_then_repaired(&tp, &expected);
     // The rebuilt parity is a new fragment at a new location.
     assert_ne!(tp.extent(b"b", 0).frags[2], f);
@@ -407,24 +387,49 @@ fn whole_member_zeroed() {
     // The data is still readable from the other two.
     tp.assert_files_with(&others);
 
-    // Repair: every extent is re-protected on the two others; the member
-    // itself cannot be brought back by fsck.
+    // Repair: the blank device is re-initialised in place as the missing
+    // member (same index and UUID) and every fragment it held is rebuilt.
+    let member_uuid = st.members.iter().find(|m| m.index == victim).unwrap().uuid;
     let r = tp.check(true);
-    assert_eq!(r.exit_code, 1 | 4, "{:#?}", r.findings);
+    assert_eq!(r.exit_code, 1, "{:#?}", r.findings);
     for f in &r.findings {
         match &f.finding {
-            Finding::Fragment { .. } | Finding::CheckpointCopy { .. } => assert_eq!(f.severity, Severity::Corrected),
-            Finding::NotAMember { .. } | Finding::MemberMissing { .. } => assert_eq!(f.severity, Severity::Left),
+            Finding::Fragment { .. }
+            | Finding::CheckpointCopy { .. }
+            | Finding::NotAMember { .. }
+            | Finding::MemberMissing { .. } => assert_eq!(f.severity, Severity::Corrected, "{f:?}"),
             other => assert_eq!(f.severity, Severity::Info, "{other:?}"),
         }
     }
+    assert_eq!(r.repairs.members_reinitialised, 1);
     assert_eq!(r.repairs.extents_read, extents_on_victim as u64);
+    let sb = read_superblocks(tp.devs[victim as usize].as_ref()).unwrap().superblock;
+    assert_eq!((sb.member_index, sb.member_uuid.as_u128()), (victim, member_uuid), "its own identity back");
     let r = tp.check(false);
-    assert_eq!(r.exit_code, 4);
-    let p = problems(&r);
-    assert_eq!(p.len(), 2, "{p:#?}");
-    assert!(p.contains(&&Finding::MemberMissing { member: victim, path_hint: name, fragments: 0 }));
+    assert_eq!(r.exit_code, 0, "{:#?}", r.findings);
+    assert!(problems(&r).is_empty());
+    tp.assert_files();
     tp.assert_files_with(&others);
+}
+
+#[test]
+fn missing_member_with_a_non_blank_device_is_not_reinitialised() {
+    let tp = TestPool::new(3, "replication:2", true);
+    // Member 2's superblocks are gone but the device is not blank (some
+    // other content at its start): fsck must not format over it.
+    tp.zero(2, 0, 64 * MIB);
+    let junk = AlignedBuf::from_slice_padded(b"someone else's data", BS as usize);
+    tp.devs[2].write_at(8 * BS, &junk).unwrap();
+    tp.devs[2].sync().unwrap();
+    let r = tp.check(true);
+    assert_eq!(r.repairs.members_reinitialised, 0);
+    assert_eq!(r.exit_code, 1 | 4, "{:#?}", r.findings);
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| matches!(f.finding, Finding::MemberMissing { member: 2, .. }) && f.severity == Severity::Left));
+    assert!(read_superblocks(tp.devs[2].as_ref()).is_err(), "nothing written to it");
+    assert_eq!(member::read_bytes(tp.devs[2].as_ref(), 8 * BS, 19).unwrap(), b"someone else's data");
 }
 
 #[test]

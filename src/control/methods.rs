@@ -18,12 +18,16 @@
 //! | `remove-disk` | `index`, `wait`? | `DrainProgress` |
 //! | `rebuild` | `limit`? | `RebuildIo` (degraded extents rebuilt now) |
 //! | `rebuild-status` | – | `WorkerStatus` (mounts only) |
+//! | `orphans.detect` | – | `OrphanReport` (judged by the open pool: `engine::orphans`) |
+//! | `orphans.stats` | – | `OrphanStats` |
+//! | `orphans.cleanup` | `min_age_secs`?, `dry_run`? | `CleanupReport` |
 //!
 //! This module never touches devices: every method is one engine call.
 
 use super::protocol::{ErrorKind, WireError};
 use super::server::Registry;
 use crate::engine::admin::paced;
+use crate::engine::orphans;
 use crate::engine::rebuild::{DrainProgress, RebuildIo, Worker};
 use crate::engine::state::MemberState;
 use crate::engine::{EngineError, Pool, ROOT_INO};
@@ -170,6 +174,13 @@ pub fn register_admin(r: &mut Registry) {
         let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
         let io: RebuildIo = pool.rebuild_all(limit).map_err(failed)?;
         to_value(&io)
+    });
+    r.register("orphans.detect", |pool, _| to_value(&orphans::detect_live(pool)));
+    r.register("orphans.stats", |pool, _| to_value(&orphans::stats(&orphans::detect_live(pool))));
+    r.register("orphans.cleanup", |pool, p| {
+        let min_age = std::time::Duration::from_secs(p.get("min_age_secs").and_then(Value::as_u64).unwrap_or(0));
+        let opts = orphans::CleanupOptions { min_age, dry_run: param_bool(&p, "dry_run")?, lock_dir: None };
+        to_value(&orphans::cleanup_live(pool, &opts).map_err(failed)?)
     });
 }
 

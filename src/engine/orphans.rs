@@ -21,30 +21,56 @@
 //!
 //! It must never erase a block a committed extent or the live checkpoint
 //! references (the walk skips every referenced run), nor one an in-flight
-//! transaction may still commit. Cleanup therefore runs only on an
-//! **unmounted** pool held under its pool lock for the whole run — nothing
-//! is in flight then — and refuses when the metadata did not load cleanly
-//! (an unreadable checkpoint would make everything look unreferenced).
-//! `min_age` keeps fragments younger than it (by the header's write time),
-//! the guard a mounted pool's GC will also need.
+//! transaction may still commit. Two ways to get there:
+//!
+//! - **Unmounted** ([`detect`], [`cleanup`]): the pool is held under its
+//!   pool lock for the whole run — nothing is in flight then — and judged
+//!   against the committed metadata on disk; refused when that metadata
+//!   did not load cleanly (an unreadable checkpoint would make everything
+//!   look unreferenced).
+//! - **Mounted** ([`detect_live`], [`cleanup_live`], the mount's control
+//!   methods `orphans.detect` / `orphans.stats` / `orphans.cleanup`): the
+//!   judge is the open pool's **allocators**, not the disk. Every fragment
+//!   anything may still commit holds its blocks there: a write-behind
+//!   extent from placement until its commit (or until its failure gives
+//!   them back), a committed one until the commit that drops it is
+//!   *durable* (frees are deferred), a repair, rebuild, drain, migration or
+//!   change-policy fragment from its allocation on, a checkpoint while it
+//!   is live. So a header whose whole run is free in the allocator is one
+//!   nothing in this process can commit, and nothing on disk references
+//!   (allocation is derived from the metadata at open). Headers in used
+//!   runs that no committed fragment starts at are counted as `in_flight`
+//!   and kept. The erase itself is guarded against the walk going stale:
+//!   under the metadata lock the run is *reserved* (`mark_used`, which fails
+//!   if anyone allocated a block of it since), the header is read again and
+//!   must be the one judged, then zeroed, synced, and the run given back.
+//!   No writer can be handed a reserved run, so no new header is ever
+//!   erased.
+//!
+//! `min_age` keeps fragments younger than it (by the header's write time)
+//! in both modes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::lock::{PoolLock, DEFAULT_LOCK_DIR};
 use super::pool::now_ns;
 use super::EngineError;
+use super::Pool;
 use crate::device::{AlignedBuf, Device};
 use crate::fsck::{self, FsckError, Unreferenced, UnreferencedKind};
-use crate::member;
+use crate::member::{self, FragmentScanOptions};
+use dfs_alloc::{BlockState, Run};
+use dfs_format::fragment::FragmentKind;
+use dfs_format::{FragmentHeader, Layout, FRAGMENT_HEADER_LEN};
 
 /// One unreferenced fragment, explained.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrphanInfo {
     pub kind: UnreferencedKind,
     pub member: u32,
@@ -64,7 +90,7 @@ pub struct OrphanInfo {
 }
 
 /// What `detect-orphans` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrphanReport {
     pub pool_uuid: Uuid,
     /// The metadata loaded cleanly: the list can be acted on.
@@ -72,10 +98,15 @@ pub struct OrphanReport {
     pub problems: Vec<String>,
     pub blocks_examined: u64,
     pub orphans: Vec<OrphanInfo>,
+    /// Mounted pools only: headers in runs the engine still holds that no
+    /// committed fragment starts at (in-flight writes, repairs,
+    /// migrations, frees not yet durable): kept, never listed as orphans.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// Totals by kind and member (`orphan-stats`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OrphanStats {
     pub fragments: u64,
     pub bytes: u64,
@@ -139,6 +170,7 @@ fn report_of(scan: &fsck::UnreferencedScan) -> OrphanReport {
         problems: scan.problems.clone(),
         blocks_examined: scan.blocks_examined,
         orphans,
+        in_flight: 0,
     }
 }
 
@@ -180,7 +212,7 @@ pub struct CleanupOptions {
 }
 
 /// What `cleanup-orphans` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CleanupReport {
     pub pool_uuid: Uuid,
     pub dry_run: bool,
@@ -193,6 +225,14 @@ pub struct CleanupReport {
     pub failed: Vec<(OrphanInfo, String)>,
     /// Unreferenced fragments of kind orphan still there afterwards.
     pub remaining_orphans: u64,
+    /// Mounted pools only: headers kept because the engine holds their
+    /// blocks (see [`OrphanReport::in_flight`]), and candidates skipped
+    /// because their run was allocated or their header rewritten between
+    /// the walk and the erase.
+    #[serde(default)]
+    pub in_flight: u64,
+    #[serde(default)]
+    pub raced: u64,
 }
 
 /// Why a cleanup was refused or failed.
@@ -247,6 +287,8 @@ pub fn cleanup(devices: &[Arc<dyn Device>], opts: &CleanupOptions) -> Result<Cle
         kept_young: Vec::new(),
         failed: Vec::new(),
         remaining_orphans: 0,
+        in_flight: 0,
+        raced: 0,
     };
     let mut touched: BTreeMap<u32, ()> = BTreeMap::new();
     for o in report.orphans {
@@ -284,5 +326,189 @@ pub fn cleanup(devices: &[Arc<dyn Device>], opts: &CleanupOptions) -> Result<Cle
         out.remaining_orphans =
             out.erased.iter().chain(&out.kept_young).filter(|o| o.kind == UnreferencedKind::Orphan).count() as u64;
     }
+    Ok(out)
+}
+
+/// A candidate of a mounted pool's GC: what was judged, to be checked
+/// again at the erase.
+struct LiveCandidate {
+    info: OrphanInfo,
+    run: Run,
+    header: FragmentHeader,
+}
+
+/// Walk every present member of the open `pool` (no lock held), then judge
+/// each header of this pool under the metadata lock against the
+/// allocators (see the module doc).
+fn live_scan(pool: &Pool) -> (OrphanReport, Vec<LiveCandidate>) {
+    let members: Vec<(u32, Arc<dyn Device>, Layout)> =
+        pool.members().iter().flatten().map(|m| (m.index, m.dev.clone(), m.layout.clone())).collect();
+    let walked: Vec<(u32, Result<member::FragmentScan, String>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = members
+            .iter()
+            .map(|(i, dev, layout)| {
+                s.spawn(move || {
+                    let r = member::scan_fragments(dev.as_ref(), layout, None, FragmentScanOptions::default());
+                    (*i, r.map_err(|e| format!("{}: {e}", dev.identity())))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let now = now_ns();
+    let mut report = OrphanReport {
+        pool_uuid: pool.uuid(),
+        trustworthy: !pool.is_poisoned(),
+        problems: Vec::new(),
+        blocks_examined: 0,
+        orphans: Vec::new(),
+        in_flight: 0,
+    };
+    if pool.is_poisoned() {
+        report.problems.push("a metadata write failed: the pool refuses changes until it is mounted again".into());
+    }
+    let mut cands = Vec::new();
+    let m = pool.meta();
+    let committed: HashSet<(u32, u64)> = m.state.all_fragments().map(|(_, _, f)| (f.member, f.block)).collect();
+    for (index, scan) in walked {
+        let scan = match scan {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push(format!("member {index}: walk failed: {e}"));
+                continue;
+            }
+        };
+        report.blocks_examined += scan.blocks_examined;
+        let Some((_, dev, layout)) = members.iter().find(|(i, _, _)| *i == index) else { continue };
+        // A member without an allocator (failed, leaving) is not judged.
+        let Some(Some(alloc)) = m.allocs.get(index as usize) else { continue };
+        for f in scan.fragments.iter().filter(|f| f.header.pool_uuid == pool.uuid()) {
+            let len = (1 + f.payload_blocks).min(scan.data_blocks.saturating_sub(f.block)).max(1);
+            let free = (f.block..f.block + len).all(|b| matches!(alloc.block_state(b), Ok(BlockState::Free)));
+            if !free {
+                if f.header.kind == FragmentKind::Extent && !committed.contains(&(index, f.block)) {
+                    report.in_flight += 1;
+                }
+                continue;
+            }
+            let kind = match f.header.kind {
+                FragmentKind::Checkpoint => UnreferencedKind::StaleCheckpoint,
+                FragmentKind::Extent if m.state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
+                    UnreferencedKind::StaleFragment
+                }
+                FragmentKind::Extent => UnreferencedKind::Orphan,
+            };
+            let u = Unreferenced {
+                kind,
+                member: index,
+                block: f.block,
+                blocks: 1 + f.payload_blocks,
+                offset: f.offset,
+                extent: f.header.extent_uuid,
+                fragment_index: f.header.fragment_index,
+                generation: f.header.generation,
+                created_ns: f.header.created_ns,
+            };
+            let info = explain(&u, layout.block_size as u64, dev.identity().to_string(), now);
+            report.orphans.push(info.clone());
+            cands.push(LiveCandidate { info, run: Run { start: f.block, len }, header: f.header.clone() });
+        }
+    }
+    (report, cands)
+}
+
+/// `detect-orphans` on a mounted (open, read-write or not) pool.
+pub fn detect_live(pool: &Pool) -> OrphanReport {
+    live_scan(pool).0
+}
+
+/// `cleanup-orphans` on a mounted pool: erase the header block of every
+/// unreferenced fragment at least `min_age` old that nothing in flight
+/// holds (see the module doc for the guard). `lock_dir` is not used.
+pub fn cleanup_live(pool: &Pool, opts: &CleanupOptions) -> Result<CleanupReport, EngineError> {
+    if !opts.dry_run {
+        if pool.read_only() {
+            return Err(EngineError::ReadOnly);
+        }
+        pool.check_poisoned()?;
+    }
+    let (report, cands) = live_scan(pool);
+    let mut out = CleanupReport {
+        pool_uuid: report.pool_uuid,
+        dry_run: opts.dry_run,
+        min_age_secs: opts.min_age.as_secs(),
+        erased: Vec::new(),
+        erased_bytes: 0,
+        kept_young: Vec::new(),
+        failed: Vec::new(),
+        remaining_orphans: 0,
+        in_flight: report.in_flight,
+        raced: 0,
+    };
+    let mut reserved: Vec<(u32, Run)> = Vec::new();
+    let mut touched: BTreeMap<u32, Arc<dyn Device>> = BTreeMap::new();
+    for c in cands {
+        if c.info.age_secs < out.min_age_secs {
+            out.kept_young.push(c.info);
+            continue;
+        }
+        if opts.dry_run {
+            out.erased_bytes += c.info.bytes;
+            out.erased.push(c.info);
+            continue;
+        }
+        let member = c.info.member;
+        // Reserve the run: fails when anything allocated a block of it
+        // since the walk.
+        let taken = match pool.meta().allocs.get_mut(member as usize) {
+            Some(Some(a)) => a.mark_used(c.run).is_ok(),
+            _ => false,
+        };
+        if !taken {
+            out.raced += 1;
+            continue;
+        }
+        reserved.push((member, c.run));
+        let Some(Some(m)) = pool.members().get(member as usize) else { continue };
+        let dev = m.dev.clone();
+        let bs = m.layout.block_size as usize;
+        // The header must still be the one judged.
+        let same = member::read_bytes(dev.as_ref(), c.info.offset, bs)
+            .ok()
+            .and_then(|b| FragmentHeader::decode(&b[..FRAGMENT_HEADER_LEN.min(b.len())]).ok())
+            .is_some_and(|h| h == c.header);
+        if !same {
+            out.raced += 1;
+            continue;
+        }
+        if let Err(e) = member::write_bytes(dev.as_ref(), c.info.offset, &AlignedBuf::zeroed(bs)) {
+            out.failed.push((c.info, format!("{}: {e}", dev.identity())));
+            continue;
+        }
+        touched.insert(member, dev);
+        out.erased_bytes += c.info.bytes;
+        out.erased.push(c.info);
+    }
+    for (member, dev) in &touched {
+        if let Err(e) = dev.sync() {
+            let err = format!("{}: sync: {e}", dev.identity());
+            let hit: Vec<OrphanInfo> = out.erased.iter().filter(|o| o.member == *member).cloned().collect();
+            out.failed.extend(hit.into_iter().map(|o| (o, err.clone())));
+        }
+    }
+    // Give the reserved runs back: nothing references them.
+    {
+        let mut m = pool.meta();
+        for (member, run) in reserved {
+            if let Some(Some(a)) = m.allocs.get_mut(member as usize) {
+                let _ = a.free(run);
+            }
+        }
+    }
+    out.remaining_orphans = if opts.dry_run {
+        out.erased.iter().chain(&out.kept_young).filter(|o| o.kind == UnreferencedKind::Orphan).count() as u64
+    } else {
+        live_scan(pool).0.orphans.iter().filter(|o| o.kind == UnreferencedKind::Orphan).count() as u64
+    };
     Ok(out)
 }

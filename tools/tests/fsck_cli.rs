@@ -4,98 +4,32 @@
 //! usage), the human lines and the JSON report.
 //!
 //! Needs root and loop devices; skipped with a printed reason otherwise.
-//! The loop devices come from `losetup` (this crate has no `loopdev`
-//! dependency to share `tests/common` with): each is attached over a sparse
-//! image in its own temporary directory with direct IO, and only the device
-//! attached here is ever detached, also when a test panics.
+//! The loop devices come from `common::Loop` (`losetup`, direct IO; only
+//! the devices attached here are detached, also when a test panics).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
 use std::sync::Arc;
 
-use dynamicfs::device::{open_member_device, Device, OpenMode};
+use common::{expect, have_loop_devices, mkfs, pattern, Loop, BS, MIB};
+use dynamicfs::device::Device;
 use dynamicfs::engine::lock::{PoolLock, DEFAULT_LOCK_DIR};
 use dynamicfs::engine::state::{Body, Extent};
 use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
-use dynamicfs::member::{read_bytes, read_superblocks, write_bytes};
+use dynamicfs::member::read_superblocks;
 
 const FSCK: &str = env!("CARGO_BIN_EXE_fsck-dfs");
 const MKFS: &str = env!("CARGO_BIN_EXE_mkfs-dfs");
-const MIB: u64 = 1 << 20;
-const BS: u64 = 4096;
 
-/// A loop device over a sparse image; detached (and the image deleted) on drop.
-struct Loop {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Loop {
-    fn new(size: u64) -> Loop {
-        let dir = tempfile::Builder::new().prefix("dfs-fsck-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let image = dir.path().join("loop.img");
-        File::create(&image).unwrap().set_len(size).unwrap();
-        let mut last = String::new();
-        for _ in 0..20 {
-            let o = Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&image).output().unwrap();
-            if o.status.success() {
-                let path = PathBuf::from(String::from_utf8(o.stdout).unwrap().trim());
-                return Loop { path, _dir: dir };
-            }
-            // Another process may have taken the free device first.
-            last = String::from_utf8_lossy(&o.stderr).into_owned();
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("losetup failed: {last}");
-    }
-
-    fn s(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
-    }
-}
-
-fn have_loop_devices() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = root
-        && Path::new("/dev/loop-control").exists()
-        && Command::new("losetup").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping: needs root, /dev/loop-control and losetup");
-    }
-    ok
-}
-
-/// Run `fsck-dfs ARGS`; the command and its output are printed (seen with
-/// `--nocapture`).
+/// Run `fsck-dfs ARGS` (printed with its output).
 fn run(args: &[&str]) -> Output {
-    let o = Command::new(FSCK).args(args).output().unwrap();
-    println!(
-        "$ fsck.dfs {}\n{}{}[exit {:?}]\n",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        o.status.code()
-    );
-    o
+    common::run(FSCK, args)
 }
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Exit status `code`; on failure show everything.
-fn expect(o: &Output, code: i32) -> String {
-    let out = stdout(o);
-    assert_eq!(o.status.code(), Some(code), "stdout:\n{out}\nstderr:\n{}", String::from_utf8_lossy(&o.stderr));
-    out
 }
 
 /// Exit status 8 and exactly one `fsck.dfs: error: ...` line containing `what`.
@@ -105,10 +39,6 @@ fn expect_operational(o: &Output, what: &str) {
     assert_eq!(o.status.code(), Some(8), "{err}");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("fsck.dfs: error: ") && lines[0].contains(what), "{lines:?}");
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
 }
 
 /// Three loop devices made a pool by `mkfs.dfs` (erasure:2+1), with files
@@ -121,13 +51,8 @@ struct LoopPool {
 impl LoopPool {
     fn new() -> LoopPool {
         let loops: Vec<Loop> = (0..3).map(|_| Loop::new(64 * MIB)).collect();
-        let mut args = vec!["-q", "-p", "erasure:2+1", "-L", "fsck"];
-        for l in &loops {
-            args.extend(["-d", l.s()]);
-        }
-        let o = Command::new(MKFS).args(&args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let uuid = read_superblocks(open(&loops[0], true).as_ref()).unwrap().superblock.pool_uuid;
+        mkfs(MKFS, &loops, "erasure:2+1", "fsck");
+        let uuid = read_superblocks(loops[0].dev(true).as_ref()).unwrap().superblock.pool_uuid;
         let lp = LoopPool { loops, uuid };
         let pool = lp.pool(false);
         for (name, len, seed) in [(&b"a"[..], 2 * MIB as usize + 5000, 1u8), (&b"b"[..], 100_000, 2)] {
@@ -140,7 +65,7 @@ impl LoopPool {
     }
 
     fn pool(&self, read_only: bool) -> Pool {
-        let devs: Vec<Arc<dyn Device>> = self.loops.iter().map(|l| open(l, read_only)).collect();
+        let devs: Vec<Arc<dyn Device>> = self.loops.iter().map(|l| l.dev(read_only)).collect();
         Pool::open(devs, PoolOptions { read_only, no_lock: true, ..Default::default() }).unwrap()
     }
 
@@ -155,29 +80,10 @@ impl LoopPool {
     /// Byte offset on its member of fragment `i` of `e` (its header block).
     fn fragment_offset(&self, e: &Extent, i: usize) -> (usize, u64) {
         let f = e.frags[i];
-        let dev = open(&self.loops[f.member as usize], true);
+        let dev = self.loops[f.member as usize].dev(true);
         let layout = read_superblocks(dev.as_ref()).unwrap().superblock.layout;
         (f.member as usize, layout.data_offset(f.block))
     }
-
-    /// Flip one byte at `offset` of member `m`, through the device.
-    fn flip(&self, m: usize, offset: u64) {
-        let dev = open(&self.loops[m], false);
-        let mut b = read_bytes(dev.as_ref(), offset, 1).unwrap();
-        b[0] ^= 0x10;
-        write_bytes(dev.as_ref(), offset, &b).unwrap();
-        dev.sync().unwrap();
-    }
-
-    fn zero(&self, m: usize, offset: u64, len: u64) {
-        let dev = open(&self.loops[m], false);
-        write_bytes(dev.as_ref(), offset, &vec![0u8; len as usize]).unwrap();
-        dev.sync().unwrap();
-    }
-}
-
-fn open(l: &Loop, read_only: bool) -> Arc<dyn Device> {
-    open_member_device(&l.path, OpenMode { read_only, exclusive: false }).unwrap()
 }
 
 #[test]
@@ -202,7 +108,7 @@ fn clean_then_damaged_then_repaired() {
     // A flipped payload byte: found with --data only; -y repairs it (1); clean again (0).
     let e = lp.extent(b"a", 1);
     let (m, off) = lp.fragment_offset(&e, 0);
-    lp.flip(m, off + BS + 999);
+    lp.loops[m].flip(off + BS + 999, 0x10);
     expect(&run(&["-n", l0]), 0);
     let out = expect(&run(&["-n", "--data", l0]), 4);
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("ERROR")).collect();
@@ -216,7 +122,7 @@ fn clean_then_damaged_then_repaired() {
     expect(&run(&["-n", "--data", l0]), 0);
 
     // A destroyed primary superblock: preen (-p, as fsck at boot) fixes it.
-    lp.zero(2, 0, BS);
+    lp.loops[2].zero(0, BS);
     let out = expect(&run(&["-p", lp.loops[2].s()]), 1);
     assert!(out.contains("primary copy at offset 0"), "{out}");
     expect(&run(&["-n", "-f", l0]), 0);
@@ -237,7 +143,7 @@ fn lost_extent_is_left_uncorrected() {
     let e = lp.extent(b"b", 0);
     for i in [0, 2] {
         let (m, off) = lp.fragment_offset(&e, i);
-        lp.flip(m, off + 100);
+        lp.loops[m].flip(off + 100, 0x10);
     }
     let out = expect(&run(&["-y", lp.loops[0].s()]), 4);
     let lost: Vec<&str> = out.lines().filter(|l| l.contains("its data is lost")).collect();
@@ -285,4 +191,40 @@ fn operational_and_usage_errors() {
     let o = run(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("Exit status: 0 clean, 1 errors corrected, 4 errors left uncorrected"));
+}
+
+#[test]
+fn zeroed_member_is_reinitialised_in_place() {
+    if !have_loop_devices() {
+        return;
+    }
+    let lp = LoopPool::new();
+    let member_uuid = read_superblocks(lp.loops[1].dev(true).as_ref()).unwrap().superblock.member_uuid;
+    // A whole member zeroed (a disk replaced by a blank one at the same
+    // path, or wiped): named on the command line, as it has no superblock
+    // to be found by.
+    lp.loops[1].zero(0, 64 * MIB);
+    let (l0, l1) = (lp.loops[0].s(), lp.loops[1].s());
+    let out = expect(&run(&["-n", "--data", l0, l1]), 4);
+    assert!(out.contains(&format!("{l1} is not a member of this pool")), "{out}");
+    assert!(out.contains("member 1") && out.contains("missing"), "{out}");
+    let out = expect(&run(&["-y", "--data", l0, l1]), 1);
+    assert!(out.contains("re-initialised in place as the missing member"), "{out}");
+    assert!(out.contains("POOL WAS MODIFIED"), "{out}");
+    let out = expect(&run(&["-n", "--data", "-f", l0]), 0);
+    assert!(out.contains("3 of 3 members"), "{out}");
+    let sb = read_superblocks(lp.loops[1].dev(true).as_ref()).unwrap().superblock;
+    assert_eq!((sb.member_index, sb.member_uuid), (1, member_uuid), "the member's own identity");
+    // Byte-exact, also from the re-initialised member with another gone.
+    let pool = lp.pool(true);
+    for (name, len, seed) in [(&b"a"[..], 2 * MIB as usize + 5000, 1u8), (&b"b"[..], 100_000, 2)] {
+        let (ino, _) = pool.lookup(ROOT_INO, name).unwrap();
+        assert!(pool.read(ino, 0, len).unwrap() == pattern(len, seed));
+    }
+    drop(pool);
+    let st_frags_on_1 = {
+        let p = lp.pool(true);
+        p.state_snapshot().all_fragments().filter(|(_, _, f)| f.member == 1).count()
+    };
+    println!("fragments on the re-initialised member: {st_frags_on_1}");
 }

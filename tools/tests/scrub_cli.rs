@@ -11,99 +11,19 @@
 //! Needs root and loop devices (losetup); skipped with a printed reason
 //! otherwise. Only the loop devices attached here are detached.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::sync::Arc;
 
-use dfs_format::fragment::FragmentKind;
-use dfs_format::{FragmentHeader, Policy};
-use dynamicfs::device::{open_member_device, AlignedBuf, Device, OpenMode};
+use common::{expect, have_loop_devices, json, mkfs, now_ns, pattern, plant_orphan, run, Loop, BS, MIB};
+use dynamicfs::device::Device;
 use dynamicfs::engine::state::{Body, Extent};
 use dynamicfs::engine::{FileKind, Pool, PoolOptions, ROOT_INO};
-use dynamicfs::member::{read_bytes, read_superblocks, write_bytes};
+use dynamicfs::member::read_superblocks;
 
 const DFS: &str = env!("CARGO_BIN_EXE_dfs");
 const MKFS: &str = env!("CARGO_BIN_EXE_mkfs-dfs");
-const MIB: u64 = 1 << 20;
-const BS: u64 = 4096;
-
-struct Loop {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Loop {
-    fn new(size: u64) -> Loop {
-        let dir = tempfile::Builder::new().prefix("dfs-scrub-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let image = dir.path().join("loop.img");
-        File::create(&image).unwrap().set_len(size).unwrap();
-        let mut last = String::new();
-        for _ in 0..20 {
-            let o = Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&image).output().unwrap();
-            if o.status.success() {
-                let path = PathBuf::from(String::from_utf8(o.stdout).unwrap().trim());
-                return Loop { path, _dir: dir };
-            }
-            last = String::from_utf8_lossy(&o.stderr).into_owned();
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("losetup failed: {last}");
-    }
-
-    fn s(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    fn dev(&self, read_only: bool) -> Arc<dyn Device> {
-        open_member_device(&self.path, OpenMode { read_only, exclusive: false }).unwrap()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
-    }
-}
-
-fn have_loop_devices() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = root
-        && Path::new("/dev/loop-control").exists()
-        && Command::new("losetup").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping: needs root, /dev/loop-control and losetup");
-    }
-    ok
-}
-
-fn run(prog: &str, args: &[&str]) -> Output {
-    let o = Command::new(prog).args(args).output().unwrap();
-    println!(
-        "$ {} {}\n{}{}[exit {:?}]\n",
-        Path::new(prog).file_name().unwrap().to_string_lossy(),
-        args.join(" "),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        o.status.code()
-    );
-    o
-}
-
-fn expect(o: &Output, code: i32) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(o.status.code(), Some(code), "stdout:\n{out}\nstderr:\n{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
-fn json(o: &Output, code: i32) -> serde_json::Value {
-    serde_json::from_str(&expect(o, code)).unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
-}
 
 struct LoopPool {
     loops: Vec<Loop>,
@@ -113,12 +33,7 @@ struct LoopPool {
 impl LoopPool {
     fn new() -> LoopPool {
         let loops: Vec<Loop> = (0..3).map(|_| Loop::new(64 * MIB)).collect();
-        let mut args = vec!["-q", "-p", "erasure:2+1", "-L", "scrub"];
-        for l in &loops {
-            args.extend(["-d", l.s()]);
-        }
-        let o = Command::new(MKFS).args(&args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        mkfs(MKFS, &loops, "erasure:2+1", "scrub");
         let lp = LoopPool { loops, data: pattern(3 * MIB as usize - 99, 4) };
         let pool = lp.pool(false);
         let (ino, _) = pool.create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 0).unwrap();
@@ -140,45 +55,6 @@ impl LoopPool {
         let Body::File(map) = &st.inodes[&ino].body else { panic!("not a file") };
         st.extents[&map[&index]].clone()
     }
-
-    fn flip(&self, m: usize, offset: u64) {
-        let dev = self.loops[m].dev(false);
-        let mut b = read_bytes(dev.as_ref(), offset, 1).unwrap();
-        b[0] ^= 0x40;
-        write_bytes(dev.as_ref(), offset, &b).unwrap();
-        dev.sync().unwrap();
-    }
-
-    /// A fragment header of this pool in free space, written `created_ns` ago-ish.
-    fn plant_orphan(&self, m: usize, from_end: u64, created_ns: u64) -> u64 {
-        let dev = self.loops[m].dev(false);
-        let sb = read_superblocks(dev.as_ref()).unwrap().superblock;
-        let payload = pattern(BS as usize, 9);
-        let h = FragmentHeader {
-            kind: FragmentKind::Extent,
-            pool_uuid: sb.pool_uuid,
-            extent_uuid: uuid::Uuid::new_v4(),
-            fragment_index: 0,
-            fragment_count: 1,
-            policy: Policy::Replication { copies: 1 },
-            payload_len: BS as u32,
-            extent_len: BS as u32,
-            generation: 1,
-            created_ns,
-            payload_blake3: *blake3::hash(&payload).as_bytes(),
-            extent_blake3: *blake3::hash(&payload).as_bytes(),
-        };
-        let mut buf = AlignedBuf::from_slice_padded(&h.encode(), BS as usize).to_vec();
-        buf.extend_from_slice(&payload);
-        let block = sb.layout.data_blocks() - from_end;
-        dev.write_at(sb.layout.data_offset(block), &AlignedBuf::from_slice_padded(&buf, BS as usize)).unwrap();
-        dev.sync().unwrap();
-        block
-    }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 #[test]
@@ -195,7 +71,7 @@ fn scrub_finds_then_repairs() {
     let e = lp.extent(2);
     let f = e.frags[0];
     let layout = read_superblocks(lp.loops[f.member as usize].dev(true).as_ref()).unwrap().superblock.layout;
-    lp.flip(f.member as usize, layout.data_offset(f.block) + BS + 17);
+    lp.loops[f.member as usize].flip(layout.data_offset(f.block) + BS + 17, 0x40);
 
     let out = expect(&run(DFS, &["scrub", "--pool", l0]), 1);
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("ERROR")).collect();
@@ -235,8 +111,8 @@ fn schedule_orphans_daemon_and_usage() {
     assert_eq!(j["rate_limit_bytes_per_sec"], 64 * MIB);
 
     // Orphans: one old, one young (written "now").
-    let old = lp.plant_orphan(1, 200, 1);
-    let young = lp.plant_orphan(2, 100, now_ns());
+    let old = plant_orphan(&lp.loops[1], 200, 1);
+    let young = plant_orphan(&lp.loops[2], 100, now_ns());
     let j = json(&run(DFS, &["detect-orphans", "--pool", l0, "--json"]), 0);
     assert_eq!(j["trustworthy"], true);
     let orphans: Vec<&serde_json::Value> =
@@ -343,7 +219,7 @@ fn install_sh_makes_fsck_t_dfs_work_and_installs_the_units() {
     let e = lp.extent(0);
     let f = e.frags[1];
     let layout = read_superblocks(lp.loops[f.member as usize].dev(true).as_ref()).unwrap().superblock.layout;
-    lp.flip(f.member as usize, layout.data_offset(f.block) + 60);
+    lp.loops[f.member as usize].flip(layout.data_offset(f.block) + 60, 0x40);
     let o = Command::new("fsck").args(["-t", "dfs", "-n", lp.loops[0].s()]).env("PATH", &path).output().unwrap();
     assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stdout));
 }

@@ -2,14 +2,15 @@
 //! detect-orphans`, `dfs orphan-stats`, `dfs cleanup-orphans`: the integrity
 //! commands. Each returns the text to print, or one error line.
 //!
-//! `scrub` and the orphan commands work on an **unmounted** pool: its
-//! members are found from one of them (or `UUID=`) and opened read-only
-//! for a check, read-write and exclusive for `--repair` / a cleanup (a
-//! mounted pool is then refused, naming the device). `scrub-daemon` talks
-//! to the scrub daemon of a mounted pool through the mount's control
-//! socket, which this build does not have yet: it builds the request and
-//! says so (exit status 1). `scrub-schedule` stores the schedule in the
-//! pool (unmounted; a mount honours it).
+//! `scrub` works on an **unmounted** pool: its members are found from one
+//! of them (or `UUID=`) and opened read-only for a check, read-write and
+//! exclusive for `--repair` (a mounted pool is then refused, naming the
+//! device). The orphan commands go to the mount's control socket when the
+//! pool is mounted (`orphans.*` methods: the mount judges against its open
+//! allocators, so in-flight writes are safe) and work on the unmounted
+//! pool otherwise. `scrub-daemon` talks to the scrub daemon of a mounted
+//! pool through the control socket. `scrub-schedule` stores the schedule
+//! in the pool (unmounted; a mount honours it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use dynamicfs::device::Device;
 use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOptions, PoolSource};
 use dynamicfs::engine::lock::DEFAULT_LOCK_DIR;
-use dynamicfs::engine::orphans::{self, CleanupOptions, OrphanReport};
+use dynamicfs::engine::orphans::{self, CleanupOptions, CleanupReport, OrphanReport};
 use dynamicfs::engine::scrub::{scrub_pool, ScrubOptions, ScrubReport};
 use dynamicfs::engine::scrub_daemon::{self, frequency_name, Intensity};
 use dynamicfs::fsck::pool_lock_holder;
@@ -240,6 +241,12 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     n.checked_mul(mult).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// The control socket of the mount when `pool` is mounted. A pool that
+/// cannot be opened here is left to the unmounted path, which says why.
+fn mounted(pool: &str) -> Option<crate::cli::admin::Target> {
+    crate::cli::admin::Target::open(pool, false).ok().filter(|t| t.is_mounted())
+}
+
 fn render_orphans(r: &OrphanReport) -> String {
     let mut out = String::new();
     for o in &r.orphans {
@@ -259,25 +266,33 @@ fn render_orphans(r: &OrphanReport) -> String {
         );
     }
     let _ = writeln!(out, "{} unreferenced fragments in {} data blocks walked", r.orphans.len(), r.blocks_examined);
+    if r.in_flight > 0 {
+        let _ = writeln!(out, "{} fragments held by writes not yet committed (in flight; kept)", r.in_flight);
+    }
     if !r.trustworthy {
         let _ = writeln!(out, "warning: the metadata did not load cleanly; run fsck.dfs: {}", r.problems.join("; "));
     }
     out
 }
 
+/// `detect-orphans` through the mount or on the unmounted pool.
+fn detect(pool: &str) -> Result<OrphanReport, String> {
+    match mounted(pool) {
+        Some(mut t) => t.call("orphans.detect", serde_json::json!({})),
+        None => orphans::detect(&open_devices(pool, false)?).map_err(|e| e.to_string()),
+    }
+}
+
 /// `dfs detect-orphans --pool P [--json]`.
 pub fn detect_orphans(pool: &str, as_json: bool) -> Result<Outcome, String> {
-    let devs = open_devices(pool, false)?;
-    let r = orphans::detect(&devs).map_err(|e| e.to_string())?;
+    let r = detect(pool)?;
     let text = if as_json { json(&r)? } else { render_orphans(&r) };
     Ok(Outcome { text, damage_left: false })
 }
 
 /// `dfs orphan-stats --pool P [--json]`.
 pub fn orphan_stats(pool: &str, as_json: bool) -> Result<Outcome, String> {
-    let devs = open_devices(pool, false)?;
-    let r = orphans::detect(&devs).map_err(|e| e.to_string())?;
-    let s = orphans::stats(&r);
+    let s = orphans::stats(&detect(pool)?);
     let text = if as_json {
         json(&s)?
     } else {
@@ -300,8 +315,15 @@ pub fn orphan_stats(pool: &str, as_json: bool) -> Result<Outcome, String> {
 /// `dfs cleanup-orphans --pool P [--min-age D] [--dry-run] [--json]`.
 pub fn cleanup_orphans(pool: &str, min_age: Option<&str>, dry_run: bool, as_json: bool) -> Result<Outcome, String> {
     let min_age = min_age.map(parse_age).transpose()?.unwrap_or_default();
-    let devs = open_devices(pool, !dry_run)?;
-    let r = orphans::cleanup(&devs, &CleanupOptions { min_age, dry_run, lock_dir: None }).map_err(|e| e.to_string())?;
+    let r: CleanupReport = match mounted(pool) {
+        Some(mut t) => {
+            t.call("orphans.cleanup", serde_json::json!({"min_age_secs": min_age.as_secs(), "dry_run": dry_run}))?
+        }
+        None => {
+            let devs = open_devices(pool, !dry_run)?;
+            orphans::cleanup(&devs, &CleanupOptions { min_age, dry_run, lock_dir: None }).map_err(|e| e.to_string())?
+        }
+    };
     let text = if as_json {
         json(&r)?
     } else {
@@ -321,6 +343,13 @@ pub fn cleanup_orphans(pool: &str, min_age: Option<&str>, dry_run: bool, as_json
             r.kept_young.len(),
             r.min_age_secs
         );
+        if r.in_flight > 0 || r.raced > 0 {
+            let _ = writeln!(
+                t,
+                "kept {} held by writes not yet committed, skipped {} reallocated since the walk",
+                r.in_flight, r.raced
+            );
+        }
         t
     };
     Ok(Outcome { text, damage_left: !r.failed.is_empty() })
