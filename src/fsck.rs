@@ -858,6 +858,39 @@ pub struct Unreferenced {
     pub created_ns: u64,
 }
 
+impl Unreferenced {
+    /// What a header of this pool found at `f` on member `member`, that no
+    /// committed fragment starts at, is: a stale checkpoint copy, a stale
+    /// copy of a live extent, or an orphan. `None` for a copy of the
+    /// checkpoint the current root names (`live_checkpoint`).
+    pub(crate) fn judge(
+        member: u32,
+        f: &member::FoundFragment,
+        state: &State,
+        live_checkpoint: Option<Uuid>,
+    ) -> Option<Unreferenced> {
+        let kind = match f.header.kind {
+            FragmentKind::Checkpoint if Some(f.header.extent_uuid) == live_checkpoint => return None,
+            FragmentKind::Checkpoint => UnreferencedKind::StaleCheckpoint,
+            FragmentKind::Extent if state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
+                UnreferencedKind::StaleFragment
+            }
+            FragmentKind::Extent => UnreferencedKind::Orphan,
+        };
+        Some(Unreferenced {
+            kind,
+            member,
+            block: f.block,
+            blocks: 1 + f.payload_blocks,
+            offset: f.offset,
+            extent: f.header.extent_uuid,
+            fragment_index: f.header.fragment_index,
+            generation: f.header.generation,
+            created_ns: f.header.created_ns,
+        })
+    }
+}
+
 impl Pass {
     fn problems(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| f.is_problem())
@@ -1440,26 +1473,8 @@ impl Checker<'_> {
                 if referenced(f.block) {
                     continue;
                 }
-                let kind = match f.header.kind {
-                    FragmentKind::Checkpoint if Some(f.header.extent_uuid) == live_checkpoint => None,
-                    FragmentKind::Checkpoint => Some(UnreferencedKind::StaleCheckpoint),
-                    FragmentKind::Extent if state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
-                        Some(UnreferencedKind::StaleFragment)
-                    }
-                    FragmentKind::Extent => Some(UnreferencedKind::Orphan),
-                };
-                if let Some(kind) = kind {
-                    self.unreferenced.push(Unreferenced {
-                        kind,
-                        member: index,
-                        block: f.block,
-                        blocks: 1 + f.payload_blocks,
-                        offset: f.offset,
-                        extent: f.header.extent_uuid,
-                        fragment_index: f.header.fragment_index,
-                        generation: f.header.generation,
-                        created_ns: f.header.created_ns,
-                    });
+                if let Some(u) = Unreferenced::judge(index, f, state, live_checkpoint) {
+                    self.unreferenced.push(u);
                 }
                 match f.header.kind {
                     FragmentKind::Checkpoint => {

@@ -391,24 +391,8 @@ fn live_scan(pool: &Pool) -> (OrphanReport, Vec<LiveCandidate>) {
                 }
                 continue;
             }
-            let kind = match f.header.kind {
-                FragmentKind::Checkpoint => UnreferencedKind::StaleCheckpoint,
-                FragmentKind::Extent if m.state.extents.contains_key(&f.header.extent_uuid.as_u128()) => {
-                    UnreferencedKind::StaleFragment
-                }
-                FragmentKind::Extent => UnreferencedKind::Orphan,
-            };
-            let u = Unreferenced {
-                kind,
-                member: index,
-                block: f.block,
-                blocks: 1 + f.payload_blocks,
-                offset: f.offset,
-                extent: f.header.extent_uuid,
-                fragment_index: f.header.fragment_index,
-                generation: f.header.generation,
-                created_ns: f.header.created_ns,
-            };
+            // The live checkpoint's copies are allocated, so never get here.
+            let Some(u) = Unreferenced::judge(index, f, &m.state, None) else { continue };
             let info = explain(&u, layout.block_size as u64, dev.identity().to_string(), now);
             report.orphans.push(info.clone());
             cands.push(LiveCandidate { info, run: Run { start: f.block, len }, header: f.header.clone() });
