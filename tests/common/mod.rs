@@ -8,3 +8,4 @@ pub mod observe;
 #[allow(unused_imports)]
 pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};
 pub mod mem_pool;
+pub mod mounts;

@@ -31,6 +31,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+use common::mounts::UnmountOnDrop;
 use common::{require_root_and_loop, LoopDevice};
 use dfs_format::Policy;
 use dynamicfs::engine::redundancy::shard_len;
@@ -82,14 +83,6 @@ fn ok(o: &Output) -> Value {
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-fn mounted(dir: &Path) -> bool {
-    let needle = format!(" {} ", fs::canonicalize(dir).unwrap().display());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(&needle) && l.contains(" - fuse.dfs "))
 }
 
 /// Loop devices of the given sizes, a mount point and a daemon log.
@@ -162,9 +155,7 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        if mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
+        drop(UnmountOnDrop(self.mnt.clone()));
     }
 }
 

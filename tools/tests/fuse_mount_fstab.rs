@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::mounts::{is_mounted as mounted, UnmountOnDrop};
 use common::{require_root_and_loop, LoopDevice};
 
 const MKFS: &str = env!("CARGO_BIN_EXE_mkfs-dfs");
@@ -73,25 +74,6 @@ fn ok(o: &Output) -> String {
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-fn mounted(dir: &Path) -> bool {
-    let needle = format!(" {} ", fs::canonicalize(dir).unwrap().display());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(&needle) && l.contains(" - fuse.dfs "))
-}
-
-/// Unmounts (lazily) on drop whatever is still mounted on the directory.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 /// Paths this test created outside its temp dirs (a symlink, then
@@ -185,7 +167,7 @@ fn mount_t_dfs_fstab_and_uuid_on_loop_devices() {
 
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let _guard = MountGuard(mnt.clone());
+    let _guard = UnmountOnDrop(mnt.clone());
     let log = dir.path().join("dfs.log");
     let logopt = format!("log={}", s(&log));
     let mut closes = 0;
@@ -280,7 +262,7 @@ fn fsync_and_fsyncdir_survive_kill_9_on_loop_devices() {
     let dir = common::disk_tempdir();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let _guard = MountGuard(mnt.clone());
+    let _guard = UnmountOnDrop(mnt.clone());
     let log = dir.path().join("dfs.log");
     // commit=0: nothing becomes durable but by fsync, fsyncdir and umount.
     let out = ok(&run(MOUNT, &[&devs[0], &s(&mnt), "-v", "-o", &format!("log={},commit=0", s(&log))]));

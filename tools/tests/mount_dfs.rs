@@ -9,6 +9,10 @@
 //! Needs root and /dev/fuse; skips with a message otherwise. A guard
 //! unmounts (lazily) if a step fails.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::mounts::{is_mounted as mounted, UnmountOnDrop};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,26 +34,6 @@ fn available() -> bool {
 
 fn run(prog: &str, args: &[&str]) -> Output {
     Command::new(prog).args(args).output().unwrap()
-}
-
-fn mounted(dir: &Path) -> bool {
-    let dir = fs::canonicalize(dir).unwrap();
-    let needle = format!(" {} ", dir.display());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(&needle) && l.contains(" - fuse.dfs "))
-}
-
-/// Unmounts `dir` on drop if it is still mounted (a failed step).
-struct Guard(PathBuf);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 /// Wait until the daemon logged that it closed the pool (`n`-th time).
@@ -90,7 +74,7 @@ fn mount_write_umount_remount_read() {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let log = dir.path().join("dfs.log");
-    let _guard = Guard(mnt.clone());
+    let _guard = UnmountOnDrop(mnt.clone());
 
     // Errors: one line, exit 1.
     let o = run(MOUNT, &[&s(&imgs[0]), &s(&mnt), "-o", "frobnicate"]);
@@ -198,7 +182,7 @@ fn policy_option_sets_the_pool_default() {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let log = dir.path().join("dfs.log");
-    let _guard = Guard(mnt.clone());
+    let _guard = UnmountOnDrop(mnt.clone());
 
     let o = run(MOUNT, &[&s(&imgs[0]), &s(&mnt), "-o", &format!("policy=replication:4,log={}", s(&log))]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");

@@ -16,12 +16,13 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+use common::mounts::UnmountOnDrop;
 use common::{disk_tempdir, require_root_and_loop, LoopDevice};
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -49,26 +50,6 @@ fn dfs_json(args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.push("--json");
     ok_json(&run(DFS, &a))
-}
-
-fn mounted(dir: &Path) -> bool {
-    let needle = format!(" {} ", dir.display());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(&needle) && l.contains(" - fuse.dfs "))
-}
-
-/// Unmounts on drop if still mounted, and waits for the daemon to let go.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
 }
 
 /// Read a whole file with O_DIRECT (past the page cache, into the daemon).
@@ -164,7 +145,7 @@ fn hot_file_moves_to_replication_cold_file_to_erasure_through_a_mount() {
     let opts = format!("test_clock,log={}", log.display());
     let o = run(MOUNT, &[&devs[0], &mnt, "-o", &opts]);
     assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
-    let guard = Unmount(mnt_path.clone());
+    let guard = UnmountOnDrop(mnt_path.clone());
 
     let hot = pattern(2 * MIB, 1);
     let cold = pattern(2 * MIB, 2);
@@ -275,7 +256,7 @@ fn a_mount_without_test_clock_refuses_to_move_its_clock() {
     let opts = format!("log={}", dir.path().join("dfs.log").display());
     let o = run(MOUNT, &[&devs[0], &mnt, "-o", &opts]);
     assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
-    let _guard = Unmount(mnt_path.clone());
+    let _guard = UnmountOnDrop(mnt_path.clone());
     let o = run(DFS, &["advance-clock", "--pool", &mnt, "--seconds", "3600"]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
