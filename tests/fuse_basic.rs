@@ -33,7 +33,7 @@ fn fuse_available() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     let ok = root && Path::new("/dev/fuse").exists();
     if !ok {
-        eprintln!("skipping: needs root and /dev/fuse");
+        common::skip::unavailable("needs root and /dev/fuse");
     }
     ok
 }

@@ -60,7 +60,7 @@ fn blkid_finds_nothing(path: &Path) -> bool {
 fn have(program: &str) -> bool {
     let ok = Command::new(program).arg("-V").output().is_ok();
     if !ok {
-        eprintln!("skipping: {program} is not installed");
+        common::skip::unavailable(&format!("{program} is not installed"));
     }
     ok
 }
@@ -187,7 +187,7 @@ fn busy_and_mounted_loop_devices_refused_even_with_force() {
     let mnt = disk_tempdir();
     let st = Command::new("mount").arg(l.path()).arg(mnt.path()).status();
     if !st.is_ok_and(|s| s.success()) {
-        eprintln!("skipping the mounted case: mount failed");
+        common::skip::unavailable("the mounted case: mount failed");
         return;
     }
     struct Unmount<'a>(&'a Path);

@@ -24,7 +24,7 @@ pub fn require_root_and_loop() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     let ok = root && Path::new(LOOP_CONTROL).exists() && loopdev::LoopControl::open().is_ok();
     if !ok {
-        eprintln!("skipping: needs root and /dev/loop-control");
+        super::skip::unavailable("needs root and /dev/loop-control");
     }
     ok
 }

@@ -4,6 +4,7 @@
 pub mod files;
 pub mod loopdev;
 pub mod observe;
+pub mod skip;
 
 #[allow(unused_imports)]
 pub use self::loopdev::{disk_tempdir, require_root_and_loop, LoopDevice};

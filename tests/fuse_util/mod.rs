@@ -24,7 +24,7 @@ pub fn fuse_available() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     let ok = root && Path::new("/dev/fuse").exists();
     if !ok {
-        eprintln!("skipping: needs root and /dev/fuse");
+        crate::common::skip::unavailable("needs root and /dev/fuse");
     }
     ok
 }

@@ -8,6 +8,9 @@
 //! after a remount. Needs root and /dev/fuse; skips otherwise. A guard
 //! unmounts (lazily) if a step fails.
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,7 +60,7 @@ fn wait_unmounted(log: &Path, n: usize) {
 fn administer_a_mounted_pool() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipping: needs root and /dev/fuse");
+        skip::unavailable("needs root and /dev/fuse");
         return;
     }
     let dir = tempfile::Builder::new().prefix("dfs-admin-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

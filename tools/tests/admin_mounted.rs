@@ -61,7 +61,7 @@ fn available() -> bool {
     }
     let ok = Path::new("/dev/fuse").exists();
     if !ok {
-        eprintln!("skipping: needs /dev/fuse");
+        common::skip::unavailable("needs /dev/fuse");
     }
     ok
 }

@@ -2,6 +2,9 @@
 //! would: image files and a directory (no root needed), JSON parsed back,
 //! exit codes and the one-line error convention checked.
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -149,7 +152,7 @@ fn garbage_empty_and_truncated_files_give_one_line() {
 #[test]
 fn ext4_image_refused_without_force() {
     if Command::new("mkfs.ext4").arg("-V").output().is_err() {
-        eprintln!("skipping: mkfs.ext4 is not installed");
+        skip::unavailable("mkfs.ext4 is not installed");
         return;
     }
     let tmp = scratch();

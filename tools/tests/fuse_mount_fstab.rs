@@ -51,7 +51,7 @@ fn available() -> bool {
     require_root_and_loop() && {
         let fuse = Path::new("/dev/fuse").exists();
         if !fuse {
-            eprintln!("skipping: needs /dev/fuse");
+            common::skip::unavailable("needs /dev/fuse");
         }
         fuse
     }

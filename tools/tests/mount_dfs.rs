@@ -27,7 +27,7 @@ fn available() -> bool {
     // SAFETY: geteuid has no preconditions.
     let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
     if !ok {
-        eprintln!("skipping: needs root and /dev/fuse");
+        common::skip::unavailable("needs root and /dev/fuse");
     }
     ok
 }

@@ -20,6 +20,8 @@
 mod loopdev;
 #[path = "../../tests/common/observe.rs"]
 mod observe;
+#[path = "../../tests/common/skip.rs"]
+mod skip;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -101,7 +103,7 @@ fn families(e: &text::Exposition) -> BTreeSet<String> {
 fn health_metrics_and_server_of_an_unmounted_pool() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: fail-disk takes the pool lock in /run/dfs (root)");
+        skip::unavailable("fail-disk takes the pool lock in /run/dfs (root)");
         return;
     }
     let tmp = scratch();
@@ -165,7 +167,7 @@ fn health_metrics_and_server_of_an_unmounted_pool() {
 fn mounted_pool_status_health_and_metrics_server_proxy() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() || !require_root_and_loop() {
-        eprintln!("skipping: needs root, /dev/fuse and loop devices");
+        skip::unavailable("needs root, /dev/fuse and loop devices");
         return;
     }
     let loops: Vec<LoopDevice> = (0..3).map(|_| LoopDevice::new(128 * MIB).expect("loop device")).collect();

@@ -125,7 +125,7 @@ fn temperature_history(pool: &str) -> Vec<(String, String, String)> {
 #[test]
 fn hot_file_moves_to_replication_cold_file_to_erasure_through_a_mount() {
     if !require_root_and_loop() || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipping: needs root, loop devices and /dev/fuse");
+        common::skip::unavailable("needs root, loop devices and /dev/fuse");
         return;
     }
     let loops: Vec<LoopDevice> = (0..6).map(|_| LoopDevice::new(256 << 20).unwrap()).collect();
@@ -243,7 +243,7 @@ fn hot_file_moves_to_replication_cold_file_to_erasure_through_a_mount() {
 #[test]
 fn a_mount_without_test_clock_refuses_to_move_its_clock() {
     if !require_root_and_loop() || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipping: needs root, loop devices and /dev/fuse");
+        common::skip::unavailable("needs root, loop devices and /dev/fuse");
         return;
     }
     let loops: Vec<LoopDevice> = (0..2).map(|_| LoopDevice::new(64 << 20).unwrap()).collect();

@@ -22,6 +22,9 @@ use dfs_format::{FragmentHeader, Policy};
 use dynamicfs::device::{open_member_device, AlignedBuf, Device, OpenMode};
 use dynamicfs::member::{read_bytes, read_superblocks, write_bytes};
 
+#[path = "../../../tests/common/skip.rs"]
+pub mod skip;
+
 pub const MIB: u64 = 1 << 20;
 pub const BS: u64 = 4096;
 
@@ -99,7 +102,7 @@ pub fn have_loop_devices() -> bool {
         && Path::new("/dev/loop-control").exists()
         && Command::new("losetup").arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping: needs root, /dev/loop-control and losetup");
+        skip::unavailable("needs root, /dev/loop-control and losetup");
     }
     ok
 }
@@ -108,7 +111,7 @@ pub fn have_loop_devices() -> bool {
 pub fn have_loop_and_fuse() -> bool {
     let fuse = Path::new("/dev/fuse").exists();
     if !fuse {
-        eprintln!("skipping: needs /dev/fuse");
+        skip::unavailable("needs /dev/fuse");
     }
     fuse && have_loop_devices()
 }
