@@ -183,7 +183,8 @@ impl Filesystem for DfsFuse {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_ASYNC_READ;
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_ASYNC_DIO;
         let _ = config.add_capabilities(wanted & config.capabilities());
         tracing::info!(
             pool = %self.pool.uuid(),
