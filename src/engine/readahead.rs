@@ -56,20 +56,42 @@ static FETCHED: Condvar = Condvar::new();
 /// stream then starts as "not sequential" once).
 const MAX_STREAMS: usize = 4096;
 
-/// (pool UUID, inode) → end offset of the last read.
-static CURSORS: LazyLock<Mutex<HashMap<(u128, Ino), u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// (pool UUID, inode) → the file's [`Cursor`].
+static CURSORS: LazyLock<Mutex<HashMap<(u128, Ino), Cursor>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Where the last read of a file ended, and how many reads in a row
+/// started near where their predecessor ended.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    end: u64,
+    near: u8,
+}
+
+/// Reads in a row that must start near their predecessor's end before a
+/// stream counts as sequential (a read from offset 0 counts at once).
+/// One is not enough: a random read lands within an extent of the
+/// previous one's end with odds 2 MiB / file size (1 in 256 on a 512 MiB
+/// file), and each such false stream fetched 8 extents whole — at QD32
+/// 4 KiB random reads through FUSE that was most of the device traffic
+/// (32 KiB read per 4 KiB asked). Two in a row: odds 1 in 65 536.
+const NEAR_IN_A_ROW: u8 = 2;
 
 /// Record a read of `[offset, end)` of file `ino` of pool `pool` and say
-/// whether it continues a sequential stream: it starts the file, or starts
-/// within one extent of where the previous read of the file ended
-/// (concurrent FUSE requests of one stream arrive slightly out of order).
+/// whether it continues a sequential stream: it starts the file, or it and
+/// the read before it ([`NEAR_IN_A_ROW`]) each started within one extent of
+/// where the previous read of the file ended (concurrent FUSE requests of
+/// one stream arrive slightly out of order, hence "within", not "at").
 pub(crate) fn sequential(pool: u128, ino: Ino, offset: u64, end: u64) -> bool {
     let mut c = CURSORS.lock().unwrap_or_else(|p| p.into_inner());
     if c.len() >= MAX_STREAMS && !c.contains_key(&(pool, ino)) {
         c.clear();
     }
-    let last = c.insert((pool, ino), end);
-    offset == 0 || last.is_some_and(|l| offset.abs_diff(l) <= EXTENT_SIZE)
+    let near = match c.get(&(pool, ino)) {
+        Some(last) if offset.abs_diff(last.end) <= EXTENT_SIZE => last.near.saturating_add(1),
+        _ => 0,
+    };
+    c.insert((pool, ino), Cursor { end, near });
+    offset == 0 || near >= NEAR_IN_A_ROW
 }
 
 /// Wait until no fetch of extent `id` is in flight (at most [`WAIT_LIMIT`]).
@@ -282,9 +304,13 @@ mod tests {
     fn streams_are_told_from_random_reads() {
         let pool = 0x5eed_u128 << 64;
         assert!(sequential(pool, 7, 0, 4096), "a read from the start is sequential");
-        assert!(sequential(pool, 7, 4096, 8192));
+        assert!(!sequential(pool, 7, 4096, 8192), "one near read is not a stream yet");
+        assert!(sequential(pool, 7, 8192, 12288), "two in a row are");
         assert!(!sequential(pool, 7, 500 << 20, (500 << 20) + 4096), "a jump is not");
         assert!(!sequential(pool, 7, 100 << 20, (100 << 20) + 4096));
+        assert!(!sequential(pool, 7, (100 << 20) + 4096, (100 << 20) + 8192), "a random read landing near the last");
+        assert!(sequential(pool, 7, (100 << 20) + 8192, (100 << 20) + 12288), "a stream resumed mid-file");
+        // Out of order within an extent, as multi-threaded FUSE delivers a stream.
         assert!(sequential(pool, 7, (100 << 20) + 4096, (100 << 20) + 8192));
         assert!(!sequential(pool, 8, 3 << 20, (3 << 20) + 10), "another file has its own cursor");
     }
