@@ -59,7 +59,11 @@
 //! - Async reads, `max_background` 64 and a multi-threaded session
 //!   (`n_threads` from [`MountConfig::threads`], one cloned `/dev/fuse` fd
 //!   per thread): requests on different files (and reads on one) run in
-//!   parallel; the engine serializes writers per file itself.
+//!   parallel; the engine serializes writers per file itself. A thread
+//!   blocks on its request's device IO, so the thread count bounds the IO
+//!   depth a mount can offer, not its CPU use: 8 per CPU, at least 16
+//!   (4 threads held QD32 4 KiB random reads to 7.5k IOPS on a loaded
+//!   2-CPU machine; 16 gave 9.4-10.2k in the same conditions).
 //! - Attribute and entry caching for [`MountConfig::ttl`] (1 s by default)
 //!   and `FOPEN_KEEP_CACHE` on open: every change to the namespace and to
 //!   file data goes through this mount, so the kernel's caches are never
@@ -153,7 +157,7 @@ impl Default for MountConfig {
             read_only: false,
             allow_other: false,
             ttl: Duration::from_secs(1),
-            threads: (cpus * 2).clamp(2, 8),
+            threads: (cpus * 8).clamp(16, 64),
             source: "dfs".into(),
             read_ahead_kb: MAX_READAHEAD / 1024,
             commit_interval: Some(DEFAULT_COMMIT_INTERVAL),
