@@ -7,7 +7,9 @@
 //! listed cold and move to `erasure:4+2` on a read, all four migrations are
 //! Done records in `dfs policy-status --json` (also after unmount, from the
 //! devices), and both files read back byte for byte. A mount without the
-//! option (or no mount) refuses to move its clock.
+//! option (or no mount) refuses to move its clock. `dfs temperature-config`
+//! through the mount changes what the running mount does at once and is
+//! kept in the pool.
 //!
 //! Needs root, loop devices and /dev/fuse; skips with a message otherwise.
 //! The mount is unmounted and the loop devices detached by guards, also
@@ -96,7 +98,7 @@ fn wait_policies(mnt: &str, path: &str, want: &str) {
     let start = Instant::now();
     loop {
         let p = policies(mnt, path);
-        if p.len() == 2 && p.iter().all(|x| x == want) {
+        if !p.is_empty() && p.iter().all(|x| x == want) {
             return;
         }
         assert!(start.elapsed() < Duration::from_secs(20), "{path} still {p:?}, want {want}");
@@ -261,4 +263,118 @@ fn a_mount_without_test_clock_refuses_to_move_its_clock() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("-o test_clock") && err.lines().count() == 1, "{err}");
+}
+
+/// A pool of loop devices made by `mkfs-dfs --policy POLICY`, mounted with
+/// `-o test_clock,log=FILE` and `extra` options. Fields drop in order: the
+/// unmount guard, then the directory, then the loop devices.
+struct Rig {
+    guard: Option<UnmountOnDrop>,
+    mnt_path: std::path::PathBuf,
+    mnt: String,
+    log: std::path::PathBuf,
+    devs: Vec<String>,
+    _dir: tempfile::TempDir,
+    _loops: Vec<LoopDevice>,
+}
+
+impl Rig {
+    fn new(members: usize, policy: &str, extra: &str) -> Rig {
+        let loops: Vec<LoopDevice> = (0..members).map(|_| LoopDevice::new(128 << 20).unwrap()).collect();
+        let devs: Vec<String> = loops.iter().map(|l| l.path().display().to_string()).collect();
+        let mut mkfs: Vec<&str> = vec!["--policy", policy, "--json"];
+        for d in &devs {
+            mkfs.extend(["--device", d]);
+        }
+        ok_json(&run(MKFS, &mkfs));
+        let dir = disk_tempdir();
+        let mnt_path = dir.path().join("mnt");
+        fs::create_dir(&mnt_path).unwrap();
+        let mnt = mnt_path.display().to_string();
+        let log = dir.path().join("dfs.log");
+        let opts = format!("test_clock,log={}{extra}", log.display());
+        let o = run(MOUNT, &[&devs[0], &mnt, "-o", &opts]);
+        assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
+        let guard = Some(UnmountOnDrop(mnt_path.clone()));
+        Rig { guard, mnt_path, mnt, log, devs, _dir: dir, _loops: loops }
+    }
+
+    fn write(&self, name: &str, data: &[u8]) -> std::path::PathBuf {
+        let path = self.mnt_path.join(name);
+        let mut f = File::create(&path).unwrap();
+        f.write_all(data).unwrap();
+        f.sync_all().unwrap();
+        path
+    }
+
+    /// Unmount and wait until the daemon closed the pool and let it go.
+    fn unmount(&mut self) {
+        assert!(Command::new("umount").arg(&self.mnt_path).status().unwrap().success());
+        let start = Instant::now();
+        while !fs::read_to_string(&self.log).unwrap_or_default().contains("unmounted; pool closed") {
+            assert!(start.elapsed() < Duration::from_secs(20), "daemon did not close the pool");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.guard = None;
+        let start = Instant::now();
+        // The daemon may still hold the pool lock for a moment after its last log line.
+        while !run(DFS, &["status", "--pool", &self.devs[1], "--json"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(10), "the pool stayed locked");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `temperature-config --json` of `pool`: key → (value, source).
+fn temperature_config(pool: &str, args: &[&str]) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut a = vec!["temperature-config", "--pool", pool];
+    a.extend_from_slice(args);
+    dfs_json(&a)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_string();
+            (s("key"), (s("value"), s("source")))
+        })
+        .collect()
+}
+
+#[test]
+fn temperature_config_through_the_mount_applies_at_once_and_stays_in_the_pool() {
+    if !require_root_and_loop() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipping: needs root, loop devices and /dev/fuse");
+        return;
+    }
+    let mut rig = Rig::new(6, "replication:2", "");
+    let data = pattern(2 * MIB, 3);
+    let path = rig.write("f.bin", &data);
+    // Cold targets erasure:3+2 from now on, in the running mount.
+    let cfg = temperature_config(&rig.mnt, &["--set", "cold_policy=erasure:3+2", "--set", "migration_rate=50"]);
+    assert_eq!(cfg["cold_policy"], ("erasure:3+2".into(), "pool".into()));
+    advance(&rig.mnt, 3 * 86_400);
+    let cold = dfs_json(&["list-cold", "--pool", &rig.mnt]);
+    let cold = cold.as_array().unwrap();
+    assert_eq!(cold.len(), 2, "{cold:?}");
+    assert!(cold.iter().all(|s| s["target_policy"] == "erasure:3+2"), "{cold:?}");
+    assert_eq!(read_direct(&path), data);
+    wait_policies(&rig.mnt, "/f.bin", "erasure:3+2");
+    // Refused through the mount too: a bad value (usage, 2) and a set that
+    // does not hold together (1, one line); nothing changed.
+    let o = run(DFS, &["temperature-config", "--pool", &rig.mnt, "--set", "cold_policy=erasure:3"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = run(DFS, &["temperature-config", "--pool", &rig.mnt, "--set", "hot_recent_secs=100000"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warm_recent_secs (86400) is below hot_recent_secs (100000)") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(temperature_config(&rig.mnt, &[]), cfg);
+    assert_eq!(read_direct(&path), data);
+
+    // Unmounted: the setting is in the pool, seen from any member.
+    rig.unmount();
+    assert_eq!(temperature_config(&rig.devs[3], &[]), cfg);
+    assert_eq!(policies(&rig.devs[1], "/f.bin"), ["erasure:3+2", "erasure:3+2"]);
 }
