@@ -378,3 +378,41 @@ fn temperature_config_through_the_mount_applies_at_once_and_stays_in_the_pool() 
     assert_eq!(temperature_config(&rig.devs[3], &[]), cfg);
     assert_eq!(policies(&rig.devs[1], "/f.bin"), ["erasure:3+2", "erasure:3+2"]);
 }
+
+/// `-o policy=P` sets the pool's default policy; it does not pin the root
+/// directory (which would pin every file created under it and so turn
+/// temperature migration off for the whole pool).
+#[test]
+fn a_pool_mounted_with_policy_still_migrates_by_temperature() {
+    if !require_root_and_loop() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipping: needs root, loop devices and /dev/fuse");
+        return;
+    }
+    let mut rig = Rig::new(6, "replication:3", ",policy=replication:2");
+    let data = pattern(2 * MIB, 4);
+    fs::create_dir(rig.mnt_path.join("d")).unwrap();
+    let path = rig.write("d/f.bin", &data);
+    // New extents take the mount's policy: it is the pool default now.
+    assert_eq!(policies(&rig.mnt, "/d/f.bin"), ["replication:2", "replication:2"]);
+    advance(&rig.mnt, 3 * 86_400);
+    let cold = dfs_json(&["list-cold", "--pool", &rig.mnt]);
+    let cold = cold.as_array().unwrap();
+    assert_eq!(cold.len(), 2, "{cold:?}");
+    for s in cold {
+        assert_eq!((s["pinned"].as_bool(), s["target_policy"].as_str()), (Some(false), Some("erasure:4+2")), "{s}");
+    }
+    assert_eq!(read_direct(&path), data);
+    wait_policies(&rig.mnt, "/d/f.bin", "erasure:4+2");
+    assert_eq!(read_direct(&path), data);
+    assert_eq!(temperature_history(&rig.mnt).len(), 2);
+
+    // In the metadata: the default changed, nothing is pinned.
+    rig.unmount();
+    let source = dynamicfs::discover::PoolSource::parse(&rig.devs[0]).unwrap();
+    let opts = dynamicfs::engine::PoolOptions { read_only: true, ..Default::default() };
+    let (pool, _) = dynamicfs::discover::open_pool(&source, &Default::default(), opts).unwrap();
+    let state = pool.state_snapshot();
+    assert_eq!(state.config.default_policy, "replication:2".parse::<dfs_format::Policy>().unwrap().encode());
+    let pinned: Vec<_> = state.inodes.iter().filter(|(_, i)| i.policy.is_some()).map(|(ino, _)| *ino).collect();
+    assert!(pinned.is_empty(), "pinned inodes: {pinned:?}");
+}
