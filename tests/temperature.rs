@@ -486,3 +486,60 @@ fn a_changed_migration_rate_reaches_the_running_worker() {
         assert_eq!(&pool.read(*ino, 0, d.len()).unwrap(), d);
     }
 }
+
+/// Read `ino` on a thread of its own and wait for it at most 10 s: a read
+/// that waited for the stalled migration would never come back.
+fn read_on_a_thread(pool: &Arc<Pool>, ino: Ino, want: &[u8]) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (p, len) = (pool.clone(), want.len());
+    std::thread::spawn(move || {
+        let _ = tx.send(p.read(ino, 0, len));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("a read waited for the migration worker");
+    assert_eq!(got.unwrap(), want, "inode {ino}");
+}
+
+#[test]
+fn reads_never_wait_for_a_blocked_worker_or_a_full_queue() {
+    let clock = TestClock::new(T0);
+    let devs = devices(6, "replication:3");
+    let pool = Arc::new(open_with(&devs, TemperatureConfig { queue_capacity: 2, ..config(&clock) }));
+    let files: Vec<(Ino, Vec<u8>)> = (0..5).map(|i| file(&pool, &format!("f{i}"), 100_000, i as u8)).collect();
+    let first = extents_of(&pool, "/f0")[0].clone();
+    clock.advance(3 * DAY);
+    let q = pool.temperature().queue();
+    q.stall_migrations();
+    let worker = pool.start_migration_worker();
+    // f0 goes cold; the worker takes its migration, writes the new extent
+    // and stops there: provably blocked, in the middle of a migration.
+    read_on_a_thread(&pool, files[0].0, &files[0].1);
+    assert!(q.wait_stalled(Duration::from_secs(20)), "the worker never reached the hook");
+    // Meanwhile: the extent being migrated reads back (its old copy), two
+    // more fill the queue, the last two find it full and are dropped.
+    for (ino, d) in &files {
+        read_on_a_thread(&pool, *ino, d);
+    }
+    read_on_a_thread(&pool, files[0].0, &files[0].1);
+    assert_eq!(q.stalled(), 1, "the worker was released before the reads returned");
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(q.done.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(extents_of(&pool, "/f0")[0], first, "swapped while stalled");
+    // Released: the running one and the two queued finish; the dropped two
+    // wait for their next read (once they are cold again).
+    q.release_migrations();
+    assert!(q.wait_idle(Duration::from_secs(30)));
+    assert_eq!(q.done.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let moved = |i: usize| extents_of(&pool, &format!("/f{i}"))[0].1 == "erasure:4+2";
+    assert_eq!((0..5).map(moved).collect::<Vec<_>>(), [true, true, true, false, false]);
+    clock.advance(3 * DAY);
+    for (ino, d) in &files[3..] {
+        read_on_a_thread(&pool, *ino, d);
+    }
+    assert!(q.wait_idle(Duration::from_secs(30)));
+    assert!((0..5).all(moved));
+    worker.stop();
+    for (ino, d) in &files {
+        assert_eq!(&pool.read(*ino, 0, d.len()).unwrap(), d);
+    }
+}

@@ -15,7 +15,10 @@
 //! are freed only once that commit is durable. A pinned file (an explicit
 //! `user.dfs.policy` or `change-policy --path`) is never migrated.
 //!
-//! This module never blocks a read: reads only push to the queue.
+//! This module never blocks a read: reads only push to the queue, and a
+//! migration holds the metadata lock only to check and to swap, never
+//! across its IO. A test hook ([`MigrationQueue::stall_migrations`]) stops
+//! migrations midway so tests can show reads going on meanwhile.
 
 use super::{Settings, Temp, Tracker};
 use crate::engine::error::Result;
@@ -59,11 +62,23 @@ impl Queue {
     }
 }
 
+/// A test hook: while armed, a migration stops between writing the new
+/// extent and swapping it into the file (the longest phase, with no lock
+/// held), until released. Lets tests hold the worker provably blocked.
+#[derive(Debug, Default)]
+struct Stall {
+    armed: AtomicBool,
+    /// Migrations stopped at the hook now.
+    stopped: Mutex<usize>,
+    cv: Condvar,
+}
+
 /// The bounded migration queue (shared by the pool and its worker).
 #[derive(Debug)]
 pub struct MigrationQueue {
     q: Mutex<Queue>,
     cv: Condvar,
+    stall: Stall,
     capacity: usize,
     /// Jobs dropped because the queue was full.
     pub dropped: AtomicU64,
@@ -79,6 +94,7 @@ impl MigrationQueue {
         MigrationQueue {
             q: Mutex::new(Queue::default()),
             cv: Condvar::new(),
+            stall: Stall::default(),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -134,6 +150,55 @@ impl MigrationQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Test hook: from now on, every migration stops after writing its new
+    /// extent and before swapping it in, until [`Self::release_migrations`]
+    /// (or the worker is stopped).
+    pub fn stall_migrations(&self) {
+        self.stall.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Test hook: let stopped migrations go on, and stop stopping them.
+    pub fn release_migrations(&self) {
+        self.stall.armed.store(false, Ordering::SeqCst);
+        let _held = self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        self.stall.cv.notify_all();
+    }
+
+    /// Test hook: migrations stopped at the hook right now.
+    pub fn stalled(&self) -> usize {
+        *self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Test hook: wait (at most `timeout`) until a migration is stopped at
+    /// the hook. Returns whether one is.
+    pub fn wait_stalled(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut n = self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        while *n == 0 {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = self.stall.cv.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+
+    /// Where a migration stops while the hook is armed (one atomic load
+    /// otherwise).
+    fn stall_point(&self) {
+        if !self.stall.armed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut n = self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        self.stall.cv.notify_all();
+        while self.stall.armed.load(Ordering::SeqCst) {
+            n = self.stall.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n -= 1;
     }
 
     /// Wait (at most `timeout`) until nothing is queued or running.
@@ -195,6 +260,7 @@ impl Pool {
         };
         let bytes = self.read_extent(&old)?;
         let new = self.write_extent(job.target, &bytes)?;
+        self.temperature.queue.stall_point();
         let mut m = self.meta();
         if !still_there(&m) {
             drop(m);
@@ -419,6 +485,8 @@ impl MigrationWorker {
         self.stop.store(true, Ordering::SeqCst);
         self.queue.lock().stop = true;
         self.queue.cv.notify_all();
+        // A migration held by the test hook would never end.
+        self.queue.release_migrations();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
