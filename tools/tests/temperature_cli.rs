@@ -5,6 +5,7 @@
 
 use dynamicfs::discover::{open_pool, DiscoverOptions, PoolSource};
 use dynamicfs::engine::{FileKind, PoolOptions, ROOT_INO};
+use dynamicfs::temperature::SettingRow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -82,15 +83,9 @@ fn list_hot_and_extent_stats_show_what_was_read() {
 
 /// `temperature-config --json` as key → (value, source).
 fn settings(member: &str) -> std::collections::BTreeMap<String, (String, String)> {
-    let v = json(&run(&["temperature-config", "--pool", member, "--json"]));
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap().to_string();
-            (s("key"), (s("value"), s("source")))
-        })
-        .collect()
+    let rows: Vec<SettingRow> =
+        serde_json::from_value(json(&run(&["temperature-config", "--pool", member, "--json"]))).unwrap();
+    rows.into_iter().map(|r| (r.key, (r.value, r.source))).collect()
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod common;
 
 use common::mounts::UnmountOnDrop;
 use common::{disk_tempdir, require_root_and_loop, LoopDevice};
+use dynamicfs::temperature::SettingRow;
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -130,35 +131,13 @@ fn hot_file_moves_to_replication_cold_file_to_erasure_through_a_mount() {
         eprintln!("skipping: needs root, loop devices and /dev/fuse");
         return;
     }
-    let loops: Vec<LoopDevice> = (0..6).map(|_| LoopDevice::new(256 << 20).unwrap()).collect();
-    let devs: Vec<String> = loops.iter().map(|l| l.path().display().to_string()).collect();
-    let mut mkfs: Vec<&str> = Vec::new();
-    for d in &devs {
-        mkfs.extend(["--device", d]);
-    }
-    mkfs.extend(["--label", "temp-mount", "--policy", "replication:2"]);
-    ok_json(&run(MKFS, &[mkfs.as_slice(), &["--json"]].concat()));
-
-    let dir = disk_tempdir();
-    let mnt_path = dir.path().join("mnt");
-    fs::create_dir(&mnt_path).unwrap();
-    let mnt = mnt_path.display().to_string();
-    let log = dir.path().join("dfs.log");
-    let opts = format!("test_clock,log={}", log.display());
-    let o = run(MOUNT, &[&devs[0], &mnt, "-o", &opts]);
-    assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
-    let guard = UnmountOnDrop(mnt_path.clone());
-
+    let mut rig = Rig::new(6, "replication:2", "");
+    let mnt = rig.mnt.clone();
     let hot = pattern(2 * MIB, 1);
     let cold = pattern(2 * MIB, 2);
-    for (name, data) in [("hot.bin", &hot), ("cold.bin", &cold)] {
-        let mut f = File::create(mnt_path.join(name)).unwrap();
-        f.write_all(data).unwrap();
-        f.sync_all().unwrap();
-    }
+    let hot_path = rig.write("hot.bin", &hot);
+    let cold_path = rig.write("cold.bin", &cold);
     assert_eq!(policies(&mnt, "/hot.bin"), ["replication:2", "replication:2"]);
-    let hot_path = mnt_path.join("hot.bin");
-    let cold_path = mnt_path.join("cold.bin");
 
     // Three busy hours for hot.bin.
     for _ in 0..3 {
@@ -218,22 +197,8 @@ fn hot_file_moves_to_replication_cold_file_to_erasure_through_a_mount() {
     assert_eq!(read_direct(&cold_path), cold);
 
     // Unmounted: the history and the policies are in the pool itself.
-    assert!(Command::new("umount").arg(&mnt_path).status().unwrap().success());
-    let start = Instant::now();
-    while !fs::read_to_string(&log).unwrap_or_default().contains("unmounted; pool closed") {
-        assert!(start.elapsed() < Duration::from_secs(20), "daemon did not close the pool");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(guard);
-    let start = Instant::now();
-    loop {
-        // The daemon may still hold the pool lock for a moment after its last log line.
-        let o = run(DFS, &["policy-status", "--pool", &devs[1], "--json"]);
-        if o.status.success() || start.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rig.unmount();
+    let devs = &rig.devs;
     check_history(&devs[1]);
     assert_eq!(policies(&devs[1], "/cold.bin"), ["erasure:4+2", "erasure:4+2"]);
     // No mount: no clock to move (one line, exit 1).
@@ -280,7 +245,7 @@ struct Rig {
 
 impl Rig {
     fn new(members: usize, policy: &str, extra: &str) -> Rig {
-        let loops: Vec<LoopDevice> = (0..members).map(|_| LoopDevice::new(128 << 20).unwrap()).collect();
+        let loops: Vec<LoopDevice> = (0..members).map(|_| LoopDevice::new(256 << 20).unwrap()).collect();
         let devs: Vec<String> = loops.iter().map(|l| l.path().display().to_string()).collect();
         let mut mkfs: Vec<&str> = vec!["--policy", policy, "--json"];
         for d in &devs {
@@ -329,15 +294,8 @@ impl Rig {
 fn temperature_config(pool: &str, args: &[&str]) -> std::collections::BTreeMap<String, (String, String)> {
     let mut a = vec!["temperature-config", "--pool", pool];
     a.extend_from_slice(args);
-    dfs_json(&a)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap().to_string();
-            (s("key"), (s("value"), s("source")))
-        })
-        .collect()
+    let rows: Vec<SettingRow> = serde_json::from_value(dfs_json(&a)).unwrap();
+    rows.into_iter().map(|r| (r.key, (r.value, r.source))).collect()
 }
 
 #[test]
