@@ -428,7 +428,11 @@ fn temperature_case(o: &Opts) -> serde_json::Value {
     dynamicfs::mkfs::format_devices(&refs, "bench", policy).expect("mkfs");
     drop(refs);
     let open = |devs: Vec<Arc<dyn Device>>, track: bool| {
-        let temperature = TemperatureConfig { track, migrate: track, ..Default::default() };
+        let temperature = TemperatureConfig {
+            track,
+            settings: dynamicfs::temperature::Settings { migrate: track, ..Default::default() },
+            ..Default::default()
+        };
         Pool::open(devs, PoolOptions { no_lock: true, temperature, ..Default::default() }).expect("open")
     };
     let pool = open(devs, true);

@@ -33,7 +33,11 @@ fn pool(track: bool, mib: usize) -> (Pool, u64) {
         (0..6).map(|_| Arc::new(MemDevice::new((mib as u64 / 2 + 48) << 20, 4096)) as Arc<dyn Device>).collect();
     let refs: Vec<&dyn Device> = devs.iter().map(|d| d.as_ref()).collect();
     dynamicfs::mkfs::format_devices(&refs, "bench", "replication:3".parse().unwrap()).expect("mkfs");
-    let temperature = TemperatureConfig { track, migrate: track, ..Default::default() };
+    let temperature = TemperatureConfig {
+        track,
+        settings: dynamicfs::temperature::Settings { migrate: track, ..Default::default() },
+        ..Default::default()
+    };
     let pool = Pool::open(devs, PoolOptions { no_lock: true, temperature, ..Default::default() }).expect("open");
     let (ino, _) = pool.create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 0).unwrap();
     let chunk: Vec<u8> = (0..MIB).map(|i| (i * 7 + 1) as u8).collect();

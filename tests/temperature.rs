@@ -10,7 +10,7 @@ use dynamicfs::device::{Device, FaultyDevice, MemDevice};
 use dynamicfs::engine::state::ChangeState;
 use dynamicfs::engine::{FileKind, Ino, Pool, PoolOptions, XattrMode, ROOT_INO};
 use dynamicfs::temperature::migrate::Outcome;
-use dynamicfs::temperature::{handle_control, Classifier, Temp, TemperatureConfig, TestClock};
+use dynamicfs::temperature::{handle_control, Classifier, Settings, Temp, TemperatureConfig, TestClock};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,7 +139,10 @@ fn a_burst_on_a_cold_extent_flips_the_threshold_view_but_not_the_hmm() {
     for classifier in [Classifier::Hmm, Classifier::Threshold] {
         let clock = TestClock::new(T0);
         let devs = devices(6, "erasure:4+2");
-        let pool = open_with(&devs, TemperatureConfig { classifier, ..config(&clock) });
+        let pool = open_with(
+            &devs,
+            TemperatureConfig { settings: Settings { classifier, ..Default::default() }, ..config(&clock) },
+        );
         let (ino, data) = file(&pool, "archive", MIB, 3);
         let id = extents_of(&pool, "/archive")[0].0;
         clock.advance(4 * DAY);
@@ -299,7 +302,10 @@ fn clock_now(c: &TestClock) -> u32 {
 fn the_worker_migrates_in_the_background_within_its_rate_limit() {
     let clock = TestClock::new(T0);
     let devs = devices(6, "replication:3");
-    let cfg = TemperatureConfig { max_migrations_per_sec: 4.0, ..config(&clock) };
+    let cfg = TemperatureConfig {
+        settings: Settings { max_migrations_per_sec: 4.0, ..Default::default() },
+        ..config(&clock)
+    };
     let pool = Arc::new(open_with(&devs, cfg));
     let files: Vec<(Ino, Vec<u8>)> = (0..8).map(|i| file(&pool, &format!("f{i}"), 100_000, i as u8)).collect();
     clock.advance(3 * DAY);
@@ -359,4 +365,181 @@ fn control_methods_list_and_describe() {
     assert!(handle_control(&pool, "temperature.extent_stats", serde_json::json!({"extent": "nope"})).is_err());
     assert!(handle_control(&pool, "temperature.list", serde_json::json!({"class": "tepid"})).is_err());
     assert!(handle_control(&pool, "temperature.frobnicate", serde_json::Value::Null).is_err());
+}
+
+fn setting(pool: &Pool, key: &str) -> dynamicfs::temperature::SettingRow {
+    pool.temperature_settings().into_iter().find(|r| r.key == key).unwrap()
+}
+
+fn set(pool: &Pool, kv: &[(&str, &str)]) -> Result<Vec<dynamicfs::temperature::SettingRow>, String> {
+    let kv: Vec<(String, String)> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    pool.set_temperature_settings(&kv, &[]).map_err(|e| e.to_string())
+}
+
+#[test]
+fn operator_settings_are_validated_used_at_once_and_persist() {
+    let clock = TestClock::new(T0);
+    let devs = devices(6, "erasure:4+2");
+    let pool = open_with(&devs, config(&clock));
+    assert!(pool.temperature_settings().iter().all(|r| r.source == "default" && r.value == r.default));
+    assert_eq!(setting(&pool, "classifier").value, "hmm");
+    let (ino, data) = file(&pool, "f", MIB, 3);
+    let id = extents_of(&pool, "/f")[0].0;
+    // One read an hour: the threshold view says hot (read within the
+    // hour), the HMM does not; the HMM decides, so nothing is queued.
+    for _ in 0..6 {
+        clock.advance(HOUR);
+        assert_eq!(pool.read(ino, 0, MIB).unwrap(), data);
+    }
+    let s = pool.extent_stats(id).unwrap();
+    assert_eq!(s.threshold_class, Temp::Hot, "{s:?}");
+    assert_ne!(s.class, Temp::Hot, "{s:?}");
+    assert!(pool.temperature().queue().is_empty());
+
+    // Refused, each with nothing changed: a bad value, a key that does not
+    // exist, warm above hot, a bad value beside a good one.
+    let before = pool.state_snapshot();
+    for bad in [
+        &[("hot_ops_per_day", "lots")][..],
+        &[("hotness", "1")],
+        &[("warm_ops_per_day", "500")],
+        &[("classifier", "threshold"), ("cold_policy", "erasure:1+0")],
+    ] {
+        let e = set(&pool, bad).unwrap_err();
+        assert!(!e.contains('\n') && e.contains(bad.last().unwrap().0), "{e}");
+    }
+    assert!(pool.set_temperature_settings(&[], &["bogus".to_string()]).is_err());
+    assert_eq!(pool.state_snapshot(), before, "a refused setting changed the pool");
+    assert_eq!(pool.temperature().settings(), Settings::default());
+
+    // The threshold view decides from now on, and hot means replication:2.
+    let rows = set(&pool, &[("classifier", "threshold"), ("hot_policy", "replication:02")]).unwrap();
+    let hot = rows.iter().find(|r| r.key == "hot_policy").unwrap();
+    assert_eq!(
+        (hot.value.as_str(), hot.default.as_str(), hot.source.as_str()),
+        ("replication:2", "replication:3", "pool")
+    );
+    let s = pool.extent_stats(id).unwrap();
+    assert_eq!((s.class, s.target_policy.as_deref()), (Temp::Hot, Some("replication:2")), "{s:?}");
+    clock.advance(HOUR);
+    assert_eq!(pool.read(ino, 0, MIB).unwrap(), data);
+    assert_eq!(pool.temperature().queue().len(), 1);
+    assert!(matches!(pool.run_migrations()[..], [Ok(Outcome::Migrated { .. })]));
+    assert_eq!(extents_of(&pool, "/f")[0].1, "replication:2");
+    // Both thresholds at once are consistent.
+    set(&pool, &[("warm_ops_per_day", "500"), ("hot_ops_per_day", "1000"), ("migrate", "off")]).unwrap();
+    assert_eq!(setting(&pool, "hot_ops_per_day").value, "1000");
+
+    // Switched off: a read that would move the extent queues nothing.
+    set(&pool, &[("hot_policy", "replication:3")]).unwrap();
+    clock.advance(HOUR);
+    assert_eq!(pool.read(ino, 0, MIB).unwrap(), data);
+    assert!(pool.temperature().queue().is_empty(), "migrate=off still queued");
+
+    // Committed by the set itself: a power cut keeps it.
+    drop(pool);
+    for (i, d) in devs.iter().enumerate() {
+        d.crash_now();
+        d.power_cycle(i as u64).unwrap();
+    }
+    let pool = open_with(&devs, config(&clock));
+    let t = pool.temperature().settings();
+    assert_eq!((t.classifier, t.migrate, t.threshold.hot_ops_per_day), (Classifier::Threshold, false, 1000.0));
+    assert_eq!(setting(&pool, "warm_ops_per_day").source, "pool");
+    assert_eq!(setting(&pool, "hot_recent_secs").source, "default");
+    // Back to the defaults, key by key.
+    let keys: Vec<String> = pool.temperature_settings().into_iter().map(|r| r.key).collect();
+    pool.set_temperature_settings(&[], &keys).unwrap();
+    assert_eq!(pool.temperature().settings(), Settings::default());
+    assert!(pool.state_snapshot().temperature_settings.is_empty());
+    pool.close().unwrap();
+}
+
+#[test]
+fn a_changed_migration_rate_reaches_the_running_worker() {
+    let clock = TestClock::new(T0);
+    let devs = devices(6, "replication:3");
+    let pool = Arc::new(open_with(&devs, config(&clock)));
+    // One migration every 100 s.
+    set(&pool, &[("migration_rate", "0.01")]).unwrap();
+    let files: Vec<(Ino, Vec<u8>)> = (0..4).map(|i| file(&pool, &format!("f{i}"), 100_000, i as u8)).collect();
+    clock.advance(3 * DAY);
+    let worker = pool.start_migration_worker();
+    for (ino, d) in &files {
+        assert_eq!(&pool.read(*ino, 0, d.len()).unwrap(), d);
+    }
+    let done = || pool.temperature().queue().done.load(std::sync::atomic::Ordering::Relaxed);
+    let start = Instant::now();
+    while done() < 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the first migration did not run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The other three wait 100 s each at that rate; the new rate frees them.
+    assert!(!pool.temperature().queue().wait_idle(Duration::from_millis(300)));
+    assert_eq!(done(), 1);
+    set(&pool, &[("migration_rate", "1000")]).unwrap();
+    assert!(pool.temperature().queue().wait_idle(Duration::from_secs(20)), "the worker kept the old rate");
+    assert_eq!(done(), 4);
+    worker.stop();
+    for (i, (ino, d)) in files.iter().enumerate() {
+        assert_eq!(extents_of(&pool, &format!("/f{i}"))[0].1, "erasure:4+2");
+        assert_eq!(&pool.read(*ino, 0, d.len()).unwrap(), d);
+    }
+}
+
+/// Read `ino` on a thread of its own and wait for it at most 10 s: a read
+/// that waited for the stalled migration would never come back.
+fn read_on_a_thread(pool: &Arc<Pool>, ino: Ino, want: &[u8]) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (p, len) = (pool.clone(), want.len());
+    std::thread::spawn(move || {
+        let _ = tx.send(p.read(ino, 0, len));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("a read waited for the migration worker");
+    assert_eq!(got.unwrap(), want, "inode {ino}");
+}
+
+#[test]
+fn reads_never_wait_for_a_blocked_worker_or_a_full_queue() {
+    let clock = TestClock::new(T0);
+    let devs = devices(6, "replication:3");
+    let pool = Arc::new(open_with(&devs, TemperatureConfig { queue_capacity: 2, ..config(&clock) }));
+    let files: Vec<(Ino, Vec<u8>)> = (0..5).map(|i| file(&pool, &format!("f{i}"), 100_000, i as u8)).collect();
+    let first = extents_of(&pool, "/f0")[0].clone();
+    clock.advance(3 * DAY);
+    let q = pool.temperature().queue();
+    q.stall_migrations();
+    let worker = pool.start_migration_worker();
+    // f0 goes cold; the worker takes its migration, writes the new extent
+    // and stops there: provably blocked, in the middle of a migration.
+    read_on_a_thread(&pool, files[0].0, &files[0].1);
+    assert!(q.wait_stalled(Duration::from_secs(20)), "the worker never reached the hook");
+    // Meanwhile: the extent being migrated reads back (its old copy), two
+    // more fill the queue, the last two find it full and are dropped.
+    for (ino, d) in &files {
+        read_on_a_thread(&pool, *ino, d);
+    }
+    read_on_a_thread(&pool, files[0].0, &files[0].1);
+    assert_eq!(q.stalled(), 1, "the worker was released before the reads returned");
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(q.done.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(extents_of(&pool, "/f0")[0], first, "swapped while stalled");
+    // Released: the running one and the two queued finish; the dropped two
+    // wait for their next read (once they are cold again).
+    q.release_migrations();
+    assert!(q.wait_idle(Duration::from_secs(30)));
+    assert_eq!(q.done.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let moved = |i: usize| extents_of(&pool, &format!("/f{i}"))[0].1 == "erasure:4+2";
+    assert_eq!((0..5).map(moved).collect::<Vec<_>>(), [true, true, true, false, false]);
+    clock.advance(3 * DAY);
+    for (ino, d) in &files[3..] {
+        read_on_a_thread(&pool, *ino, d);
+    }
+    assert!(q.wait_idle(Duration::from_secs(30)));
+    assert!((0..5).all(moved));
+    worker.stop();
+    for (ino, d) in &files {
+        assert_eq!(&pool.read(*ino, 0, d.len()).unwrap(), d);
+    }
 }

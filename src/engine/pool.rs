@@ -520,7 +520,11 @@ impl Pool {
             Some(JournalWriter::new(uuid, jlen, jbs, replay.end, root.journal_offset))
         };
         let ticket = orphan_ops.len() as u64;
-        let temperature = crate::temperature::Tracker::new(opts.temperature.clone());
+        let (temperature, bad_settings) =
+            crate::temperature::Tracker::new(opts.temperature.clone(), &state.temperature_settings);
+        if let Some(e) = bad_settings {
+            report.push(format!("temperature settings stored in the pool not used (built-in defaults instead): {e}"));
+        }
         let pool = Pool {
             fetches: Default::default(),
             uuid,

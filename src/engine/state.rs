@@ -187,6 +187,11 @@ pub struct State {
     pub temperature: HashMap<u128, ExtentTemp>,
     /// Scrub schedule and the scrub daemon's persisted position (#9).
     pub scrub: ScrubRecord,
+    /// Temperature settings an operator set (`dfs temperature-config`):
+    /// key → canonical value, only the keys set; the others follow the
+    /// built-in defaults (`crate::temperature::settings`). Since checkpoint
+    /// version 2.
+    pub temperature_settings: BTreeMap<String, String>,
 }
 
 /// How often the mount scrubs the pool on its own (`dfs scrub-schedule`).
@@ -263,6 +268,10 @@ pub enum Op {
     PutTempStats { stats: Vec<(u128, ExtentTemp)> },
     /// Replace the scrub schedule and position (scrub daemon, `scrub-schedule`).
     SetScrub { scrub: ScrubRecord },
+    /// Replace the stored temperature settings (`dfs temperature-config`):
+    /// every key known and every value canonical, else the op does not
+    /// apply. Added after the others, so older records decode unchanged.
+    SetTemperatureSettings { settings: BTreeMap<String, String> },
 }
 
 /// Why an op did not apply.
@@ -307,6 +316,7 @@ impl State {
             history: Vec::new(),
             temperature: HashMap::new(),
             scrub: ScrubRecord::default(),
+            temperature_settings: BTreeMap::new(),
         }
     }
 
@@ -500,6 +510,12 @@ impl State {
                 }
             }
             Op::SetScrub { scrub } => self.scrub = scrub.clone(),
+            Op::SetTemperatureSettings { settings } => {
+                if let Err(e) = crate::temperature::settings::validate_stored(settings) {
+                    return err(format!("settemperaturesettings: {e}"));
+                }
+                self.temperature_settings = settings.clone();
+            }
         }
         Ok(freed)
     }
@@ -626,9 +642,10 @@ where
 
 /// First bytes of every checkpoint payload.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"DFCK";
-/// The checkpoint encoding this build writes. Version 1: [`State`] as
-/// postcard (positional: every field, in declaration order).
-pub const CHECKPOINT_VERSION: u16 = 1;
+/// The checkpoint encoding this build writes: [`State`] as postcard
+/// (positional: every field, in declaration order). Version 1: without
+/// `temperature_settings` ([`StateV1`]); version 2: with it, last.
+pub const CHECKPOINT_VERSION: u16 = 2;
 /// Bytes before the postcard body: magic (4), version (u16 LE), reserved
 /// (u16, zero).
 pub const CHECKPOINT_HEADER_LEN: usize = 8;
@@ -662,9 +679,9 @@ impl State {
         Ok(out)
     }
 
-    /// Decode a checkpoint payload of any version this build knows
-    /// (today only 1). Unknown versions, foreign bytes and garbage give a
-    /// typed error, never a panic.
+    /// Decode a checkpoint payload of any version this build knows (1 and
+    /// 2). Unknown versions, foreign bytes and garbage give a typed error,
+    /// never a panic.
     pub fn decode_checkpoint(bytes: &[u8]) -> Result<State, CheckpointError> {
         if bytes.len() < CHECKPOINT_HEADER_LEN {
             return Err(CheckpointError::TooShort(bytes.len()));
@@ -678,21 +695,55 @@ impl State {
             return Err(CheckpointError::Decode { version, reason: "reserved header bytes are not zero".into() });
         }
         let body = &bytes[CHECKPOINT_HEADER_LEN..];
-        let decode_err = |e: postcard::Error| CheckpointError::Decode { version, reason: e.to_string() };
-        match version {
-            // A later version keeps this arm (decoding its own old struct,
-            // `StateV1`, and converting it) and adds its own above.
-            1 => {
-                let (state, rest) = postcard::take_from_bytes::<State>(body).map_err(decode_err)?;
-                if !rest.is_empty() {
-                    return Err(CheckpointError::Decode {
-                        version,
-                        reason: format!("{} bytes left after the state", rest.len()),
-                    });
-                }
-                Ok(state)
+        fn whole<'a, T: Deserialize<'a>>(body: &'a [u8], version: u16) -> Result<T, CheckpointError> {
+            let (v, rest) = postcard::take_from_bytes::<T>(body)
+                .map_err(|e| CheckpointError::Decode { version, reason: e.to_string() })?;
+            if !rest.is_empty() {
+                return Err(CheckpointError::Decode {
+                    version,
+                    reason: format!("{} bytes left after the state", rest.len()),
+                });
             }
+            Ok(v)
+        }
+        match version {
+            // A later version keeps these arms (decoding its own old
+            // structs and converting them) and adds its own above.
+            2 => whole::<State>(body, version),
+            1 => whole::<StateV1>(body, version).map(State::from),
             found => Err(CheckpointError::UnknownVersion { found }),
+        }
+    }
+}
+
+/// [`State`] as checkpoint version 1 wrote it (frozen: never change it).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV1 {
+    pub inodes: HashMap<Ino, Inode>,
+    #[serde(deserialize_with = "bulk_btree")]
+    pub extents: BTreeMap<u128, Extent>,
+    pub members: Vec<MemberRec>,
+    pub config: PoolConfig,
+    pub next_ino: Ino,
+    pub history: Vec<PolicyChange>,
+    pub temperature: HashMap<u128, ExtentTemp>,
+    pub scrub: ScrubRecord,
+}
+
+impl From<StateV1> for State {
+    /// Version 1 had no temperature settings: every key at its default.
+    fn from(v: StateV1) -> State {
+        State {
+            inodes: v.inodes,
+            extents: v.extents,
+            members: v.members,
+            config: v.config,
+            next_ino: v.next_ino,
+            history: v.history,
+            temperature: v.temperature,
+            scrub: v.scrub,
+            temperature_settings: BTreeMap::new(),
         }
     }
 }
@@ -736,7 +787,10 @@ mod checkpoint_tests {
     fn trailing_bytes_are_refused() {
         let mut bytes = sample().encode_checkpoint().unwrap();
         bytes.push(0);
-        assert!(matches!(State::decode_checkpoint(&bytes), Err(CheckpointError::Decode { version: 1, .. })));
+        assert!(matches!(
+            State::decode_checkpoint(&bytes),
+            Err(CheckpointError::Decode { version: CHECKPOINT_VERSION, .. })
+        ));
     }
 
     proptest! {
@@ -762,5 +816,141 @@ mod checkpoint_tests {
                 Err(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_v1_tests {
+    use super::*;
+    use crate::temperature::{Access, StatsParams};
+
+    pub(super) fn v1_sample_state() -> State {
+        let config = PoolConfig { default_policy: Policy::Replication { copies: 2 }.encode(), label: "fixture".into() };
+        let members = (0..3)
+            .map(|i| MemberRec {
+                index: i,
+                uuid: 0x1111_0000 + i as u128,
+                state: MemberState::Online,
+                path_hint: format!("/dev/loop{i}"),
+            })
+            .collect();
+        let mut s = State::new(config, members, 1_700_000_000_000_000_000);
+        let attrs = Attrs {
+            kind: FileKind::File,
+            perm: 0o644,
+            uid: 1000,
+            gid: 1000,
+            size: 5000,
+            atime_ns: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            nlink: 1,
+            rdev: 0,
+        };
+        let extent = Extent {
+            id: 0xabcdef,
+            len: 5000,
+            blake3: [7; 32],
+            policy: Policy::Replication { copies: 2 }.encode(),
+            frags: vec![FragLoc { member: 0, blocks: 2, block: 10 }, FragLoc { member: 2, blocks: 2, block: 40 }]
+                .into_boxed_slice(),
+        };
+        let mut temp = crate::temperature::ExtentTemp::default();
+        let p = StatsParams::default();
+        for k in 0..30u32 {
+            temp.record(1_700_000_000 + k * 1000, if k % 3 == 0 { Access::Write } else { Access::Read }, &p);
+        }
+        let ops = vec![
+            Op::CreateInode { ino: 2, attrs, body: Body::File(BTreeMap::new()), policy: None },
+            Op::Link { dir: ROOT_INO, name: b"f".to_vec().into_boxed_slice(), ino: 2 },
+            Op::SetExtent { ino: 2, index: 0, extent: Some(extent) },
+            Op::SetXattr {
+                ino: 2,
+                name: b"user.a".to_vec().into_boxed_slice(),
+                value: Some(b"v".to_vec().into_boxed_slice()),
+            },
+            Op::SetPolicy { ino: ROOT_INO, policy: Some(Policy::Erasure { data: 2, parity: 1 }.encode()) },
+            Op::PutTempStats { stats: vec![(0xabcdef, temp)] },
+            Op::PutPolicyChange {
+                change: PolicyChange {
+                    id: 1,
+                    scope: "inode 2 offset 0 (temperature)".into(),
+                    ino: 2,
+                    recursive: false,
+                    policy: Policy::Erasure { data: 2, parity: 1 }.encode(),
+                    started_ns: 10,
+                    finished_ns: Some(20),
+                    state: ChangeState::Done,
+                    extents_done: 1,
+                    extents_total: 1,
+                    message: "cold: moved".into(),
+                },
+            },
+            Op::SetScrub {
+                scrub: ScrubRecord {
+                    frequency: ScrubFrequency::Weekly,
+                    intensity: 1,
+                    running: true,
+                    cursor: Some(0xabc),
+                    pass_started_ns: 5,
+                    pass_finished_ns: 4,
+                    extents_done: 9,
+                    bytes_done: 9000,
+                    errors: 1,
+                    repaired: 1,
+                },
+            },
+        ];
+        for op in &ops {
+            s.apply(op).unwrap();
+        }
+        s
+    }
+
+    /// Bytes of checkpoint version 1, written by the build before version
+    /// 2 (the last one without temperature settings) from
+    /// [`v1_sample_state`]: a file with an extent, an xattr, a pinned root,
+    /// access statistics, a policy change and a scrub position.
+    const V1: &[u8] = include_bytes!("testdata/checkpoint_v1.bin");
+
+    #[test]
+    fn a_version_1_checkpoint_decodes_with_default_temperature_settings() {
+        assert_eq!(u16::from_le_bytes([V1[4], V1[5]]), 1);
+        let s = State::decode_checkpoint(V1).unwrap();
+        assert_eq!(s, v1_sample_state());
+        assert!(s.temperature_settings.is_empty());
+        assert!(s.check().is_empty(), "{:?}", s.check());
+        // The next checkpoint rewrites it in the current version.
+        let again = s.encode_checkpoint().unwrap();
+        assert_eq!(u16::from_le_bytes([again[4], again[5]]), CHECKPOINT_VERSION);
+        assert_eq!(State::decode_checkpoint(&again).unwrap(), s);
+        // Version 1 bytes are not a version 2 body (the field is not optional).
+        let mut relabelled = V1.to_vec();
+        relabelled[4..6].copy_from_slice(&2u16.to_le_bytes());
+        assert!(matches!(State::decode_checkpoint(&relabelled), Err(CheckpointError::Decode { version: 2, .. })));
+        let mut longer = V1.to_vec();
+        longer.push(0);
+        assert!(matches!(State::decode_checkpoint(&longer), Err(CheckpointError::Decode { version: 1, .. })));
+    }
+
+    #[test]
+    fn temperature_settings_are_validated_applied_and_checkpointed() {
+        let mut s = v1_sample_state();
+        let mut settings = BTreeMap::new();
+        settings.insert("hot_ops_per_day".to_string(), "250".to_string());
+        settings.insert("cold_policy".to_string(), "erasure:3+2".to_string());
+        s.apply(&Op::SetTemperatureSettings { settings: settings.clone() }).unwrap();
+        assert_eq!(s.temperature_settings, settings);
+        let back = State::decode_checkpoint(&s.encode_checkpoint().unwrap()).unwrap();
+        assert_eq!(back.temperature_settings, settings);
+        for (k, v) in [("hot_ops_per_day", "0250"), ("hotness", "1"), ("cold_policy", "raid5")] {
+            let mut bad = settings.clone();
+            bad.insert(k.into(), v.into());
+            assert!(s.apply(&Op::SetTemperatureSettings { settings: bad }).is_err(), "{k}={v}");
+        }
+        assert_eq!(s.temperature_settings, settings, "a refused op changed nothing");
+        // The op round-trips through the journal encoding.
+        let op = Op::SetTemperatureSettings { settings };
+        assert_eq!(postcard::from_bytes::<Op>(&postcard::to_stdvec(&op).unwrap()).unwrap(), op);
     }
 }

@@ -15,9 +15,12 @@
 //! are freed only once that commit is durable. A pinned file (an explicit
 //! `user.dfs.policy` or `change-policy --path`) is never migrated.
 //!
-//! This module never blocks a read: reads only push to the queue.
+//! This module never blocks a read: reads only push to the queue, and a
+//! migration holds the metadata lock only to check and to swap, never
+//! across its IO. A test hook ([`MigrationQueue::stall_migrations`]) stops
+//! migrations midway so tests can show reads going on meanwhile.
 
-use super::{Temp, Tracker};
+use super::{Settings, Temp, Tracker};
 use crate::engine::error::Result;
 use crate::engine::placement;
 use crate::engine::pool::{now_ns, Pool};
@@ -25,7 +28,7 @@ use crate::engine::state::{Body, ChangeState, Ino, Op, PolicyChange, EXTENT_SIZE
 use dfs_format::Policy;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// One queued migration.
@@ -48,11 +51,34 @@ struct Queue {
     stop: bool,
 }
 
+impl Queue {
+    /// Drop the jobs waiting (not the running ones); returns how many.
+    fn drop_waiting(&mut self) -> u64 {
+        let n = self.jobs.len() as u64;
+        for j in self.jobs.drain(..) {
+            self.ids.remove(&j.id);
+        }
+        n
+    }
+}
+
+/// A test hook: while armed, a migration stops between writing the new
+/// extent and swapping it into the file (the longest phase, with no lock
+/// held), until released. Lets tests hold the worker provably blocked.
+#[derive(Debug, Default)]
+struct Stall {
+    armed: AtomicBool,
+    /// Migrations stopped at the hook now.
+    stopped: Mutex<usize>,
+    cv: Condvar,
+}
+
 /// The bounded migration queue (shared by the pool and its worker).
 #[derive(Debug)]
 pub struct MigrationQueue {
     q: Mutex<Queue>,
     cv: Condvar,
+    stall: Stall,
     capacity: usize,
     /// Jobs dropped because the queue was full.
     pub dropped: AtomicU64,
@@ -68,6 +94,7 @@ impl MigrationQueue {
         MigrationQueue {
             q: Mutex::new(Queue::default()),
             cv: Condvar::new(),
+            stall: Stall::default(),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -109,6 +136,13 @@ impl MigrationQueue {
         self.cv.notify_all();
     }
 
+    /// Drop every job still waiting (not the ones running); the settings
+    /// they were queued under changed.
+    pub(crate) fn clear(&self) {
+        self.lock().drop_waiting();
+        self.cv.notify_all();
+    }
+
     /// Jobs waiting.
     pub fn len(&self) -> usize {
         self.lock().jobs.len()
@@ -116,6 +150,55 @@ impl MigrationQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Test hook: from now on, every migration stops after writing its new
+    /// extent and before swapping it in, until [`Self::release_migrations`]
+    /// (or the worker is stopped).
+    pub fn stall_migrations(&self) {
+        self.stall.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Test hook: let stopped migrations go on, and stop stopping them.
+    pub fn release_migrations(&self) {
+        self.stall.armed.store(false, Ordering::SeqCst);
+        let _held = self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        self.stall.cv.notify_all();
+    }
+
+    /// Test hook: migrations stopped at the hook right now.
+    pub fn stalled(&self) -> usize {
+        *self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Test hook: wait (at most `timeout`) until a migration is stopped at
+    /// the hook. Returns whether one is.
+    pub fn wait_stalled(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut n = self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        while *n == 0 {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = self.stall.cv.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+
+    /// Where a migration stops while the hook is armed (one atomic load
+    /// otherwise).
+    fn stall_point(&self) {
+        if !self.stall.armed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut n = self.stall.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        self.stall.cv.notify_all();
+        while self.stall.armed.load(Ordering::SeqCst) {
+            n = self.stall.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n -= 1;
     }
 
     /// Wait (at most `timeout`) until nothing is queued or running.
@@ -177,6 +260,7 @@ impl Pool {
         };
         let bytes = self.read_extent(&old)?;
         let new = self.write_extent(job.target, &bytes)?;
+        self.temperature.queue.stall_point();
         let mut m = self.meta();
         if !still_there(&m) {
             drop(m);
@@ -247,14 +331,12 @@ impl Pool {
         let weak: Weak<Pool> = Arc::downgrade(self);
         let queue = self.temperature.queue.clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let (flush_every, rate) = {
-            let c = &self.temperature.cfg;
-            (c.flush_interval, c.max_migrations_per_sec)
-        };
+        let flush_every = self.temperature.cfg.flush_interval;
+        let settings = self.temperature.settings.clone();
         let stop2 = stop.clone();
         let handle = std::thread::Builder::new()
             .name("dfs-migrate".into())
-            .spawn(move || worker(weak, &queue, &stop2, flush_every, rate))
+            .spawn(move || worker(weak, &queue, &stop2, flush_every, &settings))
             .ok();
         MigrationWorker { queue: self.temperature.queue.clone(), stop, handle }
     }
@@ -266,21 +348,40 @@ impl Pool {
 /// long each takes. Pure: time is passed in, so tests can drive it.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimiter {
+    per_sec: f64,
     gap: Duration,
-    next: Option<Instant>,
+    last: Option<Instant>,
+}
+
+fn gap_of(per_sec: f64) -> Duration {
+    if per_sec > 0.0 {
+        Duration::from_secs_f64(1.0 / per_sec)
+    } else {
+        Duration::ZERO
+    }
 }
 
 impl RateLimiter {
     /// At most `per_sec` starts a second (0 or less: no limit).
     pub fn new(per_sec: f64) -> RateLimiter {
-        let gap = if per_sec > 0.0 { Duration::from_secs_f64(1.0 / per_sec) } else { Duration::ZERO };
-        RateLimiter { gap, next: None }
+        RateLimiter { per_sec, gap: gap_of(per_sec), last: None }
+    }
+
+    /// The rate now in force.
+    pub fn rate(&self) -> f64 {
+        self.per_sec
+    }
+
+    /// Change the rate (the operator's `migration_rate`): the next start
+    /// is due `1 / per_sec` after the last one.
+    pub fn set_rate(&mut self, per_sec: f64) {
+        *self = RateLimiter { per_sec, gap: gap_of(per_sec), last: self.last };
     }
 
     /// How long a job that wants to start at `now` must still wait (zero:
     /// it may start now).
     pub fn wait(&self, now: Instant) -> Duration {
-        self.next.map_or(Duration::ZERO, |n| n.saturating_duration_since(now))
+        self.last.map_or(Duration::ZERO, |l| (l + self.gap).saturating_duration_since(now))
     }
 
     /// Start a job at `now` if the limit allows; true when it was admitted.
@@ -288,13 +389,20 @@ impl RateLimiter {
         if !self.wait(now).is_zero() {
             return false;
         }
-        self.next = Some(now + self.gap);
+        self.last = Some(now);
         true
     }
 }
 
-fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_every: Duration, rate: f64) {
-    let mut limit = RateLimiter::new(rate);
+fn worker(
+    pool: Weak<Pool>,
+    queue: &MigrationQueue,
+    stop: &AtomicBool,
+    flush_every: Duration,
+    settings: &RwLock<Settings>,
+) {
+    let current = || *settings.read().unwrap_or_else(|p| p.into_inner());
+    let mut limit = RateLimiter::new(current().max_migrations_per_sec);
     // Wall time of an admission, derived from the monotonic instant the
     // limiter saw (the history's start times keep the limiter's spacing).
     let (base, base_ns) = (Instant::now(), now_ns());
@@ -314,13 +422,23 @@ fn worker(pool: Weak<Pool>, queue: &MigrationQueue, stop: &AtomicBool, flush_eve
                 }
                 q = queue.cv.wait_timeout(q, tick).unwrap_or_else(|p| p.into_inner()).0;
             }
+            let now_settings = current();
             if q.jobs.is_empty() {
                 None
+            } else if !now_settings.migrate {
+                // Switched off since these were queued: drop them.
+                queue.skipped.fetch_add(q.drop_waiting(), Ordering::Relaxed);
+                queue.cv.notify_all();
+                continue;
             } else {
-                // Honour the rate limit before taking the job.
+                // Honour the rate limit (as set now) before taking the job.
+                if limit.rate() != now_settings.max_migrations_per_sec {
+                    limit.set_rate(now_settings.max_migrations_per_sec);
+                }
                 let now = Instant::now();
                 if !limit.admit(now) {
-                    let wait = limit.wait(now);
+                    // Wake at least every tick: the rate may change meanwhile.
+                    let wait = limit.wait(now).min(tick);
                     drop(queue.cv.wait_timeout(q, wait).unwrap_or_else(|p| p.into_inner()).0);
                     continue;
                 }
@@ -367,6 +485,8 @@ impl MigrationWorker {
         self.stop.store(true, Ordering::SeqCst);
         self.queue.lock().stop = true;
         self.queue.cv.notify_all();
+        // A migration held by the test hook would never end.
+        self.queue.release_migrations();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -443,5 +563,22 @@ mod tests {
         }
         assert_eq!(per_second, [4, 4, 4, 4, 4]);
         assert!(RateLimiter::new(0.0).admit(t0) && RateLimiter::new(0.0).wait(t0).is_zero());
+    }
+
+    #[test]
+    fn a_changed_rate_counts_from_the_last_start() {
+        let t0 = Instant::now();
+        let mut limit = RateLimiter::new(0.1);
+        assert!(limit.admit(t0));
+        assert_eq!(limit.wait(t0), Duration::from_secs(10));
+        // Faster now: due 0.5 s after the last start, not 10 s.
+        limit.set_rate(2.0);
+        assert_eq!(limit.rate(), 2.0);
+        assert_eq!(limit.wait(t0), Duration::from_millis(500));
+        assert!(!limit.admit(t0 + Duration::from_millis(499)));
+        assert!(limit.admit(t0 + Duration::from_millis(500)));
+        // Slower again: the next start waits the new gap.
+        limit.set_rate(0.5);
+        assert_eq!(limit.wait(t0 + Duration::from_millis(500)), Duration::from_secs(2));
     }
 }

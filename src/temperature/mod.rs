@@ -14,6 +14,9 @@
 //!   the re-encode of one extent recorded in the policy-change history.
 //! - `report`: what `dfs list-hot|list-warm|list-cold|extent-stats` and the
 //!   control socket (`handle_control`) show.
+//! - `settings`: what an operator may change at runtime ([`Settings`]:
+//!   thresholds, classifier, targets, migration rate), its `KEY=VALUE`
+//!   form, and how the pool stores it (`dfs temperature-config`).
 //!
 //! The engine calls in at three places only: `Pool::read` (one call per
 //! read, [`crate::engine::Pool::note_reads`]), `Pool::apply_txn` (new
@@ -24,6 +27,7 @@ pub mod clock;
 pub mod hmm;
 pub mod migrate;
 pub mod report;
+pub mod settings;
 pub mod stats;
 pub mod threshold;
 pub mod tracker;
@@ -32,6 +36,7 @@ pub use clock::{Clock, OffsetClock, SystemClock, TestClock};
 pub use hmm::{Hmm, HmmConfig, HmmVerdict};
 pub use migrate::MigrationWorker;
 pub use report::{handle_control, ControlError, ExtentStats};
+pub use settings::{SettingError, SettingRow, Settings};
 pub use stats::{Access, ExtentTemp, StatsParams};
 pub use threshold::ThresholdConfig;
 pub use tracker::Tracker;
@@ -85,31 +90,42 @@ pub enum Classifier {
     Hmm,
 }
 
-/// Every knob of temperature tracking and migration, in one place.
+impl Classifier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Classifier::Threshold => "threshold",
+            Classifier::Hmm => "hmm",
+        }
+    }
+}
+
+impl std::str::FromStr for Classifier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Classifier, String> {
+        match s {
+            "threshold" => Ok(Classifier::Threshold),
+            "hmm" => Ok(Classifier::Hmm),
+            _ => Err("expected hmm or threshold".into()),
+        }
+    }
+}
+
+/// Every knob of temperature tracking and migration, in one place. The
+/// operator's part ([`Settings`]) is the default here; what the pool stores
+/// (`dfs temperature-config`) overrides it key by key at open and while
+/// the pool runs.
 #[derive(Debug, Clone)]
 pub struct TemperatureConfig {
     /// Count accesses at all (off: no tracking, no migration).
     pub track: bool,
-    /// Queue migrations when a read finds an extent under the wrong policy.
-    pub migrate: bool,
-    /// Which view decides migrations (default: the HMM, for its inertia).
-    pub classifier: Classifier,
-    /// Target of hot extents (capped by the online members).
-    pub hot_policy: Option<Policy>,
-    /// Target of warm extents (None: warm extents stay as they are).
-    pub warm_policy: Option<Policy>,
-    /// Target of cold extents (capped by the online members).
-    pub cold_policy: Option<Policy>,
-    /// Observations an extent needs before it may migrate.
-    pub min_observations: usize,
+    /// Thresholds, classifier, targets, migration switch and rate: the
+    /// defaults of the keys a pool has not set.
+    pub settings: Settings,
     /// Most migrations waiting; more are dropped (the next read re-queues).
     pub queue_capacity: usize,
-    /// Most migrations per second the worker does.
-    pub max_migrations_per_sec: f64,
     /// How often the worker writes the stats into the metadata.
     pub flush_interval: Duration,
     pub stats: StatsParams,
-    pub threshold: ThresholdConfig,
     pub hmm: HmmConfig,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
@@ -119,38 +135,19 @@ impl Default for TemperatureConfig {
     fn default() -> Self {
         TemperatureConfig {
             track: true,
-            migrate: true,
-            classifier: Classifier::Hmm,
-            hot_policy: Some(Policy::Replication { copies: 3 }),
-            warm_policy: None,
-            cold_policy: Some(Policy::Erasure { data: 4, parity: 2 }),
-            min_observations: 4,
+            settings: Settings::default(),
             queue_capacity: 1024,
-            max_migrations_per_sec: 20.0,
             flush_interval: Duration::from_secs(30),
             stats: StatsParams::default(),
-            threshold: ThresholdConfig::default(),
             hmm: HmmConfig::default(),
             clock: Arc::new(SystemClock),
         }
     }
 }
 
-impl TemperatureConfig {
-    /// The target policy of `class`, capped to what `online` members hold:
-    /// replication keeps at most `online` copies; erasure k+m keeps m and
-    /// shrinks k to `online - m` (at least 2 data shards, else none).
-    pub fn target(&self, class: Temp, online: usize) -> Option<Policy> {
-        let p = match class {
-            Temp::Hot => self.hot_policy,
-            Temp::Warm => self.warm_policy,
-            Temp::Cold => self.cold_policy,
-        }?;
-        cap_policy(p, online)
-    }
-}
-
-/// `p` capped to `online` members (see [`TemperatureConfig::target`]).
+/// `p` capped to `online` members: replication keeps at most `online`
+/// copies; erasure k+m keeps m and shrinks k to `online - m` (at least 2
+/// data shards, else none).
 pub fn cap_policy(p: Policy, online: usize) -> Option<Policy> {
     let n = online.min(255) as u8;
     match p {
@@ -172,7 +169,7 @@ mod tests {
 
     #[test]
     fn targets_are_capped_by_members() {
-        let c = TemperatureConfig::default();
+        let c = Settings::default();
         assert_eq!(c.target(Temp::Hot, 6), Some(Policy::Replication { copies: 3 }));
         assert_eq!(c.target(Temp::Hot, 2), Some(Policy::Replication { copies: 2 }));
         assert_eq!(c.target(Temp::Cold, 6), Some(Policy::Erasure { data: 4, parity: 2 }));

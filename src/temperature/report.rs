@@ -7,7 +7,7 @@
 //! `temperature.list` / `temperature.extent_stats` methods for the control
 //! socket of a mounted pool (and `temperature.advance`, which moves a test
 //! clock, nothing else). Read-only: this module must never change the
-//! pool.
+//! pool; `temperature.config`, which may, is passed on to `settings`.
 
 use super::{Temp, Tracker};
 use crate::engine::pool::{Meta, Pool};
@@ -55,6 +55,8 @@ pub enum ControlError {
     NoSuchExtent(String),
     #[error("this pool's temperature clock follows the system time (mount with -o test_clock to move it)")]
     ClockFixed,
+    #[error(transparent)]
+    Config(#[from] super::settings::ConfigError),
 }
 
 fn owners(m: &Meta) -> HashMap<u128, (Ino, u64, bool)> {
@@ -81,7 +83,8 @@ impl Tracker {
     ) -> Option<ExtentStats> {
         let e = m.state.extents.get(&id)?;
         let s = self.get(m, id).unwrap_or_default();
-        let c = self.classify(&s, now);
+        let settings = self.settings();
+        let c = self.classify_with(&s, now, &settings);
         let (r, w) = s.rates_per_day(now, &self.cfg.stats);
         let (ino, idx, pinned) = owner.unwrap_or((0, 0, false));
         let seen = s.last_access_s != 0;
@@ -104,7 +107,7 @@ impl Tracker {
             class: c.decided,
             observations: c.observations,
             current_policy: e.policy().to_string(),
-            target_policy: if pinned { None } else { self.cfg.target(c.decided, online).map(|p| p.to_string()) },
+            target_policy: if pinned { None } else { settings.target(c.decided, online).map(|p| p.to_string()) },
             pinned,
         })
     }
@@ -149,7 +152,9 @@ impl Pool {
 /// The control-socket methods of temperature:
 /// - `temperature.list` `{"class": "hot"|"warm"|"cold"}` (class optional)
 ///   → array of [`ExtentStats`];
-/// - `temperature.extent_stats` `{"extent": "<uuid>"}` → one [`ExtentStats`].
+/// - `temperature.extent_stats` `{"extent": "<uuid>"}` → one [`ExtentStats`];
+/// - `temperature.config` `{"set": {KEY: VALUE}?, "unset": [KEY]?}` → the
+///   settings after the change (see `settings::handle_config`).
 pub fn handle_control(pool: &Pool, method: &str, params: serde_json::Value) -> Result<serde_json::Value, ControlError> {
     fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, ControlError> {
         serde_json::to_value(v).map_err(|e| ControlError::BadParams(e.to_string()))
@@ -184,6 +189,7 @@ pub fn handle_control(pool: &Pool, method: &str, params: serde_json::Value) -> R
             let offset = t.cfg.clock.advance(secs as u32).ok_or(ControlError::ClockFixed)?;
             Ok(serde_json::json!({ "offset_s": offset, "now_s": t.now_s() }))
         }
+        "temperature.config" => to_json(&super::settings::handle_config(pool, &params)?),
         other => Err(ControlError::UnknownMethod(other.to_string())),
     }
 }

@@ -20,13 +20,14 @@
 
 use super::hmm::{Hmm, HmmVerdict};
 use super::migrate::{Job, MigrationQueue};
+use super::settings::{SettingError, Settings, Stored};
 use super::stats::{Access, ExtentTemp};
 use super::{threshold, Classifier, Temp, TemperatureConfig};
 use crate::engine::pool::{Meta, Pool};
 use crate::engine::state::{Extent, Ino, Op};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Shards of the live table.
 pub const SHARDS: usize = 8;
@@ -59,7 +60,13 @@ fn shard_of(id: u128) -> usize {
 /// Live statistics, the classifiers and the migration queue of one pool.
 #[derive(Debug)]
 pub struct Tracker {
+    /// The configuration the pool was opened with; `cfg.settings` are the
+    /// defaults of the keys the pool has not set.
     pub(crate) cfg: TemperatureConfig,
+    /// The effective settings: `cfg.settings` with the pool's stored keys
+    /// applied. Replaced when `Op::SetTemperatureSettings` is applied (the
+    /// migration worker shares it, for the rate and the switch).
+    pub(crate) settings: Arc<RwLock<Settings>>,
     pub(crate) hmm: Hmm,
     live: [Mutex<LiveMap>; SHARDS],
     pub(crate) queue: Arc<MigrationQueue>,
@@ -76,12 +83,43 @@ pub struct Classes {
 }
 
 impl Tracker {
-    pub fn new(cfg: TemperatureConfig) -> Tracker {
-        Tracker {
+    /// A tracker with `cfg`, and the settings a pool stored applied over
+    /// `cfg.settings`. Stored settings that do not apply (a key this build
+    /// does not know) leave the defaults and give the error, for the open
+    /// report.
+    pub fn new(cfg: TemperatureConfig, stored: &Stored) -> (Tracker, Option<SettingError>) {
+        let (effective, error) = match cfg.settings.overlay(stored) {
+            Ok(s) => (s, None),
+            Err(e) => (cfg.settings, Some(e)),
+        };
+        let t = Tracker {
             hmm: Hmm::new(cfg.hmm),
             live: std::array::from_fn(|_| Mutex::new(LiveMap::default())),
             queue: Arc::new(MigrationQueue::new(cfg.queue_capacity)),
+            settings: Arc::new(RwLock::new(effective)),
             cfg,
+        };
+        (t, error)
+    }
+
+    /// The effective settings (the built-in defaults with the pool's keys).
+    pub fn settings(&self) -> Settings {
+        *self.settings.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool's stored settings changed (`Op::SetTemperatureSettings`,
+    /// validated before it was applied): use them from now on. When what
+    /// decides a migration changed (not just the rate), drop the jobs
+    /// queued under the old rules; the next read of each extent queues it
+    /// again if it still has to move.
+    fn use_stored(&self, stored: &Stored) {
+        let new = match self.cfg.settings.overlay(stored) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("temperature settings not applied: {e}"),
+        };
+        let old = std::mem::replace(&mut *self.settings.write().unwrap_or_else(|p| p.into_inner()), new);
+        if (Settings { max_migrations_per_sec: new.max_migrations_per_sec, ..old }) != new {
+            self.queue.clear();
         }
     }
 
@@ -95,14 +133,19 @@ impl Tracker {
         self.cfg.clock.now_s()
     }
 
-    /// Classify `s` at `now` both ways.
+    /// Classify `s` at `now` both ways (by the effective settings).
     pub fn classify(&self, s: &ExtentTemp, now: u32) -> Classes {
+        self.classify_with(s, now, &self.settings())
+    }
+
+    /// Classify `s` at `now` both ways, by `settings`.
+    pub(crate) fn classify_with(&self, s: &ExtentTemp, now: u32, settings: &Settings) -> Classes {
         let p = &self.cfg.stats;
         let obs = s.observations(now, p);
         let age = (s.last_access_s != 0).then(|| now.saturating_sub(s.last_access_s));
         let hmm = self.hmm.classify(&obs, age);
-        let threshold = threshold::classify(s, now, &self.cfg.threshold, p);
-        let decided = match self.cfg.classifier {
+        let threshold = threshold::classify(s, now, &settings.threshold, p);
+        let decided = match settings.classifier {
             Classifier::Hmm => hmm.state,
             Classifier::Threshold => threshold,
         };
@@ -119,16 +162,18 @@ impl Tracker {
         self.live(id).insert(id, s);
     }
 
-    /// New extents in `ops` count as written now. Called with `meta` held.
+    /// New extents in `ops` count as written now; changed settings are
+    /// used from now on. Called with `meta` held, after the ops applied.
     pub(crate) fn note_ops(&self, ops: &[Op]) {
-        if !self.cfg.track {
-            return;
-        }
         let mut now = None;
         for op in ops {
-            if let Op::SetExtent { extent: Some(e), .. } = op {
-                let now = *now.get_or_insert_with(|| self.now_s());
-                self.live(e.id).entry(e.id).or_default().record(now, Access::Write, &self.cfg.stats);
+            match op {
+                Op::SetExtent { extent: Some(e), .. } if self.cfg.track => {
+                    let now = *now.get_or_insert_with(|| self.now_s());
+                    self.live(e.id).entry(e.id).or_default().record(now, Access::Write, &self.cfg.stats);
+                }
+                Op::SetTemperatureSettings { settings } => self.use_stored(settings),
+                _ => {}
             }
         }
     }
@@ -185,16 +230,20 @@ impl Pool {
                 due.push((idx, id, policy, *s));
             }
         }
-        if !t.cfg.migrate || due.is_empty() || self.opts.read_only {
+        if due.is_empty() || self.opts.read_only {
+            return;
+        }
+        let settings = t.settings();
+        if !settings.migrate {
             return;
         }
         let online = self.members.iter().flatten().count();
         for (idx, id, policy, s) in due {
-            let c = t.classify(&s, now);
-            if c.observations < t.cfg.min_observations {
+            let c = t.classify_with(&s, now, &settings);
+            if c.observations < settings.min_observations {
                 continue;
             }
-            if let Some(target) = t.cfg.target(c.decided, online) {
+            if let Some(target) = settings.target(c.decided, online) {
                 if target.encode() != policy {
                     t.queue.push(Job {
                         ino,

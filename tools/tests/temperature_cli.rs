@@ -1,9 +1,11 @@
-//! `dfs list-hot | list-warm | list-cold | extent-stats` on a pool in image
-//! files (no root needed): what the engine recorded is what the CLI shows,
-//! JSON parses back, and garbage arguments give usage errors.
+//! `dfs list-hot | list-warm | list-cold | extent-stats | temperature-config`
+//! on a pool in image files (no root needed): what the engine recorded is
+//! what the CLI shows, JSON parses back, settings are stored in the pool,
+//! and garbage arguments give usage errors that change nothing.
 
 use dynamicfs::discover::{open_pool, DiscoverOptions, PoolSource};
 use dynamicfs::engine::{FileKind, PoolOptions, ROOT_INO};
+use dynamicfs::temperature::SettingRow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -77,4 +79,115 @@ fn list_hot_and_extent_stats_show_what_was_read() {
     assert!(err.starts_with("dfs: error: no extent") && err.lines().count() == 1, "{err}");
     let o = run(&["list-hot", "--pool", tmp.path().join("nope.img").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// `temperature-config --json` as key → (value, source).
+fn settings(member: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let rows: Vec<SettingRow> =
+        serde_json::from_value(json(&run(&["temperature-config", "--pool", member, "--json"]))).unwrap();
+    rows.into_iter().map(|r| (r.key, (r.value, r.source))).collect()
+}
+
+#[test]
+fn temperature_config_is_stored_in_the_pool_and_refuses_bad_values() {
+    let tmp = tempfile::Builder::new().prefix("dfs-tcfg-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let imgs: Vec<PathBuf> = (0..3).map(|i| image(tmp.path(), &format!("m{i}.img"), 64 * MIB)).collect();
+    let mut args = vec!["--policy", "replication:2"];
+    for i in &imgs {
+        args.extend(["--device", i.to_str().unwrap()]);
+    }
+    let o = Command::new(MKFS).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let member = imgs[0].to_str().unwrap();
+    let other = imgs[2].to_str().unwrap();
+
+    let fresh = settings(member);
+    let keys = [
+        "classifier",
+        "hot_ops_per_day",
+        "hot_recent_secs",
+        "warm_ops_per_day",
+        "warm_recent_secs",
+        "hot_policy",
+        "warm_policy",
+        "cold_policy",
+        "migrate",
+        "migration_rate",
+        "min_observations",
+    ];
+    assert_eq!(fresh.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(), keys.into());
+    assert!(fresh.values().all(|(_, src)| src == "default"), "{fresh:?}");
+    assert_eq!(fresh["hot_ops_per_day"].0, "100");
+    assert_eq!(fresh["warm_policy"].0, "keep");
+
+    let o = run(&[
+        "temperature-config",
+        "--pool",
+        member,
+        "--set",
+        "hot_ops_per_day=250.0",
+        "--set",
+        "cold_policy=erasure:2+1",
+        "--set",
+        "classifier=threshold",
+        "--set",
+        "migration_rate=2.5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(table.starts_with("KEY") && table.contains("SOURCE"), "{table}");
+    let line = table.lines().find(|l| l.starts_with("hot_ops_per_day")).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["hot_ops_per_day", "250", "100", "pool"], "{table}");
+    // Stored in the pool: any member shows it, and so does the engine.
+    let after = settings(other);
+    assert_eq!(after["hot_ops_per_day"], ("250".to_string(), "pool".to_string()));
+    assert_eq!(after["cold_policy"], ("erasure:2+1".to_string(), "pool".to_string()));
+    assert_eq!(after["migration_rate"], ("2.5".to_string(), "pool".to_string()));
+    assert_eq!(after["warm_ops_per_day"], ("10".to_string(), "default".to_string()));
+    {
+        let source = PoolSource::parse(member).unwrap();
+        let opts = PoolOptions { read_only: true, ..Default::default() };
+        let (pool, _) = open_pool(&source, &DiscoverOptions::default(), opts).unwrap();
+        let s = pool.temperature().settings();
+        assert_eq!((s.threshold.hot_ops_per_day, s.classifier), (250.0, dynamicfs::temperature::Classifier::Threshold));
+        assert_eq!(s.cold_policy, Some("erasure:2+1".parse().unwrap()));
+    }
+
+    // Usage errors (2): bad values, unknown keys, no `=`; nothing changes,
+    // even when a good setting comes with them.
+    for bad in [
+        &["--set", "hot_ops_per_day=lots"][..],
+        &["--set", "hot_ops_per_day=-5"],
+        &["--set", "hot_ops_per_day=1e3"],
+        &["--set", "cold_policy=raid6"],
+        &["--set", "migrate=maybe"],
+        &["--set", "migration_rate=0"],
+        &["--set", "min_observations=0"],
+        &["--set", "hotness=3"],
+        &["--set", "classifier"],
+        &["--unset", "hotness"],
+        &["--set", "warm_policy=keep", "--set", "hot_recent_secs=1h"],
+    ] {
+        let mut a = vec!["temperature-config", "--pool", member];
+        a.extend_from_slice(bad);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let arg = bad.last().unwrap();
+        let key = arg.split('=').next().unwrap();
+        assert!(err.lines().next().unwrap().contains(key), "{bad:?}: {err}");
+    }
+    // Inconsistent with what the pool holds: one line, 1, nothing changed.
+    let o = run(&["temperature-config", "--pool", member, "--set", "warm_ops_per_day=300", "--set", "migrate=off"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err, "dfs: error: warm_ops_per_day (300) is above hot_ops_per_day (250)\n");
+    assert_eq!(settings(member), after, "a refused change changed something");
+
+    // Back to the default.
+    let o = run(&["temperature-config", "--pool", member, "--unset", "hot_ops_per_day", "--json"]);
+    let v = json(&o);
+    let row = v.as_array().unwrap().iter().find(|r| r["key"] == "hot_ops_per_day").unwrap().clone();
+    assert_eq!((row["value"].as_str(), row["source"].as_str()), (Some("100"), Some("default")), "{row}");
+    assert_eq!(settings(other)["cold_policy"].1, "pool");
 }

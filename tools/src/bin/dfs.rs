@@ -3,6 +3,7 @@
 //! `list-disks`, `list-extents`, `show-redundancy`, `policy-status`,
 //! `change-policy`, `fail-disk`, `add-disk`, `remove-disk`, `rebuild`,
 //! `rebuild-status`, `list-hot`, `list-warm`, `list-cold`, `extent-stats`,
+//! `temperature-config`, `advance-clock`,
 //! `scrub`, `scrub-daemon`, `scrub-schedule`, `detect-orphans`,
 //! `orphan-stats`, `cleanup-orphans`. On a mounted pool the admin commands
 //! go through the mount's control socket (`cli::admin::Target`).
@@ -194,6 +195,27 @@ enum Command {
         /// The extent's UUID (see list-extents)
         #[arg(long, value_name = "UUID")]
         extent: uuid::Uuid,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the pool's temperature settings, or change them (stored in the pool)
+    ///
+    /// Keys: classifier, hot_ops_per_day, hot_recent_secs, warm_ops_per_day, warm_recent_secs,
+    /// hot_policy, warm_policy, cold_policy, migrate, migration_rate, min_observations
+    /// (docs/TEMPERATURE.md). On a mounted pool the mount uses new values at once.
+    /// Example: `dfs temperature-config --pool /mnt/pool --set hot_ops_per_day=500 --set cold_policy=erasure:3+2`
+    #[command(name = "temperature-config")]
+    TemperatureConfig {
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
+        pool: String,
+        /// Set KEY to VALUE (repeatable; all or nothing)
+        #[arg(long, value_name = "KEY=VALUE", value_parser = temperature::parse_set)]
+        set: Vec<(String, String)>,
+        /// Return KEY to its default (repeatable)
+        #[arg(long, value_name = "KEY", value_parser = temperature::parse_unset)]
+        unset: Vec<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -440,6 +462,10 @@ fn main() -> ExitCode {
         Command::ListCold(a) => on_pool(&a.pool, false, |t| temperature::list(t, Temp::Cold, a.json)),
         Command::ExtentStats { pool, extent, json } => {
             on_pool(&pool, false, |t| temperature::extent_stats(t, extent, json))
+        }
+        Command::TemperatureConfig { pool, set, unset, json } => {
+            let change = !set.is_empty() || !unset.is_empty();
+            on_pool(&pool, change, |t| temperature::config(t, &set, &unset, json))
         }
         Command::AdvanceClock { pool, seconds, json } => {
             on_pool(&pool, false, |t| temperature::advance_clock(t, seconds, json))

@@ -422,6 +422,8 @@ fn serve(p: &Prepared, notify: &mut Option<File>, verbose: bool) -> Result<(), S
         }
         tracing::warn!(missing = %list, "members not found; mounting degraded");
     }
+    // The built-in defaults; the settings stored in the pool
+    // (`dfs temperature-config`) apply over them at open.
     let mut temperature = dynamicfs::temperature::TemperatureConfig::default();
     if p.opts.test_clock {
         temperature.clock = Arc::new(dynamicfs::temperature::OffsetClock::new());
@@ -557,7 +559,7 @@ fn start_control(
                 .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))
         });
     }
-    for m in ["temperature.list", "temperature.extent_stats", "temperature.advance"] {
+    for m in ["temperature.list", "temperature.extent_stats", "temperature.config", "temperature.advance"] {
         registry.register(m, move |pool, params| {
             dynamicfs::temperature::handle_control(pool, m, params)
                 .map_err(|e| WireError::new(ErrorKind::Failed, e.to_string()))

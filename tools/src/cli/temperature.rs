@@ -1,18 +1,21 @@
 //! `dfs list-hot | list-warm | list-cold` and `dfs extent-stats`: the
-//! temperature of extents, with the files they belong to; and
-//! `dfs advance-clock`, which moves the temperature clock of a mount made
-//! with `-o test_clock` (demos and tests).
+//! temperature of extents, with the files they belong to; `dfs
+//! temperature-config`, the pool's temperature settings (shown, and changed
+//! with `--set KEY=VALUE` / `--unset KEY`); and `dfs advance-clock`, which
+//! moves the temperature clock of a mount made with `-o test_clock` (demos
+//! and tests).
 //!
 //! On a mounted pool these ask the mount (control socket methods
-//! `temperature.list`, `temperature.extent_stats`, `temperature.advance`),
-//! which answers with its live statistics and its own clock. On an
-//! unmounted pool they open it read-only, as the other listings do, and
-//! show the statistics as last written to the metadata (a mount writes
-//! them every 30 s and at unmount). `--json` prints the engine's
-//! `ExtentStats` records. This module only formats; it never changes the
-//! pool.
+//! `temperature.list`, `temperature.extent_stats`, `temperature.config`,
+//! `temperature.advance`), which answers with its live statistics, its own
+//! clock, and uses changed settings at once. On an unmounted pool they open
+//! it (read-only, or under the pool lock to change settings) and run the
+//! same engine calls; statistics are then as last written to the metadata
+//! (a mount writes them every 30 s and at unmount). `--json` prints the
+//! engine's `ExtentStats` / `SettingRow` records. This module only formats
+//! and passes requests on; the engine validates and changes the pool.
 
-use dynamicfs::temperature::{ExtentStats, Temp};
+use dynamicfs::temperature::{ExtentStats, SettingRow, Temp};
 use serde_json::json;
 
 use super::admin::Target;
@@ -111,6 +114,41 @@ pub fn extent_stats(t: &mut Target, extent: uuid::Uuid, as_json: bool) -> Result
             s.target_policy.clone().unwrap_or_else(|| "none (stays as it is)".into())
         },
     ))
+}
+
+/// `clap` parser of `--set KEY=VALUE`: the key and its canonical value,
+/// or why not (a usage error, before the pool is opened).
+pub fn parse_set(s: &str) -> Result<(String, String), String> {
+    dynamicfs::temperature::settings::parse_assignment(s).map_err(|e| e.to_string())
+}
+
+/// `clap` parser of `--unset KEY`.
+pub fn parse_unset(s: &str) -> Result<String, String> {
+    dynamicfs::temperature::settings::known_key(s).map(str::to_string).map_err(|e| e.to_string())
+}
+
+/// `temperature-config [--set KEY=VALUE ...] [--unset KEY ...]`: change the
+/// pool's temperature settings (all or nothing), then show every setting.
+pub fn config(t: &mut Target, set: &[(String, String)], unset: &[String], as_json: bool) -> Result<String, String> {
+    let set: serde_json::Map<String, serde_json::Value> =
+        set.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let params = json!({ "set": set, "unset": unset });
+    let rows: Vec<SettingRow> = match t {
+        Target::Local { pool, .. } => {
+            let v = dynamicfs::temperature::handle_control(pool, "temperature.config", params)
+                .map_err(|e| e.to_string())?;
+            serde_json::from_value(v).map_err(|e| e.to_string())?
+        }
+        Target::Mounted { .. } => t.call("temperature.config", params)?,
+    };
+    if as_json {
+        return json(&rows);
+    }
+    let mut table = Table::new(&["KEY", "VALUE", "DEFAULT", "SOURCE"], &[false, false, false, false]);
+    for r in &rows {
+        table.row(vec![r.key.clone(), r.value.clone(), r.default.clone(), r.source.clone()]);
+    }
+    Ok(table.render(0))
 }
 
 /// `advance-clock --seconds N`: move a mount's test clock forward.
