@@ -34,6 +34,9 @@
 //! [`SCHEDULE_TICK`] whether a pass is due: one that was interrupted
 //! (`running` persisted) resumes at once; otherwise nightly = 24 h after the
 //! last pass started, weekly = 7 days, continuous = as soon as one ends.
+//! The schedule is set through [`schedule_control`] (`dfs scrub-schedule`,
+//! the `scrub.schedule` method: on a mount through [`handle_control`],
+//! which also wakes the scheduler so a new schedule is followed at once).
 //!
 //! It must never: scrub while paused or after stop; hold the metadata lock
 //! while reading devices; write a device for the position other than
@@ -234,13 +237,15 @@ impl Inner {
 pub enum ScrubDaemonError {
     #[error("the pool is mounted read-only: scrub repairs, so it needs a read-write mount")]
     ReadOnly,
+    #[error("the pool is mounted read-only: the scrub schedule is stored in the pool, so it needs a read-write mount")]
+    ReadOnlySchedule,
     #[error("no scrub is running")]
     NotRunning,
-    #[error("unknown method {0:?} (scrub.start, scrub.status, scrub.pause, scrub.resume, scrub.stop)")]
+    #[error("unknown method {0:?} (scrub.start, scrub.status, scrub.pause, scrub.resume, scrub.stop, scrub.schedule)")]
     UnknownMethod(String),
     #[error("bad parameters: {0}")]
     BadParams(String),
-    #[error("saving the scrub position: {0}")]
+    #[error(transparent)]
     Engine(#[from] super::EngineError),
 }
 
@@ -394,6 +399,8 @@ impl ScrubDaemon {
         let persisted = self.inner.pool.meta().state.scrub.clone();
         let total = self.inner.pool.meta().state.extents.len() as u64;
         let c = self.inner.ctl();
+        // The schedule is the pool's (it may change during a pass).
+        let frequency = persisted.frequency;
         let rec = c.live.clone().unwrap_or(persisted);
         let elapsed = c.run_time + c.run_start.map(|s| s.elapsed()).unwrap_or_default();
         let rate = if elapsed.as_secs_f64() > 0.0 { (c.run_bytes as f64 / elapsed.as_secs_f64()) as u64 } else { 0 };
@@ -406,7 +413,7 @@ impl ScrubDaemon {
             state: c.state,
             intensity: c.intensity,
             rate_limit_bytes_per_sec: c.rate,
-            frequency: frequency_name(rec.frequency),
+            frequency: frequency_name(frequency),
             extents_done: rec.extents_done,
             extents_total: total,
             bytes_done: rec.bytes_done,
@@ -420,6 +427,24 @@ impl ScrubDaemon {
             passes_completed: c.passes,
             recent_errors: c.recent.clone(),
         }
+    }
+
+    /// The stored schedule changed (`scrub.schedule`): its intensity
+    /// applies to the pass under way too, a user's `stop` is forgotten
+    /// unless the frequency is `off` (setting a schedule is the newer
+    /// word), and the scheduler looks at once rather than at its next tick.
+    pub fn schedule_changed(&self) {
+        let rec = record(&self.inner.pool);
+        {
+            let mut c = self.inner.ctl();
+            let i = Intensity::from_code(rec.intensity);
+            c.intensity = i;
+            c.rate = i.bytes_per_sec();
+            if rec.frequency != ScrubFrequency::Off {
+                c.user_stopped = false;
+            }
+        }
+        self.inner.cv.notify_all();
     }
 
     /// Start the schedule thread: once a [`SCHEDULE_TICK`] (and at once),
@@ -504,6 +529,73 @@ pub fn set_schedule(pool: &Pool, frequency: ScrubFrequency, intensity: Intensity
 /// The pool's scrub record (schedule and persisted position).
 pub fn record(pool: &Pool) -> ScrubRecord {
     pool.meta().state.scrub.clone()
+}
+
+/// The schedule as `dfs scrub-schedule` shows it (`--json`), from a mount
+/// (`scrub.schedule`) or an unmounted pool alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ScheduleView {
+    pub frequency: String,
+    pub intensity: String,
+    pub rate_limit_bytes_per_sec: u64,
+    /// A pass is under way (or was interrupted and resumes).
+    pub pass_running: bool,
+    pub extents_done: u64,
+    pub pass_started_ns: i64,
+    pub last_pass_finished_ns: i64,
+}
+
+impl ScheduleView {
+    pub fn of(rec: &ScrubRecord) -> ScheduleView {
+        let i = Intensity::from_code(rec.intensity);
+        ScheduleView {
+            frequency: frequency_name(rec.frequency).to_string(),
+            intensity: i.name().to_string(),
+            rate_limit_bytes_per_sec: i.bytes_per_sec(),
+            pass_running: rec.running,
+            extents_done: rec.extents_done,
+            pass_started_ns: rec.pass_started_ns,
+            last_pass_finished_ns: rec.pass_finished_ns,
+        }
+    }
+}
+
+/// An optional string parameter.
+fn param_str<'a>(params: &'a serde_json::Value, name: &str) -> Result<Option<&'a str>, ScrubDaemonError> {
+    match params.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ScrubDaemonError::BadParams(format!("{name}: {other} is not a string"))),
+    }
+}
+
+/// `scrub.schedule` (params `frequency`?, `intensity`?): set what is given
+/// (the rest is kept), then answer the [`ScheduleView`]. The first value is
+/// true when something was set. Used by an unmounted pool's in-process
+/// registry and, through [`handle_control`], by a mount.
+pub fn schedule_control(
+    pool: &Pool,
+    params: &serde_json::Value,
+) -> Result<(bool, serde_json::Value), ScrubDaemonError> {
+    let frequency =
+        param_str(params, "frequency")?.map(parse_frequency).transpose().map_err(ScrubDaemonError::BadParams)?;
+    let intensity = param_str(params, "intensity")?
+        .map(str::parse::<Intensity>)
+        .transpose()
+        .map_err(ScrubDaemonError::BadParams)?;
+    let mut rec = record(pool);
+    let change = frequency.is_some() || intensity.is_some();
+    if change {
+        if pool.read_only() {
+            return Err(ScrubDaemonError::ReadOnlySchedule);
+        }
+        let f = frequency.unwrap_or(rec.frequency);
+        let i = intensity.unwrap_or_else(|| Intensity::from_code(rec.intensity));
+        rec = set_schedule(pool, f, i)?;
+        tracing::info!(frequency = frequency_name(f), intensity = i.name(), "scrub schedule set");
+    }
+    let view = serde_json::to_value(ScheduleView::of(&rec)).map_err(|e| ScrubDaemonError::BadParams(e.to_string()))?;
+    Ok((change, view))
 }
 
 fn persist(pool: &Pool, rec: &ScrubRecord) -> super::Result<()> {
@@ -673,8 +765,10 @@ fn worker(inner: &Inner) {
 
 /// The control-socket entry of the daemon: `method` is one of
 /// `scrub.start` (params `{"intensity": "low|medium|high"}`, optional),
-/// `scrub.status`, `scrub.pause`, `scrub.resume`, `scrub.stop`; the
-/// answer is the [`ScrubStatus`] as JSON.
+/// `scrub.status`, `scrub.pause`, `scrub.resume`, `scrub.stop` (the
+/// answer is the [`ScrubStatus`] as JSON), or `scrub.schedule` (params
+/// `frequency`?, `intensity`?; the answer is the [`ScheduleView`], and the
+/// daemon follows a new schedule at once: [`ScrubDaemon::schedule_changed`]).
 pub fn handle_control(
     daemon: &ScrubDaemon,
     method: &str,
@@ -690,6 +784,13 @@ pub fn handle_control(
             daemon.start(intensity)?
         }
         "scrub.status" => daemon.status(),
+        "scrub.schedule" => {
+            let (changed, view) = schedule_control(&daemon.inner.pool, &params)?;
+            if changed {
+                daemon.schedule_changed();
+            }
+            return Ok(view);
+        }
         "scrub.pause" => daemon.pause()?,
         "scrub.resume" => daemon.resume()?,
         "scrub.stop" => daemon.stop()?,

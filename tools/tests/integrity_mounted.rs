@@ -13,7 +13,12 @@
 //!   unmount mid-pass and a mount resume from the persisted position (not
 //!   from zero), a corrupt fragment planted while unmounted is found and
 //!   repaired by the resumed pass, and `status` shows progress, rate,
-//!   errors and an ETA.
+//!   errors and an ETA;
+//! - the schedule: `dfs scrub-schedule` on the mount point goes through the
+//!   mount, whose scrub daemon follows a new schedule at once (a nightly
+//!   pass starts within seconds, not at the next minute's tick; a new
+//!   intensity shows in its status), and the schedule survives an unmount
+//!   and a mount (read back unmounted, and followed by the new mount).
 //!
 //! Needs root, loop devices and /dev/fuse; skipped with a printed reason
 //! otherwise. Guards detach the loop devices and unmount on failure.
@@ -213,4 +218,73 @@ fn scrub_daemon_through_a_real_mount() {
     assert!(fs::read(mnt.mnt.join("big")).unwrap() == data, "big differs after the repair");
     mnt.unmount();
     expect(&run(FSCK, &["-n", "--data", loops[0].s()]), 0);
+}
+
+fn schedule(pool: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["scrub-schedule", "--pool", pool, "--json"];
+    all.extend_from_slice(args);
+    json(&run(DFS, &all), 0)
+}
+
+#[test]
+fn scrub_schedule_through_a_real_mount() {
+    if !have_loop_and_fuse() {
+        return;
+    }
+    let loops: Vec<Loop> = (0..3).map(|_| Loop::new(128 * MIB)).collect();
+    mkfs(MKFS, &loops, "erasure:2+1", "sched");
+    let dir = tempfile::Builder::new().prefix("dfs-sched-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut mnt = Mounted::new(MOUNT, dir.path(), &loops);
+    let m = mnt.s().to_string();
+    let data = pattern(6 * MIB as usize + 5, 4);
+    fs::write(mnt.mnt.join("f"), &data).unwrap();
+    fs::File::open(mnt.mnt.join("f")).unwrap().sync_all().unwrap();
+
+    let s = schedule(&m, &[]);
+    assert_eq!((s["frequency"].as_str(), s["last_pass_finished_ns"].as_i64()), (Some("off"), Some(0)), "{s:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(&m)["passes_completed"], 0, "no pass without a schedule");
+
+    // Set on the mount: the answer is the new schedule, and the daemon
+    // follows it at once (never scrubbed: a nightly pass is due now; the
+    // scheduler's own tick is a minute).
+    let set_at = Instant::now();
+    let s = schedule(&m, &["--frequency", "nightly", "--intensity", "high"]);
+    assert_eq!((s["frequency"].as_str(), s["intensity"].as_str()), (Some("nightly"), Some("high")), "{s:#}");
+    assert_eq!(s["rate_limit_bytes_per_sec"], 256 * MIB);
+    wait_for("the scheduled pass", Duration::from_secs(30), || status(&m)["passes_completed"] == 1);
+    assert!(set_at.elapsed() < Duration::from_secs(30), "followed at once, not at the next tick");
+    let st = status(&m);
+    assert_eq!((st["frequency"].as_str(), st["intensity"].as_str()), (Some("nightly"), Some("high")), "{st:#}");
+    assert_eq!(st["extents_done"], 7, "{st:#}");
+    // A new intensity alone keeps the frequency; the daemon takes it.
+    let s = schedule(&m, &["--intensity", "low"]);
+    assert_eq!((s["frequency"].as_str(), s["intensity"].as_str()), (Some("nightly"), Some("low")), "{s:#}");
+    assert!(s["last_pass_finished_ns"].as_i64().unwrap() > 0, "{s:#}");
+    let st = status(&m);
+    assert_eq!((st["intensity"].as_str(), st["rate_limit_bytes_per_sec"].as_u64()), (Some("low"), Some(16 * MIB)));
+    let human = expect(&run(DFS, &["scrub-schedule", "--pool", &m]), 0);
+    assert!(human.contains("nightly, intensity low") && human.contains("followed by the mount"), "{human}");
+    // Bad values are usage errors, refused before anything is opened.
+    assert_eq!(run(DFS, &["scrub-schedule", "--pool", &m, "--frequency", "hourly"]).status.code(), Some(2));
+
+    // Persisted: read back unmounted, then followed by the next mount (the
+    // pass of a moment ago is recent: a nightly schedule starts no other).
+    mnt.unmount();
+    let s = schedule(loops[1].s(), &[]);
+    assert_eq!((s["frequency"].as_str(), s["intensity"].as_str()), (Some("nightly"), Some("low")), "{s:#}");
+    assert!(!s["pass_running"].as_bool().unwrap() && s["last_pass_finished_ns"].as_i64().unwrap() > 0, "{s:#}");
+    mnt.mount(MOUNT, &loops);
+    assert_eq!(schedule(&m, &[]), s, "the mount reports the persisted schedule");
+    let st = status(&m);
+    assert_eq!((st["frequency"].as_str(), st["intensity"].as_str()), (Some("nightly"), Some("low")), "{st:#}");
+    std::thread::sleep(Duration::from_secs(1));
+    let st = status(&m);
+    assert_eq!((st["state"].as_str(), st["passes_completed"].as_u64()), (Some("idle"), Some(0)), "{st:#}");
+    // Off: kept, and the mount starts nothing.
+    let s = schedule(&m, &["--frequency", "off"]);
+    assert_eq!(s["frequency"], "off", "{s:#}");
+    assert!(fs::read(mnt.mnt.join("f")).unwrap() == data);
+    mnt.unmount();
+    assert_eq!(schedule(loops[0].s(), &[])["frequency"], "off");
 }

@@ -258,11 +258,11 @@ enum Command {
         #[arg(long, value_parser = ["low", "medium", "high"])]
         intensity: Option<String>,
     },
-    /// Show, or set, when the mount scrubs the pool on its own
+    /// Show, or set, when the mount scrubs the pool on its own (a mount follows a new schedule at once)
     #[command(name = "scrub-schedule")]
     ScrubSchedule {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
         #[arg(long, value_parser = ["nightly", "weekly", "continuous", "off"])]
         frequency: Option<String>,

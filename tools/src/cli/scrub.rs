@@ -10,7 +10,8 @@
 //! allocators, so in-flight writes are safe) and work on the unmounted
 //! pool otherwise. `scrub-daemon` talks to the scrub daemon of a mounted
 //! pool through the control socket. `scrub-schedule` stores the schedule
-//! in the pool (unmounted; a mount honours it).
+//! in the pool: through the mount when mounted (`scrub.schedule`; its
+//! daemon follows it at once), on the pool opened here otherwise.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,7 +24,7 @@ use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOpt
 use dynamicfs::engine::lock::DEFAULT_LOCK_DIR;
 use dynamicfs::engine::orphans::{self, CleanupOptions, CleanupReport, OrphanReport};
 use dynamicfs::engine::scrub::{scrub_pool, ScrubOptions, ScrubReport};
-use dynamicfs::engine::scrub_daemon::{self, frequency_name, Intensity};
+use dynamicfs::engine::scrub_daemon::{self, Intensity, ScheduleView};
 use dynamicfs::fsck::pool_lock_holder;
 use serde::Serialize;
 
@@ -158,63 +159,49 @@ pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>) -> Result
     Ok(Outcome { text, damage_left: false })
 }
 
-/// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`.
+/// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`:
+/// the `scrub.schedule` method, on the mount when the pool is mounted (its
+/// scrub daemon follows the new schedule at once), else on the pool
+/// opened here (read-write only to change it).
 pub fn scrub_schedule(
     pool: &str,
     frequency: Option<&str>,
     intensity: Option<&str>,
     as_json: bool,
 ) -> Result<Outcome, String> {
-    let change = frequency.is_some() || intensity.is_some();
-    let p = crate::cli::admin::open(pool, !change)?;
-    let mut rec = scrub_daemon::record(&p);
-    if change {
-        let f = match frequency {
-            Some(f) => scrub_daemon::parse_frequency(f)?,
-            None => rec.frequency,
-        };
-        let i = match intensity {
-            Some(i) => i.parse()?,
-            None => Intensity::from_code(rec.intensity),
-        };
-        rec = scrub_daemon::set_schedule(&p, f, i).map_err(|e| e.to_string())?;
-        p.close().map_err(|e| e.to_string())?;
+    let mut params = serde_json::Map::new();
+    if let Some(f) = frequency {
+        scrub_daemon::parse_frequency(f)?;
+        params.insert("frequency".into(), f.into());
     }
-    #[derive(Serialize)]
-    struct Shown {
-        frequency: &'static str,
-        intensity: &'static str,
-        rate_limit_bytes_per_sec: u64,
-        pass_running: bool,
-        extents_done: u64,
-        pass_started_ns: i64,
-        last_pass_finished_ns: i64,
+    if let Some(i) = intensity {
+        i.parse::<Intensity>()?;
+        params.insert("intensity".into(), i.into());
     }
-    let i = Intensity::from_code(rec.intensity);
-    let s = Shown {
-        frequency: frequency_name(rec.frequency),
-        intensity: i.name(),
-        rate_limit_bytes_per_sec: i.bytes_per_sec(),
-        pass_running: rec.running,
-        extents_done: rec.extents_done,
-        pass_started_ns: rec.pass_started_ns,
-        last_pass_finished_ns: rec.pass_finished_ns,
-    };
+    let mut target = crate::cli::admin::Target::open(pool, !params.is_empty())?;
+    let mounted = target.is_mounted();
+    let shown: Result<ScheduleView, String> = target.call("scrub.schedule", serde_json::Value::Object(params));
+    let closed = target.close();
+    let s = shown?;
+    closed?;
     let text = if as_json {
         json(&s)?
     } else {
         let mut t = format!(
-            "scrub schedule: {}, intensity {} ({}/s)\n",
+            "scrub schedule: {}, intensity {} ({}/s){}\n",
             s.frequency,
             s.intensity,
-            iec(s.rate_limit_bytes_per_sec)
+            iec(s.rate_limit_bytes_per_sec),
+            if mounted { " (followed by the mount)" } else { "" }
         );
         let _ = writeln!(
             t,
             "last pass: started {}, finished {}{}",
             format_time_ns(s.pass_started_ns.max(0) as u64),
             format_time_ns(s.last_pass_finished_ns.max(0) as u64),
-            if s.pass_running {
+            if s.pass_running && mounted {
+                format!(" (running: {} extents done)", s.extents_done)
+            } else if s.pass_running {
                 format!(" (interrupted after {} extents; resumes)", s.extents_done)
             } else {
                 String::new()
