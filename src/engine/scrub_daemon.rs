@@ -223,6 +223,12 @@ struct Inner {
     pool: Arc<Pool>,
     ctl: Mutex<Ctl>,
     cv: Condvar,
+    /// Held while one extent is scrubbed: the worker and a one-shot pass
+    /// ([`ScrubDaemon::run_once`]) never judge and repair the same extent
+    /// at once.
+    extent: Mutex<()>,
+    /// One one-shot pass at a time.
+    once: Mutex<()>,
 }
 
 impl Inner {
@@ -241,7 +247,7 @@ pub enum ScrubDaemonError {
     ReadOnlySchedule,
     #[error("no scrub is running")]
     NotRunning,
-    #[error("unknown method {0:?} (scrub.start, scrub.status, scrub.pause, scrub.resume, scrub.stop, scrub.schedule)")]
+    #[error("unknown method {0:?} (scrub.start, scrub.status, scrub.pause, scrub.resume, scrub.stop, scrub.run, scrub.schedule)")]
     UnknownMethod(String),
     #[error("bad parameters: {0}")]
     BadParams(String),
@@ -277,7 +283,13 @@ impl ScrubDaemon {
             run_time: Duration::ZERO,
         };
         ScrubDaemon {
-            inner: Arc::new(Inner { pool, ctl: Mutex::new(ctl), cv: Condvar::new() }),
+            inner: Arc::new(Inner {
+                pool,
+                ctl: Mutex::new(ctl),
+                cv: Condvar::new(),
+                extent: Mutex::new(()),
+                once: Mutex::new(()),
+            }),
             worker: Mutex::new(None),
             scheduler: Mutex::new(None),
         }
@@ -427,6 +439,74 @@ impl ScrubDaemon {
             passes_completed: c.passes,
             recent_errors: c.recent.clone(),
         }
+    }
+
+    /// One whole scrub now, answered when done (`dfs scrub [--repair]` on
+    /// a mounted pool, the `scrub.run` method): [`scrub::scrub_live`],
+    /// extent by extent as the worker scrubs them (never the same extent as
+    /// the worker at once), unpaced but yielding to user IO, stopped when
+    /// the mount goes away. When no background pass is under way it is
+    /// recorded as the pool's last pass (`State::scrub`, so health and the
+    /// schedule see it); a background pass keeps its own position.
+    pub fn run_once(&self, repair: bool) -> Result<scrub::ScrubReport, ScrubDaemonError> {
+        let inner = &self.inner;
+        let pool = &inner.pool;
+        if repair && pool.read_only() {
+            return Err(ScrubDaemonError::ReadOnly);
+        }
+        let _once = inner.once.lock().unwrap_or_else(|p| p.into_inner());
+        let started = now_ns();
+        tracing::info!(repair, "scrub: one-shot pass running");
+        let mut last_activity = user_activity(pool);
+        let mut each = |id: u128| {
+            if inner.ctl().shutdown {
+                return None;
+            }
+            if user_activity(pool) != last_activity {
+                std::thread::sleep(YIELD_PAUSE);
+            }
+            let r = {
+                let _one = inner.extent.lock().unwrap_or_else(|p| p.into_inner());
+                scrub::scrub_extent(pool, id, repair)
+            };
+            for e in &r.errors {
+                tracing::warn!(extent = %e.extent, fragment = e.index, member = e.member, kind = e.kind, repaired = e.repaired, "scrub: {}", e.detail);
+            }
+            last_activity = user_activity(pool);
+            Some(r)
+        };
+        let report = scrub::scrub_live(pool, repair, &mut each)?;
+        tracing::info!(
+            extents = report.extents_checked,
+            bytes = report.bytes_checked,
+            errors = report.errors.len(),
+            repaired = report.repaired,
+            clean = report.clean,
+            "scrub: one-shot pass done"
+        );
+        if !pool.read_only() {
+            // The control lock keeps the worker from starting meanwhile.
+            let c = inner.ctl();
+            let persisted = record(pool);
+            if c.state == DaemonState::Idle && !persisted.running {
+                let rec = ScrubRecord {
+                    frequency: persisted.frequency,
+                    intensity: persisted.intensity,
+                    running: false,
+                    cursor: None,
+                    pass_started_ns: started,
+                    pass_finished_ns: now_ns(),
+                    extents_done: report.extents_checked,
+                    bytes_done: report.bytes_checked,
+                    errors: report.errors.len() as u64,
+                    repaired: report.repaired,
+                };
+                if let Err(e) = persist(pool, &rec) {
+                    tracing::warn!("scrub: cannot record the pass: {e}");
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The stored schedule changed (`scrub.schedule`): its intensity
@@ -698,7 +778,10 @@ fn worker(inner: &Inner) {
         if user_activity(pool) != last_activity && nap(inner, YIELD_PAUSE) {
             break false;
         }
-        let r = scrub::scrub_extent(pool, id, true);
+        let r = {
+            let _one = inner.extent.lock().unwrap_or_else(|p| p.into_inner());
+            scrub::scrub_extent(pool, id, true)
+        };
         rec.cursor = Some(id);
         if !r.vanished {
             rec.extents_done += 1;
@@ -766,7 +849,9 @@ fn worker(inner: &Inner) {
 /// The control-socket entry of the daemon: `method` is one of
 /// `scrub.start` (params `{"intensity": "low|medium|high"}`, optional),
 /// `scrub.status`, `scrub.pause`, `scrub.resume`, `scrub.stop` (the
-/// answer is the [`ScrubStatus`] as JSON), or `scrub.schedule` (params
+/// answer is the [`ScrubStatus`] as JSON), `scrub.run` (params `repair`?:
+/// one whole pass now, [`ScrubDaemon::run_once`]; the answer is the
+/// [`scrub::ScrubReport`]), or `scrub.schedule` (params
 /// `frequency`?, `intensity`?; the answer is the [`ScheduleView`], and the
 /// daemon follows a new schedule at once: [`ScrubDaemon::schedule_changed`]).
 pub fn handle_control(
@@ -784,6 +869,17 @@ pub fn handle_control(
             daemon.start(intensity)?
         }
         "scrub.status" => daemon.status(),
+        "scrub.run" => {
+            let repair = match params.get("repair") {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(ScrubDaemonError::BadParams(format!("repair: {other} is not true or false")))
+                }
+            };
+            let report = daemon.run_once(repair)?;
+            return serde_json::to_value(report).map_err(|e| ScrubDaemonError::BadParams(e.to_string()));
+        }
         "scrub.schedule" => {
             let (changed, view) = schedule_control(&daemon.inner.pool, &params)?;
             if changed {

@@ -232,12 +232,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read and verify every fragment, superblock, root ring and journal copy of an unmounted pool
+    /// Read and verify every fragment, superblock, root ring and journal copy of a pool
     ///
+    /// On a mounted pool the mount runs the pass and returns its report.
     /// Exit status 1 when damage remains (after --repair: what could not be repaired).
     Scrub {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
         /// Rebuild bad or missing fragments from the good ones, rewrite bad copies, erase leaked fragments
         #[arg(long)]

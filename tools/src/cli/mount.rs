@@ -550,7 +550,8 @@ fn start_control(
     methods::register_admin(&mut registry);
     methods::register_mountpoint(&mut registry, mountpoint);
     // The scrub daemon of this mount (#9) and the temperature reports (#8).
-    for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop", "scrub.schedule"] {
+    for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop", "scrub.run", "scrub.schedule"]
+    {
         let d = scrubd.clone();
         registry.register(m, move |_pool, params| {
             dynamicfs::engine::scrub_daemon::handle_control(&d, m, params)

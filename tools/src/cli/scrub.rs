@@ -2,10 +2,12 @@
 //! detect-orphans`, `dfs orphan-stats`, `dfs cleanup-orphans`: the integrity
 //! commands. Each returns the text to print, or one error line.
 //!
-//! `scrub` works on an **unmounted** pool: its members are found from one
+//! `scrub` on a **mounted** pool goes to the mount's control socket
+//! (`scrub.run`: the mount's scrub daemon runs one whole pass and returns
+//! the same report); on an unmounted pool its members are found from one
 //! of them (or `UUID=`) and opened read-only for a check, read-write and
-//! exclusive for `--repair` (a mounted pool is then refused, naming the
-//! device). The orphan commands go to the mount's control socket when the
+//! exclusive for `--repair` (a pool held by a process without a control
+//! socket is refused, naming the PID). The orphan commands go to the mount's control socket when the
 //! pool is mounted (`orphans.*` methods: the mount judges against its open
 //! allocators, so in-flight writes are safe) and work on the unmounted
 //! pool otherwise. `scrub-daemon` talks to the scrub daemon of a mounted
@@ -48,7 +50,7 @@ fn open_devices(arg: &str, write: bool) -> Result<Vec<Arc<dyn Device>>, String> 
     if write {
         if let Some(pid) = pool_lock_holder(std::path::Path::new(DEFAULT_LOCK_DIR), found.pool_uuid) {
             return Err(format!(
-                "pool {} is in use by PID {pid} (mounted?): unmount it first, or use `dfs scrub-daemon` on the mount",
+                "pool {} is in use by PID {pid}, which has no control socket: stop it first",
                 found.pool_uuid
             ));
         }
@@ -78,11 +80,23 @@ fn progress() -> Option<dynamicfs::fsck::Progress> {
     }))
 }
 
-/// `dfs scrub --pool P [--repair] [--json]`.
+/// `dfs scrub --pool P [--repair] [--json]`: through the mount when the
+/// pool is mounted (`scrub.run`: one whole pass by the mount's scrub
+/// daemon, its report returned), else on the pool opened here.
 pub fn scrub(pool: &str, repair: bool, as_json: bool) -> Result<Outcome, String> {
-    let devs = open_devices(pool, repair)?;
-    let opts = ScrubOptions { repair, lock_dir: None, progress: if as_json { None } else { progress() } };
-    let r = scrub_pool(&devs, &opts).map_err(|e| e.to_string())?;
+    let r: ScrubReport = match mounted(pool) {
+        Some(mut t) => {
+            if !as_json && std::io::stderr().is_terminal() {
+                eprintln!("scrub: the pool is mounted; the mount scrubs it (no progress line) ...");
+            }
+            t.call("scrub.run", serde_json::json!({ "repair": repair }))?
+        }
+        None => {
+            let devs = open_devices(pool, repair)?;
+            let opts = ScrubOptions { repair, lock_dir: None, progress: if as_json { None } else { progress() } };
+            scrub_pool(&devs, &opts).map_err(|e| e.to_string())?
+        }
+    };
     let text = if as_json { json(&r)? } else { render_scrub(&r) };
     Ok(Outcome { text, damage_left: !r.clean })
 }
