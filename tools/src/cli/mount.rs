@@ -343,9 +343,7 @@ fn wait_live(dir: &Path, pid: libc::pid_t, timeout: Duration) -> Result<(), Stri
 
 fn init_logging(log: Option<&Path>) -> Result<(), String> {
     use dynamicfs::logging::{self, LogFormat, LogTarget};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = logging::filter(&["DFS_LOG", "RUST_LOG"], "info");
     let format = LogFormat::choose(None).map_err(|e| e.to_string())?;
     let target = match log {
         Some(p) => LogTarget::File(p),
