@@ -1,6 +1,7 @@
 //! `dfs health`, `dfs metrics`, `dfs metrics-server` and `dfs status` run
 //! as an operator would: JSON parsed back, exit codes checked, endpoints
-//! scraped (and checked by `promtool check metrics` when installed).
+//! scraped (and checked by `promtool check metrics` when installed; a
+//! missing promtool fails the test when `DFS_TEST_REQUIRE_PRIVILEGES=1`).
 //!
 //! - On an unmounted pool of image files: the pool is opened read-only.
 //! - On a MOUNTED pool of loop devices (the `mount-dfs` daemon): every
