@@ -1833,17 +1833,21 @@ pub(crate) fn extent_files(state: &State) -> HashMap<u128, Vec<String>> {
 
 // ---------------------------------------------------------------- repair
 
-/// Findings the engine's read-write open (a checkpoint) or its repair path fixes.
-fn needs_engine(f: &Finding) -> bool {
+/// Structure findings that a new checkpoint and root, written on every
+/// member, supersede (fsck's read-write open, a mounted scrub's checkpoint).
+pub(crate) fn superseded_by_checkpoint(f: &Finding) -> bool {
     matches!(
         f,
         Finding::RootSlot { .. }
             | Finding::RootRingStale { .. }
             | Finding::JournalCopy { .. }
             | Finding::CheckpointCopy { .. }
-            | Finding::UnlinkedInode { .. }
-            | Finding::Fragment { .. }
     )
+}
+
+/// Findings the engine's read-write open (a checkpoint) or its repair path fixes.
+fn needs_engine(f: &Finding) -> bool {
+    superseded_by_checkpoint(f) || matches!(f, Finding::UnlinkedInode { .. } | Finding::Fragment { .. })
 }
 
 pub(crate) fn frag_fault(f: &FragmentFault) -> FragFault {

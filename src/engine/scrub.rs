@@ -429,16 +429,7 @@ fn live_structures(pool: &Pool) -> std::result::Result<fsck::StructureCheck, Fsc
 /// are returned as findings.
 fn repair_live_structures(pool: &Pool, first: &fsck::StructureCheck) -> Vec<Finding> {
     let mut failed = Vec::new();
-    let needs_checkpoint = first.findings.iter().any(|f| {
-        matches!(
-            f,
-            Finding::RootSlot { .. }
-                | Finding::RootRingStale { .. }
-                | Finding::RootRingUnreadable { .. }
-                | Finding::JournalCopy { .. }
-                | Finding::CheckpointCopy { .. }
-        )
-    });
+    let needs_checkpoint = first.findings.iter().any(fsck::superseded_by_checkpoint);
     let member_of = |index: u32| pool.members().get(index as usize).and_then(|m| m.clone());
     pool.with_commits_held(|| {
         for index in first.findings.iter().filter_map(|f| match f {

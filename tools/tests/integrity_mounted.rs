@@ -227,6 +227,20 @@ fn scrub_daemon_through_a_real_mount() {
     expect(&run(FSCK, &["-n", "--data", loops[0].s()]), 0);
 }
 
+/// Three loop devices as an erasure:2+1 pool labelled `label`, mounted,
+/// with a file `f` of `len` bytes written and synced through the mount.
+fn mounted_with_file(label: &str, len: usize) -> (Vec<Loop>, tempfile::TempDir, Mounted, Vec<u8>) {
+    let loops: Vec<Loop> = (0..3).map(|_| Loop::new(128 * MIB)).collect();
+    mkfs(MKFS, &loops, "erasure:2+1", label);
+    let prefix = format!("dfs-{label}-");
+    let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mnt = Mounted::new(MOUNT, dir.path(), &loops);
+    let data = pattern(len, 4);
+    fs::write(mnt.mnt.join("f"), &data).unwrap();
+    fs::File::open(mnt.mnt.join("f")).unwrap().sync_all().unwrap();
+    (loops, dir, mnt, data)
+}
+
 fn schedule(pool: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["scrub-schedule", "--pool", pool, "--json"];
     all.extend_from_slice(args);
@@ -238,14 +252,8 @@ fn scrub_schedule_through_a_real_mount() {
     if !have_loop_and_fuse() {
         return;
     }
-    let loops: Vec<Loop> = (0..3).map(|_| Loop::new(128 * MIB)).collect();
-    mkfs(MKFS, &loops, "erasure:2+1", "sched");
-    let dir = tempfile::Builder::new().prefix("dfs-sched-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut mnt = Mounted::new(MOUNT, dir.path(), &loops);
+    let (loops, _dir, mut mnt, data) = mounted_with_file("sched", 6 * MIB as usize + 5);
     let m = mnt.s().to_string();
-    let data = pattern(6 * MIB as usize + 5, 4);
-    fs::write(mnt.mnt.join("f"), &data).unwrap();
-    fs::File::open(mnt.mnt.join("f")).unwrap().sync_all().unwrap();
 
     let s = schedule(&m, &[]);
     assert_eq!((s["frequency"].as_str(), s["last_pass_finished_ns"].as_i64()), (Some("off"), Some(0)), "{s:#}");
@@ -316,14 +324,8 @@ fn scrub_and_repair_through_a_real_mount() {
     if !have_loop_and_fuse() {
         return;
     }
-    let loops: Vec<Loop> = (0..3).map(|_| Loop::new(128 * MIB)).collect();
-    mkfs(MKFS, &loops, "erasure:2+1", "scrubm");
-    let dir = tempfile::Builder::new().prefix("dfs-scrubm-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut mnt = Mounted::new(MOUNT, dir.path(), &loops);
+    let (loops, _dir, mut mnt, data) = mounted_with_file("scrubm", 5 * MIB as usize + 77);
     let m = mnt.s().to_string();
-    let data = pattern(5 * MIB as usize + 77, 6);
-    fs::write(mnt.mnt.join("f"), &data).unwrap();
-    fs::File::open(mnt.mnt.join("f")).unwrap().sync_all().unwrap();
 
     let out = expect(&run(DFS, &["scrub", "--pool", &m]), 0);
     assert!(out.contains("3 of 3 members, 6 extents, 18 of 18 fragments good"), "{out}");
