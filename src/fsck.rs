@@ -949,17 +949,7 @@ fn stop_text(stop: &StopReason, end: &JournalPos) -> String {
 /// One read-only pass over the pool: the phases of the module doc, in order.
 /// A phase that cannot go on (no root, no checkpoint) ends the pass.
 fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
-    let mut c = Checker {
-        ident,
-        pool: ident.pool,
-        findings: ident.not_members.clone(),
-        stats: FsckStats { members_present: ident.members.len() as u32, ..Default::default() },
-        damaged_slots: Vec::new(),
-        engine_ok: false,
-        unreferenced: Vec::new(),
-        progress: opts.progress.clone(),
-        missing: Vec::new(),
-    };
+    let mut c = Checker::new(ident, opts.progress.clone());
     let mut journal = None;
     if let Some(pid) = in_use {
         c.findings.push(Finding::PoolInUse { pid });
@@ -993,6 +983,102 @@ fn run_pass(ident: &Ident, opts: &FsckOptions, in_use: Option<u32>) -> Pass {
     }
 }
 
+/// What [`check_structures`] found.
+#[derive(Debug, Clone)]
+pub struct StructureCheck {
+    pub pool_uuid: Uuid,
+    /// Superblock copies, root slots and rings, journal copies, checkpoint
+    /// copies (and devices that are no member).
+    pub findings: Vec<Finding>,
+    /// Root slots that do not verify: (member, slot).
+    pub damaged_slots: Vec<(u32, u64)>,
+    pub members_present: u32,
+    /// Members the winning root counts (0 without a root).
+    pub members: u32,
+}
+
+/// Phases 1 to 4 of a pass over `devices` — superblock copies, root rings,
+/// journal copies, checkpoint copies — without loading the metadata: what
+/// the scrub of a mounted pool checks of its structures
+/// (`engine::scrub::scrub_live`, with the pool's commits held so that none
+/// of it is being written meanwhile).
+pub fn check_structures(devices: &[Arc<dyn Device>]) -> Result<StructureCheck, FsckError> {
+    let ident = identify(devices)?;
+    let mut c = Checker::new(&ident, None);
+    c.superblocks();
+    if let Some(root) = c.roots() {
+        c.journal(&root);
+        if let Some(cp) = &root.checkpoint {
+            c.checkpoint_copies(cp);
+        }
+    }
+    Ok(StructureCheck {
+        pool_uuid: ident.pool,
+        findings: c.findings,
+        damaged_slots: c.damaged_slots,
+        members_present: c.stats.members_present,
+        members: c.stats.members,
+    })
+}
+
+/// Clear root slot `slot` of a member if it still does not verify (a newer
+/// root is durable in another slot by then): true when it was cleared.
+pub(crate) fn clear_root_slot(
+    dev: &dyn Device,
+    layout: &Layout,
+    slot: u64,
+) -> Result<bool, crate::device::DeviceError> {
+    let still_bad = member::read_root_ring(dev, layout)
+        .ok()
+        .and_then(|ring| ring.into_iter().find(|s| s.slot == slot))
+        .is_some_and(|s| matches!(s.state, RootSlotState::Invalid(_)));
+    if !still_bad {
+        return Ok(false);
+    }
+    let zero = AlignedBuf::zeroed(layout.block_size as usize);
+    member::write_bytes(dev, layout.root_slot_offset(slot), &zero)?;
+    dev.sync()?;
+    Ok(true)
+}
+
+/// The findings of a run as reported: those of the first pass, corrected
+/// when a second pass (after a repair) no longer finds them, else left;
+/// new problems of the second pass and failed repair steps are left.
+/// Without a second pass (no repair, or it could not run) every problem
+/// of the first is left.
+pub(crate) fn classify(first: &[Finding], second: Option<&[Finding]>, failed: Vec<Finding>) -> Vec<Reported> {
+    let report_of = |f: Finding, severity: Severity, action: Option<String>| Reported {
+        severity,
+        structure: f.structure(),
+        member: f.member(),
+        message: f.to_string(),
+        action,
+        finding: f,
+    };
+    let mut findings = Vec::new();
+    let still: HashMap<String, &Finding> =
+        second.map(|p| p.iter().filter(|f| f.is_problem()).map(|f| (f.key(), f)).collect()).unwrap_or_default();
+    for f in first {
+        let r = if !f.is_problem() {
+            report_of(f.clone(), Severity::Info, None)
+        } else if second.is_some() && !still.contains_key(&f.key()) {
+            let action = f.repair_action().to_string();
+            report_of(f.clone(), Severity::Corrected, Some(action))
+        } else {
+            report_of(f.clone(), Severity::Left, None)
+        };
+        findings.push(r);
+    }
+    let before: BTreeSet<String> = first.iter().filter(|f| f.is_problem()).map(|f| f.key()).collect();
+    for f in second.unwrap_or_default().iter().filter(|f| f.is_problem() && !before.contains(&f.key())) {
+        let mut r = report_of(f.clone(), Severity::Left, None);
+        r.message.push_str(" (found after the repair)");
+        findings.push(r);
+    }
+    findings.extend(failed.into_iter().map(|f| report_of(f, Severity::Left, None)));
+    findings
+}
+
 /// The state of one pass.
 struct Checker<'a> {
     ident: &'a Ident,
@@ -1009,7 +1095,21 @@ struct Checker<'a> {
 /// Data-block runs referenced on each member, sorted by start.
 type Runs = BTreeMap<u32, Vec<RefRun>>;
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(ident: &'a Ident, progress: Option<Progress>) -> Checker<'a> {
+        Checker {
+            ident,
+            pool: ident.pool,
+            findings: ident.not_members.clone(),
+            stats: FsckStats { members_present: ident.members.len() as u32, ..Default::default() },
+            damaged_slots: Vec::new(),
+            engine_ok: false,
+            unreferenced: Vec::new(),
+            progress,
+            missing: Vec::new(),
+        }
+    }
+
     /// Phase 1: both superblock copies of every member.
     fn superblocks(&mut self) {
         for m in self.ident.members.values() {
@@ -1140,6 +1240,26 @@ impl Checker<'_> {
         replays.into_iter().max_by_key(|r| r.records.len())
     }
 
+    /// Phase 4: every copy of the root's checkpoint; the first good one's
+    /// payload, and what is wrong with each bad one (also as findings).
+    fn checkpoint_copies(&mut self, c: &CheckpointRef) -> (Option<Vec<u8>>, Vec<String>) {
+        let mut good: Option<Vec<u8>> = None;
+        let mut errors = Vec::new();
+        for l in &c.copies {
+            match read_checkpoint_copy(self.ident, self.pool, c, l) {
+                Ok(bytes) => {
+                    good.get_or_insert(bytes);
+                }
+                Err(problem) => {
+                    errors.push(format!("member {}: {problem}", l.member_index));
+                    let f = Finding::CheckpointCopy { member: l.member_index, offset: l.offset, problem };
+                    self.findings.push(f);
+                }
+            }
+        }
+        (good, errors)
+    }
+
     /// Phases 4 and 5: the checkpoint copies, and the state as the engine loads it:
     /// the first good copy, then the journal's ops; inodes left unlinked by
     /// a crash are dropped (and reported), as the engine does at open.
@@ -1162,20 +1282,7 @@ impl Checker<'_> {
                 State::new(config, recs, first.created_ns as i64)
             }
             Some(c) => {
-                let mut good: Option<Vec<u8>> = None;
-                let mut errors = Vec::new();
-                for l in &c.copies {
-                    match read_checkpoint_copy(self.ident, self.pool, c, l) {
-                        Ok(bytes) => {
-                            good.get_or_insert(bytes);
-                        }
-                        Err(problem) => {
-                            errors.push(format!("member {}: {problem}", l.member_index));
-                            let f = Finding::CheckpointCopy { member: l.member_index, offset: l.offset, problem };
-                            self.findings.push(f);
-                        }
-                    }
-                }
+                let (good, errors) = self.checkpoint_copies(c);
                 let problem = match good.map(|b| State::decode_checkpoint(&b)) {
                     Some(Ok(s)) => return Some(self.replay(s, replay)),
                     Some(Err(e)) => format!("the checkpoint verifies but does not decode: {e}"),
@@ -1695,7 +1802,7 @@ pub fn check_fragment_at(
 }
 
 /// Extent id → the files (path and byte offset) it belongs to.
-fn extent_files(state: &State) -> HashMap<u128, Vec<String>> {
+pub(crate) fn extent_files(state: &State) -> HashMap<u128, Vec<String>> {
     let mut paths: HashMap<u64, String> = HashMap::new();
     paths.insert(ROOT_INO, "/".into());
     let mut queue = vec![ROOT_INO];
@@ -1726,17 +1833,21 @@ fn extent_files(state: &State) -> HashMap<u128, Vec<String>> {
 
 // ---------------------------------------------------------------- repair
 
-/// Findings the engine's read-write open (a checkpoint) or its repair path fixes.
-fn needs_engine(f: &Finding) -> bool {
+/// Structure findings that a new checkpoint and root, written on every
+/// member, supersede (fsck's read-write open, a mounted scrub's checkpoint).
+pub(crate) fn superseded_by_checkpoint(f: &Finding) -> bool {
     matches!(
         f,
         Finding::RootSlot { .. }
             | Finding::RootRingStale { .. }
             | Finding::JournalCopy { .. }
             | Finding::CheckpointCopy { .. }
-            | Finding::UnlinkedInode { .. }
-            | Finding::Fragment { .. }
     )
+}
+
+/// Findings the engine's read-write open (a checkpoint) or its repair path fixes.
+fn needs_engine(f: &Finding) -> bool {
+    superseded_by_checkpoint(f) || matches!(f, Finding::UnlinkedInode { .. } | Finding::Fragment { .. })
 }
 
 pub(crate) fn frag_fault(f: &FragmentFault) -> FragFault {
@@ -1814,17 +1925,8 @@ fn repair(ident: &Ident, pass: &Pass, stats: &mut RepairStats) -> Vec<Finding> {
     // Damaged root slots: a new root is durable in another slot; clear them.
     for (index, slot) in &pass.damaged_slots {
         let Some(m) = ident.members.get(index) else { continue };
-        let layout = m.layout();
-        let still_bad = member::read_root_ring(m.dev.as_ref(), layout)
-            .ok()
-            .and_then(|ring| ring.into_iter().find(|s| s.slot == *slot))
-            .is_some_and(|s| matches!(s.state, RootSlotState::Invalid(_)));
-        if !still_bad {
-            continue;
-        }
-        let zero = AlignedBuf::zeroed(layout.block_size as usize);
-        match member::write_bytes(m.dev.as_ref(), layout.root_slot_offset(*slot), &zero).and_then(|_| m.dev.sync()) {
-            Ok(()) => stats.root_slots_cleared += 1,
+        match clear_root_slot(m.dev.as_ref(), m.layout(), *slot) {
+            Ok(cleared) => stats.root_slots_cleared += u32::from(cleared),
             Err(e) => failed.push(Finding::RepairFailed {
                 what: format!("clear root slot {slot} of member {index}"),
                 error: e.to_string(),
@@ -1890,16 +1992,7 @@ pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<Fsc
     let in_use = if opts.repairing() { None } else { pool_lock_holder(&lock_dir, ident.pool) };
     let first = run_pass(&ident, opts, in_use);
     let mut repairs = RepairStats::default();
-    let mut findings: Vec<Reported> = Vec::new();
-    let report_of = |f: Finding, severity: Severity, action: Option<String>| Reported {
-        severity,
-        structure: f.structure(),
-        member: f.member(),
-        message: f.to_string(),
-        action,
-        finding: f,
-    };
-    if opts.repairing() && first.problems().next().is_some() {
+    let findings = if opts.repairing() && first.problems().next().is_some() {
         let mut failed = Vec::new();
         // A zeroed member first: the engine's repair then sees it present.
         match reinit_zeroed_member(&ident, &first, &mut repairs) {
@@ -1909,34 +2002,10 @@ pub fn check_pool(devices: &[Arc<dyn Device>], opts: &FsckOptions) -> Result<Fsc
         }
         failed.extend(repair(&ident, &first, &mut repairs));
         let second = identify(devices).ok().map(|id| run_pass(&id, opts, None));
-        let still: HashMap<String, &Finding> =
-            second.as_ref().map(|p| p.problems().map(|f| (f.key(), f)).collect()).unwrap_or_default();
-        let before: BTreeSet<String> = first.problems().map(|f| f.key()).collect();
-        for f in &first.findings {
-            let r = if !f.is_problem() {
-                report_of(f.clone(), Severity::Info, None)
-            } else if second.is_some() && !still.contains_key(&f.key()) {
-                let action = f.repair_action().to_string();
-                report_of(f.clone(), Severity::Corrected, Some(action))
-            } else {
-                report_of(f.clone(), Severity::Left, None)
-            };
-            findings.push(r);
-        }
-        if let Some(second) = &second {
-            for f in second.problems().filter(|f| !before.contains(&f.key())) {
-                let mut r = report_of(f.clone(), Severity::Left, None);
-                r.message.push_str(" (found after the repair)");
-                findings.push(r);
-            }
-        }
-        findings.extend(failed.into_iter().map(|f| report_of(f, Severity::Left, None)));
+        classify(&first.findings, second.as_ref().map(|p| p.findings.as_slice()), failed)
     } else {
-        for f in &first.findings {
-            let sev = if f.is_problem() { Severity::Left } else { Severity::Info };
-            findings.push(report_of(f.clone(), sev, None));
-        }
-    }
+        classify(&first.findings, None, Vec::new())
+    };
     let corrected = findings.iter().filter(|r| r.severity == Severity::Corrected).count();
     let left = findings.iter().filter(|r| r.severity == Severity::Left).count();
     let info = findings.iter().filter(|r| r.severity == Severity::Info).count();

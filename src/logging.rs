@@ -3,7 +3,9 @@
 //! default) writing either human lines (on a terminal) or one JSON object
 //! per line (for files), with the current span and its parents in each
 //! line, so the request id of a FUSE, CLI or control request appears on
-//! every line logged while serving it, engine lines included.
+//! every line logged while serving it, engine lines included (the spans'
+//! target, [`REQUEST_TARGET`], is always enabled by [`filter`]; IO worker
+//! jobs run in the span of the request that queued them).
 //!
 //! It owns the subscriber's configuration only: it never decides what is
 //! logged, and installing twice keeps the first subscriber (a test harness
@@ -74,9 +76,28 @@ pub enum LogError {
     File { path: String, source: std::io::Error },
 }
 
-/// The filter from `env_var` (RUST_LOG syntax), or `default` when unset or invalid.
-pub fn filter(env_var: &str, default: &str) -> EnvFilter {
-    EnvFilter::try_from_env(env_var).unwrap_or_else(|_| EnvFilter::new(default))
+/// The target of every request-id span (a FUSE request, a control-socket
+/// request, a `dfs` command). [`filter`] enables it at info whatever the
+/// directives say (unless they name it), so the lines a request causes —
+/// warnings of the engine at a `warn` filter too — carry its id.
+pub const REQUEST_TARGET: &str = "dynamicfs::request";
+
+/// The filter from the first of `env_vars` that is set to valid directives
+/// (RUST_LOG syntax), else `default`; plus `dynamicfs::request=info` (the
+/// request-id spans, [`REQUEST_TARGET`]) unless the directives name it.
+pub fn filter(env_vars: &[&str], default: &str) -> EnvFilter {
+    let text = env_vars
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|t| EnvFilter::try_new(t).is_ok()))
+        .unwrap_or_else(|| default.to_string());
+    let f = EnvFilter::new(&text);
+    if text.contains(REQUEST_TARGET) {
+        return f;
+    }
+    match format!("{REQUEST_TARGET}=info").parse() {
+        Ok(d) => f.add_directive(d),
+        Err(_) => f,
+    }
 }
 
 /// Install the subscriber. `Auto` means human on a terminal (stderr for
@@ -116,6 +137,16 @@ pub fn init(format: LogFormat, target: LogTarget<'_>, filter: EnvFilter) -> Resu
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn request_spans_pass_any_filter_that_does_not_name_them() {
+        use tracing::level_filters::LevelFilter;
+        let max = |f: &str| filter(&["DFS_TEST_NO_SUCH_VAR"], f).max_level_hint();
+        // "warn" alone would hide the info-level request spans.
+        assert_eq!(max("warn"), Some(LevelFilter::INFO));
+        assert_eq!(max("dynamicfs::request=off"), Some(LevelFilter::OFF));
+        assert_eq!(max("dynamicfs=debug"), Some(LevelFilter::DEBUG));
+    }
 
     #[test]
     fn formats_parse() {

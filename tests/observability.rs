@@ -6,7 +6,8 @@
 //! temperature split must cover every extent; failing a member must turn
 //! `/health` to 503 and a rebuild, then the member's removal, back to 200;
 //! a scrub pass must show in `/health` and `/metrics`; a FUSE write's log
-//! line and the engine's lines for it must carry the same request id.
+//! line and the engine's lines for it must carry the same request id, the
+//! lines of its write-behind fragment writes on the IO worker threads too.
 //!
 //! The mount is a `BackgroundMount` (unmounted on drop, also on panic),
 //! declared after the loop devices so it goes first, and the loop devices
@@ -57,6 +58,7 @@ fn capture_logs() {
             .json()
             .with_current_span(true)
             .with_span_list(true)
+            .with_thread_names(true)
             .with_env_filter(tracing_subscriber::EnvFilter::new("dynamicfs=debug"))
             .with_writer(|| LogWriter)
             .init();
@@ -251,6 +253,16 @@ fn mounted_pool_metrics_health_scrub_and_request_ids() {
             .count();
         assert!(engine >= 1, "no engine line carries the request id {req} of a FUSE write");
     }
+    // Write-behind: the fragment writes run on the IO worker threads, and
+    // their lines carry the id of the FUSE write that sent the extent.
+    let on_workers: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["fields"]["message"] == "fragment written" && l["threadName"] == "dfs-io").collect();
+    assert!(!on_workers.is_empty(), "no fragment write logged on a worker thread");
+    assert!(
+        on_workers.iter().any(|l| l["span"]["op"] == "write" && req_of(l).is_some_and(|r| fuse_writes.contains(&r))),
+        "no worker's fragment write carries the id of a FUSE write: {:?}",
+        on_workers.iter().take(3).collect::<Vec<_>>()
+    );
     // A request id never spans two requests.
     let mut ops = std::collections::HashMap::new();
     for l in lines.iter().filter(|l| l["span"]["name"] == "fuse") {

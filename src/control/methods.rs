@@ -21,6 +21,7 @@
 //! | `orphans.detect` | – | `OrphanReport` (judged by the open pool: `engine::orphans`) |
 //! | `orphans.stats` | – | `OrphanStats` |
 //! | `orphans.cleanup` | `min_age_secs`?, `dry_run`? | `CleanupReport` |
+//! | `scrub.schedule` | `frequency`?, `intensity`? | `ScheduleView` (a mount's scrub daemon follows a change at once) |
 //!
 //! This module never touches devices: every method is one engine call.
 
@@ -29,6 +30,7 @@ use super::server::Registry;
 use crate::engine::admin::paced;
 use crate::engine::orphans;
 use crate::engine::rebuild::{DrainProgress, RebuildIo, Worker};
+use crate::engine::scrub_daemon;
 use crate::engine::state::MemberState;
 use crate::engine::{EngineError, Pool, ROOT_INO};
 use dfs_format::Policy;
@@ -174,6 +176,12 @@ pub fn register_admin(r: &mut Registry) {
         let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
         let io: RebuildIo = pool.rebuild_all(limit).map_err(failed)?;
         to_value(&io)
+    });
+    r.register("scrub.schedule", |pool, p| {
+        scrub_daemon::schedule_control(pool, &p).map(|(_, view)| view).map_err(|e| match e {
+            scrub_daemon::ScrubDaemonError::BadParams(m) => WireError::new(ErrorKind::Params, m),
+            e => WireError::new(ErrorKind::Failed, e.to_string()),
+        })
     });
     r.register("orphans.detect", |pool, _| to_value(&orphans::detect_live(pool)));
     r.register("orphans.stats", |pool, _| to_value(&orphans::stats(&orphans::detect_live(pool))));

@@ -8,7 +8,10 @@
 //! sends its commands there, so the process that holds the pool lock is the
 //! only one that writes the pool.
 //!
-//! - [`protocol`]: versioned JSON lines (parsing and encoding, no IO);
+//! - [`protocol`]: versioned JSON lines (parsing and encoding, no IO),
+//!   with the caller's request id (`req`) that the server serves the
+//!   request under (a `control` tracing span), so the mount's log lines
+//!   for a `dfs` command carry the command's id;
 //! - [`server`]: the listener, one thread per connection, and the
 //!   [`Registry`] of methods;
 //! - [`client`]: what the CLI uses to call a method;

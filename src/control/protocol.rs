@@ -9,7 +9,10 @@
 //! ```
 //!
 //! `v` must be [`VERSION`]; `id` is echoed back (0 when the request was too
-//! broken to have one); `params` may be omitted (= `{}`). A line longer than
+//! broken to have one); `params` may be omitted (= `{}`). `req` is optional:
+//! the caller's request id (1 to [`MAX_REQ_ID`] characters of
+//! `[A-Za-z0-9._:-]`), which the server logs its work for the request
+//! under; without it (older clients) the server makes one. A line longer than
 //! [`MAX_LINE`] bytes is refused. This module owns parsing and encoding
 //! only: it never does IO and never panics on garbage.
 
@@ -20,6 +23,9 @@ use serde_json::{Map, Value};
 pub const VERSION: u64 = 1;
 /// Longest request or response line (bytes, without the newline).
 pub const MAX_LINE: usize = 16 << 20;
+
+/// Longest request id (`req`).
+pub const MAX_REQ_ID: usize = 64;
 
 /// Error kinds, stable strings on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,13 +79,26 @@ pub struct Request {
     pub id: u64,
     pub method: String,
     pub params: Value,
+    /// The caller's request id, for the logs (optional on the wire).
+    pub req: Option<String>,
 }
 
 impl Request {
     /// The request as one line (no newline).
     pub fn encode(&self) -> String {
-        serde_json::json!({"v": VERSION, "id": self.id, "method": self.method, "params": self.params}).to_string()
+        let mut v = serde_json::json!({"v": VERSION, "id": self.id, "method": self.method, "params": self.params});
+        if let Some(req) = &self.req {
+            v["req"] = req.clone().into();
+        }
+        v.to_string()
     }
+}
+
+/// Is `s` a request id the server accepts (see the module doc)?
+pub fn valid_req_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_REQ_ID
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A parsed response: `Ok(result)` or the error.
@@ -142,7 +161,15 @@ pub fn parse_request(line: &str) -> Result<Request, (u64, WireError)> {
         Some(p @ Value::Object(_)) => p.clone(),
         Some(_) => return Err((id, WireError::new(ErrorKind::BadRequest, "\"params\" is not an object"))),
     };
-    Ok(Request { id, method, params })
+    let req = match o.get("req") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if valid_req_id(s) => Some(s.clone()),
+        Some(_) => {
+            let why = format!("\"req\" must be 1 to {MAX_REQ_ID} characters of A-Z a-z 0-9 . _ : -");
+            return Err((id, WireError::new(ErrorKind::BadRequest, why)));
+        }
+    };
+    Ok(Request { id, method, params, req })
 }
 
 /// Parse one response line (the client's side).
@@ -171,10 +198,13 @@ mod tests {
 
     #[test]
     fn good_request_round_trips() {
-        let r = Request { id: 9, method: "list-disks".into(), params: serde_json::json!({"a": 1}) };
+        let r = Request { id: 9, method: "list-disks".into(), params: serde_json::json!({"a": 1}), req: None };
+        assert_eq!(parse_request(&r.encode()).unwrap(), r);
+        assert!(!r.encode().contains("req"), "no id, no field: what older clients send");
+        let r = Request { req: Some("00ff3a9c1b2d4e5f".into()), ..r };
         assert_eq!(parse_request(&r.encode()).unwrap(), r);
         let r = parse_request(r#"{"v":1,"id":3,"method":"x"}"#).unwrap();
-        assert_eq!(r.params, serde_json::json!({}));
+        assert_eq!((r.params, r.req), (serde_json::json!({}), None));
     }
 
     #[test]
@@ -189,6 +219,20 @@ mod tests {
         assert_eq!(kind(r#"{"v":1,"id":1,"method":""}"#), ErrorKind::BadRequest);
         assert_eq!(kind(r#"{"v":1,"id":-1,"method":"x"}"#), ErrorKind::BadRequest);
         assert_eq!(kind(r#"{"v":1,"id":1,"method":"x","params":[]}"#), ErrorKind::BadRequest);
+        for bad in [r#""""#, "7", r#""a b""#, r#""line\nbreak""#, &format!("{:?}", "x".repeat(MAX_REQ_ID + 1))] {
+            let line = format!(r#"{{"v":1,"id":4,"method":"x","req":{bad}}}"#);
+            assert_eq!(
+                parse_request(&line).unwrap_err(),
+                (
+                    4,
+                    WireError::new(
+                        ErrorKind::BadRequest,
+                        format!("\"req\" must be 1 to {MAX_REQ_ID} characters of A-Z a-z 0-9 . _ : -")
+                    )
+                ),
+                "{line}"
+            );
+        }
     }
 
     #[test]

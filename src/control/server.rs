@@ -7,6 +7,8 @@
 //! the [`Server`] stops accepting and removes the socket file. It never
 //! touches a connection it did not accept, and never answers a caller whose
 //! uid is not allowed (one `denied` error line, then the connection closes).
+//! Each request is served inside a `control` tracing span carrying its
+//! request id (`Registry::answer`).
 
 use super::protocol::{parse_request, ErrorKind, Response, WireError, MAX_LINE};
 use crate::engine::Pool;
@@ -73,11 +75,26 @@ impl Registry {
         }
     }
 
-    /// Answer one request line.
+    /// Answer one request line, inside a `control` span carrying the
+    /// request id (the caller's `req`, or a new one), so every line logged
+    /// while serving it, the engine's included, carries the id.
     pub fn answer(&self, pool: &Pool, line: &str) -> Response {
         match parse_request(line) {
-            Ok(r) => Response { id: r.id, result: self.call(pool, &r.method, r.params) },
-            Err((id, e)) => Response { id, result: Err(e) },
+            Ok(r) => {
+                let req = r.req.unwrap_or_else(crate::metrics::new_request_id);
+                let span = tracing::info_span!(target: crate::logging::REQUEST_TARGET, "control", req = %req, method = %r.method);
+                let _e = span.enter();
+                let result = self.call(pool, &r.method, r.params);
+                match &result {
+                    Ok(_) => tracing::debug!("control request done"),
+                    Err(e) => tracing::info!(kind = e.kind.as_str(), "control request failed: {e}"),
+                }
+                Response { id: r.id, result }
+            }
+            Err((id, e)) => {
+                tracing::info!(id, "control request refused: {e}");
+                Response { id, result: Err(e) }
+            }
         }
     }
 }

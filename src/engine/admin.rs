@@ -227,7 +227,9 @@ impl Pool {
                 .ok_or_else(|| EngineError::Invalid(format!("no member {index}")))?;
             self.apply_txn(&mut m, vec![Op::PutMember { member: MemberRec { state, ..rec } }])?;
         }
-        self.commit()
+        self.commit()?;
+        tracing::info!(member = index, state = ?state, "member state set");
+        Ok(())
     }
 
     /// The policy-change history, oldest first.

@@ -497,7 +497,7 @@ fn encode_and_send(plan: EncodePlan, data: Arc<AlignedBuf>, io: Arc<IoBatch>) {
 /// Run one fragment write, record its result, count it down; the last
 /// holder of the payload buffer gives it back for reuse.
 fn run_frag_write(w: FragWrite, io: &IoBatch) {
-    let i = w.index;
+    let (i, offset) = (w.index, w.offset);
     let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())) {
         Ok((r, payload)) => {
             if let Ok(buf) = Arc::try_unwrap(payload) {
@@ -507,6 +507,10 @@ fn run_frag_write(w: FragWrite, io: &IoBatch) {
         }
         Err(_) => Err(EngineError::Other("internal: a fragment write panicked".into())),
     };
+    match &r {
+        Ok(_) => tracing::debug!(fragment = i, offset, "fragment written"),
+        Err(e) => tracing::debug!(fragment = i, offset, %e, "fragment write failed"),
+    }
     io.results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
     io.latch.done();
 }
@@ -738,8 +742,20 @@ pub(crate) mod workers {
     }
 
     /// Queue `job`; start a worker if none is idle. If no thread can be
-    /// started at all, the job runs here.
+    /// started at all, the job runs here. The job runs inside the caller's
+    /// current tracing span, so what it logs carries the id of the request
+    /// it works for (a FUSE write's write-behind, a control request's
+    /// rebuild, ...).
     pub(crate) fn submit(job: Job) {
+        let span = tracing::Span::current();
+        let job: Job = if span.is_none() {
+            job
+        } else {
+            Box::new(move || {
+                let _e = span.enter();
+                job()
+            })
+        };
         let mut st = lock();
         st.jobs.push_back(job);
         if st.idle > 0 {

@@ -612,6 +612,14 @@ impl Pool {
         self.commit_upto(target)
     }
 
+    /// Run `f` while no commit or checkpoint can run, so nothing writes a
+    /// journal record, a root or a checkpoint copy meanwhile: how the scrub
+    /// of a mounted pool reads those structures (`scrub::scrub_live`).
+    pub(crate) fn with_commits_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _c = self.commit_lock();
+        f()
+    }
+
     /// Pass `r` on; an error of a metadata write poisons the pool (see `poisoned`).
     fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_err() {

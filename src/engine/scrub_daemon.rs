@@ -34,6 +34,9 @@
 //! [`SCHEDULE_TICK`] whether a pass is due: one that was interrupted
 //! (`running` persisted) resumes at once; otherwise nightly = 24 h after the
 //! last pass started, weekly = 7 days, continuous = as soon as one ends.
+//! The schedule is set through [`schedule_control`] (`dfs scrub-schedule`,
+//! the `scrub.schedule` method: on a mount through [`handle_control`],
+//! which also wakes the scheduler so a new schedule is followed at once).
 //!
 //! It must never: scrub while paused or after stop; hold the metadata lock
 //! while reading devices; write a device for the position other than
@@ -220,6 +223,12 @@ struct Inner {
     pool: Arc<Pool>,
     ctl: Mutex<Ctl>,
     cv: Condvar,
+    /// Held while one extent is scrubbed: the worker and a one-shot pass
+    /// ([`ScrubDaemon::run_once`]) never judge and repair the same extent
+    /// at once.
+    extent: Mutex<()>,
+    /// One one-shot pass at a time.
+    once: Mutex<()>,
 }
 
 impl Inner {
@@ -234,13 +243,15 @@ impl Inner {
 pub enum ScrubDaemonError {
     #[error("the pool is mounted read-only: scrub repairs, so it needs a read-write mount")]
     ReadOnly,
+    #[error("the pool is mounted read-only: the scrub schedule is stored in the pool, so it needs a read-write mount")]
+    ReadOnlySchedule,
     #[error("no scrub is running")]
     NotRunning,
-    #[error("unknown method {0:?} (scrub.start, scrub.status, scrub.pause, scrub.resume, scrub.stop)")]
+    #[error("unknown method {0:?} (scrub.start, scrub.status, scrub.pause, scrub.resume, scrub.stop, scrub.run, scrub.schedule)")]
     UnknownMethod(String),
     #[error("bad parameters: {0}")]
     BadParams(String),
-    #[error("saving the scrub position: {0}")]
+    #[error(transparent)]
     Engine(#[from] super::EngineError),
 }
 
@@ -272,7 +283,13 @@ impl ScrubDaemon {
             run_time: Duration::ZERO,
         };
         ScrubDaemon {
-            inner: Arc::new(Inner { pool, ctl: Mutex::new(ctl), cv: Condvar::new() }),
+            inner: Arc::new(Inner {
+                pool,
+                ctl: Mutex::new(ctl),
+                cv: Condvar::new(),
+                extent: Mutex::new(()),
+                once: Mutex::new(()),
+            }),
             worker: Mutex::new(None),
             scheduler: Mutex::new(None),
         }
@@ -394,6 +411,8 @@ impl ScrubDaemon {
         let persisted = self.inner.pool.meta().state.scrub.clone();
         let total = self.inner.pool.meta().state.extents.len() as u64;
         let c = self.inner.ctl();
+        // The schedule is the pool's (it may change during a pass).
+        let frequency = persisted.frequency;
         let rec = c.live.clone().unwrap_or(persisted);
         let elapsed = c.run_time + c.run_start.map(|s| s.elapsed()).unwrap_or_default();
         let rate = if elapsed.as_secs_f64() > 0.0 { (c.run_bytes as f64 / elapsed.as_secs_f64()) as u64 } else { 0 };
@@ -406,7 +425,7 @@ impl ScrubDaemon {
             state: c.state,
             intensity: c.intensity,
             rate_limit_bytes_per_sec: c.rate,
-            frequency: frequency_name(rec.frequency),
+            frequency: frequency_name(frequency),
             extents_done: rec.extents_done,
             extents_total: total,
             bytes_done: rec.bytes_done,
@@ -420,6 +439,92 @@ impl ScrubDaemon {
             passes_completed: c.passes,
             recent_errors: c.recent.clone(),
         }
+    }
+
+    /// One whole scrub now, answered when done (`dfs scrub [--repair]` on
+    /// a mounted pool, the `scrub.run` method): [`scrub::scrub_live`],
+    /// extent by extent as the worker scrubs them (never the same extent as
+    /// the worker at once), unpaced but yielding to user IO, stopped when
+    /// the mount goes away. When no background pass is under way it is
+    /// recorded as the pool's last pass (`State::scrub`, so health and the
+    /// schedule see it); a background pass keeps its own position.
+    pub fn run_once(&self, repair: bool) -> Result<scrub::ScrubReport, ScrubDaemonError> {
+        let inner = &self.inner;
+        let pool = &inner.pool;
+        if repair && pool.read_only() {
+            return Err(ScrubDaemonError::ReadOnly);
+        }
+        let _once = inner.once.lock().unwrap_or_else(|p| p.into_inner());
+        let started = now_ns();
+        tracing::info!(repair, "scrub: one-shot pass running");
+        let mut last_activity = user_activity(pool);
+        let mut each = |id: u128| {
+            if inner.ctl().shutdown {
+                return None;
+            }
+            if user_activity(pool) != last_activity {
+                std::thread::sleep(YIELD_PAUSE);
+            }
+            let r = {
+                let _one = inner.extent.lock().unwrap_or_else(|p| p.into_inner());
+                scrub::scrub_extent(pool, id, repair)
+            };
+            for e in &r.errors {
+                tracing::warn!(extent = %e.extent, fragment = e.index, member = e.member, kind = e.kind, repaired = e.repaired, "scrub: {}", e.detail);
+            }
+            last_activity = user_activity(pool);
+            Some(r)
+        };
+        let report = scrub::scrub_live(pool, repair, &mut each)?;
+        tracing::info!(
+            extents = report.extents_checked,
+            bytes = report.bytes_checked,
+            errors = report.errors.len(),
+            repaired = report.repaired,
+            clean = report.clean,
+            "scrub: one-shot pass done"
+        );
+        if !pool.read_only() {
+            // The control lock keeps the worker from starting meanwhile.
+            let c = inner.ctl();
+            let persisted = record(pool);
+            if c.state == DaemonState::Idle && !persisted.running {
+                let rec = ScrubRecord {
+                    frequency: persisted.frequency,
+                    intensity: persisted.intensity,
+                    running: false,
+                    cursor: None,
+                    pass_started_ns: started,
+                    pass_finished_ns: now_ns(),
+                    extents_done: report.extents_checked,
+                    bytes_done: report.bytes_checked,
+                    errors: report.errors.len() as u64,
+                    repaired: report.repaired,
+                };
+                if let Err(e) = persist(pool, &rec) {
+                    tracing::warn!("scrub: cannot record the pass: {e}");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The stored schedule changed (`scrub.schedule`): its intensity
+    /// applies to the pass under way too, a user's `stop` is forgotten
+    /// unless the frequency is `off` (setting a schedule is the newer
+    /// word), and the scheduler looks at once rather than at its next tick.
+    pub fn schedule_changed(&self) {
+        let rec = record(&self.inner.pool);
+        {
+            let mut c = self.inner.ctl();
+            let i = Intensity::from_code(rec.intensity);
+            c.intensity = i;
+            c.rate = i.bytes_per_sec();
+            if rec.frequency != ScrubFrequency::Off {
+                c.user_stopped = false;
+            }
+        }
+        self.inner.cv.notify_all();
     }
 
     /// Start the schedule thread: once a [`SCHEDULE_TICK`] (and at once),
@@ -504,6 +609,73 @@ pub fn set_schedule(pool: &Pool, frequency: ScrubFrequency, intensity: Intensity
 /// The pool's scrub record (schedule and persisted position).
 pub fn record(pool: &Pool) -> ScrubRecord {
     pool.meta().state.scrub.clone()
+}
+
+/// The schedule as `dfs scrub-schedule` shows it (`--json`), from a mount
+/// (`scrub.schedule`) or an unmounted pool alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ScheduleView {
+    pub frequency: String,
+    pub intensity: String,
+    pub rate_limit_bytes_per_sec: u64,
+    /// A pass is under way (or was interrupted and resumes).
+    pub pass_running: bool,
+    pub extents_done: u64,
+    pub pass_started_ns: i64,
+    pub last_pass_finished_ns: i64,
+}
+
+impl ScheduleView {
+    pub fn of(rec: &ScrubRecord) -> ScheduleView {
+        let i = Intensity::from_code(rec.intensity);
+        ScheduleView {
+            frequency: frequency_name(rec.frequency).to_string(),
+            intensity: i.name().to_string(),
+            rate_limit_bytes_per_sec: i.bytes_per_sec(),
+            pass_running: rec.running,
+            extents_done: rec.extents_done,
+            pass_started_ns: rec.pass_started_ns,
+            last_pass_finished_ns: rec.pass_finished_ns,
+        }
+    }
+}
+
+/// An optional string parameter.
+fn param_str<'a>(params: &'a serde_json::Value, name: &str) -> Result<Option<&'a str>, ScrubDaemonError> {
+    match params.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ScrubDaemonError::BadParams(format!("{name}: {other} is not a string"))),
+    }
+}
+
+/// `scrub.schedule` (params `frequency`?, `intensity`?): set what is given
+/// (the rest is kept), then answer the [`ScheduleView`]. The first value is
+/// true when something was set. Used by an unmounted pool's in-process
+/// registry and, through [`handle_control`], by a mount.
+pub fn schedule_control(
+    pool: &Pool,
+    params: &serde_json::Value,
+) -> Result<(bool, serde_json::Value), ScrubDaemonError> {
+    let frequency =
+        param_str(params, "frequency")?.map(parse_frequency).transpose().map_err(ScrubDaemonError::BadParams)?;
+    let intensity = param_str(params, "intensity")?
+        .map(str::parse::<Intensity>)
+        .transpose()
+        .map_err(ScrubDaemonError::BadParams)?;
+    let mut rec = record(pool);
+    let change = frequency.is_some() || intensity.is_some();
+    if change {
+        if pool.read_only() {
+            return Err(ScrubDaemonError::ReadOnlySchedule);
+        }
+        let f = frequency.unwrap_or(rec.frequency);
+        let i = intensity.unwrap_or_else(|| Intensity::from_code(rec.intensity));
+        rec = set_schedule(pool, f, i)?;
+        tracing::info!(frequency = frequency_name(f), intensity = i.name(), "scrub schedule set");
+    }
+    let view = serde_json::to_value(ScheduleView::of(&rec)).map_err(|e| ScrubDaemonError::BadParams(e.to_string()))?;
+    Ok((change, view))
 }
 
 fn persist(pool: &Pool, rec: &ScrubRecord) -> super::Result<()> {
@@ -606,7 +778,10 @@ fn worker(inner: &Inner) {
         if user_activity(pool) != last_activity && nap(inner, YIELD_PAUSE) {
             break false;
         }
-        let r = scrub::scrub_extent(pool, id, true);
+        let r = {
+            let _one = inner.extent.lock().unwrap_or_else(|p| p.into_inner());
+            scrub::scrub_extent(pool, id, true)
+        };
         rec.cursor = Some(id);
         if !r.vanished {
             rec.extents_done += 1;
@@ -673,8 +848,12 @@ fn worker(inner: &Inner) {
 
 /// The control-socket entry of the daemon: `method` is one of
 /// `scrub.start` (params `{"intensity": "low|medium|high"}`, optional),
-/// `scrub.status`, `scrub.pause`, `scrub.resume`, `scrub.stop`; the
-/// answer is the [`ScrubStatus`] as JSON.
+/// `scrub.status`, `scrub.pause`, `scrub.resume`, `scrub.stop` (the
+/// answer is the [`ScrubStatus`] as JSON), `scrub.run` (params `repair`?:
+/// one whole pass now, [`ScrubDaemon::run_once`]; the answer is the
+/// [`scrub::ScrubReport`]), or `scrub.schedule` (params
+/// `frequency`?, `intensity`?; the answer is the [`ScheduleView`], and the
+/// daemon follows a new schedule at once: [`ScrubDaemon::schedule_changed`]).
 pub fn handle_control(
     daemon: &ScrubDaemon,
     method: &str,
@@ -690,6 +869,24 @@ pub fn handle_control(
             daemon.start(intensity)?
         }
         "scrub.status" => daemon.status(),
+        "scrub.run" => {
+            let repair = match params.get("repair") {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(ScrubDaemonError::BadParams(format!("repair: {other} is not true or false")))
+                }
+            };
+            let report = daemon.run_once(repair)?;
+            return serde_json::to_value(report).map_err(|e| ScrubDaemonError::BadParams(e.to_string()));
+        }
+        "scrub.schedule" => {
+            let (changed, view) = schedule_control(&daemon.inner.pool, &params)?;
+            if changed {
+                daemon.schedule_changed();
+            }
+            return Ok(view);
+        }
         "scrub.pause" => daemon.pause()?,
         "scrub.resume" => daemon.resume()?,
         "scrub.stop" => daemon.stop()?,

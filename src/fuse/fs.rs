@@ -37,14 +37,15 @@ pub const BLKSIZE: u32 = 1 << 20;
 const GENERATION: Generation = Generation(0);
 
 /// Opens a span named after the operation, carrying the request id (at
-/// info level, so the engine's lines for the request carry the id at the
-/// default filter), and times the request for metrics until dropped
+/// info level, target `logging::REQUEST_TARGET`, which the log filter
+/// always enables, so the engine's lines for the request carry the id),
+/// and times the request for metrics until dropped
 /// (`crate::metrics::fuse::Request`).
 macro_rules! op_span {
     ($req:expr, $op:literal $(, $k:ident = $v:expr)*) => {
         $crate::metrics::fuse::Request::begin(
             $op,
-            tracing::info_span!("fuse", req = $req.unique().0, op = $op $(, $k = $v)*),
+            tracing::info_span!(target: $crate::logging::REQUEST_TARGET, "fuse", req = $req.unique().0, op = $op $(, $k = $v)*),
         )
     };
 }

@@ -156,7 +156,7 @@ impl PoolMetrics {
 }
 
 /// Answer a control-socket request (wired by the control socket's
-/// dispatcher): `metrics.text` → `{"text": "..."}`; `metrics.values` →
+/// dispatcher, which has entered the request's span): `metrics.text` → `{"text": "..."}`; `metrics.values` →
 /// `{"samples": [{"name", "labels", "value"}]}`; `health` → the health
 /// report. `params` is unused for now.
 pub fn handle_control(
@@ -165,8 +165,6 @@ pub fn handle_control(
     params: serde_json::Value,
 ) -> Result<serde_json::Value, MetricsError> {
     let _ = params;
-    let span = tracing::info_span!("control", req = %new_request_id(), method);
-    let _e = span.enter();
     match method {
         "metrics.text" => Ok(serde_json::json!({ "text": metrics.render_text()? })),
         "metrics.values" => {

@@ -1,7 +1,7 @@
 //! Helpers of the observability tests (`tests/observability.rs` and, by
 //! `#[path]`, `tools/tests/observability_cli.rs`): scrape `/metrics` and
 //! check it with the in-test parser and `promtool check metrics` (when
-//! installed), read `/health`, wait for an endpoint to come up, and the
+//! installed; required with `DFS_TEST_REQUIRE_PRIVILEGES=1`), read `/health`, wait for an endpoint to come up, and the
 //! sums the tests compare. Only HTTP GETs on loopback: it never touches a
 //! pool, a device or a mount.
 #![allow(dead_code)]
@@ -15,18 +15,29 @@ use dynamicfs::metrics::text::{self, Exposition};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Set (to 1) by `scripts/test`: what `scripts/setup-deps` installs must
+/// be there, so a check that needs it fails instead of being skipped.
+pub const REQUIRE_ENV: &str = "DFS_TEST_REQUIRE_PRIVILEGES";
+
 /// `promtool check metrics` on `body`: it must pass with nothing to say.
-/// Without promtool installed the in-test parser is the only check.
+/// Without promtool installed the in-test parser is the only check —
+/// unless [`REQUIRE_ENV`] is 1, then a missing promtool fails the test.
 pub fn promtool_check(body: &str) {
-    let Ok(mut child) = Command::new("promtool")
+    let spawned = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: the in-test parser is the check");
-        return;
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") => {
+            panic!("promtool: {e}; {REQUIRE_ENV}=1 requires it (scripts/setup-deps installs it: Debian package prometheus)")
+        }
+        Err(_) => {
+            eprintln!("promtool not installed: the in-test parser is the check");
+            return;
+        }
     };
     child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();

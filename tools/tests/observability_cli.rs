@@ -1,6 +1,7 @@
 //! `dfs health`, `dfs metrics`, `dfs metrics-server` and `dfs status` run
 //! as an operator would: JSON parsed back, exit codes checked, endpoints
-//! scraped (and checked by `promtool check metrics` when installed).
+//! scraped (and checked by `promtool check metrics` when installed; a
+//! missing promtool fails the test when `DFS_TEST_REQUIRE_PRIVILEGES=1`).
 //!
 //! - On an unmounted pool of image files: the pool is opened read-only.
 //! - On a MOUNTED pool of loop devices (the `mount-dfs` daemon): every
@@ -9,7 +10,9 @@
 //!   opening the pool): same families as `dfs metrics`, counters moving
 //!   with traffic, `/health` mirroring `dfs health`; the temperature split
 //!   covers every extent; a scrub pass shows; a failed member turns
-//!   `/health` to 503 and adding a disk plus `dfs rebuild` back to 200.
+//!   `/health` to 503 and adding a disk plus `dfs rebuild` back to 200;
+//!   the request id a `dfs` command logs (JSON) is the one the mount logs
+//!   its work for it under, engine lines included (`fail-disk`, `scrub`).
 //!
 //! Child processes are killed by their PID in a drop guard, the mount is
 //! unmounted (lazily) by a guard, loop devices detach on drop — also on
@@ -93,6 +96,33 @@ fn metrics_server(pool: &str) -> (Killed, String) {
     let server = Killed(Command::new(DFS).args(["metrics-server", "--pool", pool, "--listen", &addr]).spawn().unwrap());
     wait_for_endpoint(&addr);
     (server, addr)
+}
+
+/// Run `dfs ARGS` with JSON logs at debug: its request id (every control
+/// call it logs carries the same one) and its output.
+fn run_logged(args: &[&str]) -> (String, Output) {
+    let o =
+        Command::new(DFS).args(args).env("RUST_LOG", "dynamicfs=debug").env("DFS_LOG_FORMAT", "json").output().unwrap();
+    let lines = json_lines(&String::from_utf8_lossy(&o.stderr));
+    let calls: Vec<&serde_json::Value> = lines.iter().filter(|l| l["fields"]["message"] == "control call").collect();
+    let reqs: BTreeSet<&str> = calls.iter().filter_map(|l| l["span"]["req"].as_str()).collect();
+    assert!(!calls.is_empty() && reqs.len() == 1, "one request id per command: {calls:?}");
+    assert!(calls.iter().all(|l| l["span"]["name"] == "cli" && l["fields"]["req"] == l["span"]["req"]), "{calls:?}");
+    let req = reqs.first().unwrap().to_string();
+    (req, o)
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The mount's engine lines logged for the control request `req`.
+fn engine_lines_of(log: &Path, req: &str) -> Vec<serde_json::Value> {
+    json_lines(&fs::read_to_string(log).unwrap())
+        .into_iter()
+        .filter(|l| l["span"]["name"] == "control" && l["span"]["req"] == req)
+        .filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("dynamicfs::engine")))
+        .collect()
 }
 
 fn families(e: &text::Exposition) -> BTreeSet<String> {
@@ -274,9 +304,27 @@ fn mounted_pool_status_health_and_metrics_server_proxy() {
     let human = String::from_utf8_lossy(&run(DFS, &["health", "--pool", &m]).stdout).to_string();
     assert!(human.contains("clean, 6 extents"), "{human}");
 
-    // A member fails; three copies cannot be rebuilt on two members: 503.
-    let out = run(DFS, &["fail-disk", "--pool", &m, "--disk", "1"]);
+    // A scrub through the mount: its engine lines carry the command's id.
+    let (scrub_req, out) = run_logged(&["scrub", "--pool", &m, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = engine_lines_of(&log, &scrub_req);
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "scrub: one-shot pass done"), "{lines:?}");
+    assert!(lines.iter().all(|l| l["span"]["method"] == "scrub.run" || l["span"]["method"] == "ping"), "{lines:?}");
+
+    // A member fails; three copies cannot be rebuilt on two members: 503.
+    let (fail_req, out) = run_logged(&["fail-disk", "--pool", &m, "--disk", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(fail_req, scrub_req, "each command has its own request id");
+    let lines = engine_lines_of(&log, &fail_req);
+    let set = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "member state set")
+        .unwrap_or_else(|| panic!("no engine line of the mount carries the id {fail_req} of dfs fail-disk: {lines:?}"));
+    assert_eq!(
+        (set["fields"]["member"].as_u64(), set["span"]["method"].as_str()),
+        (Some(1), Some("fail-disk")),
+        "{set}"
+    );
     let (status, h) = health(&addr);
     assert_eq!((status, h["state"].as_str()), (503, Some("degraded")), "{h}");
     let cli = run(DFS, &["health", "--pool", &m]);

@@ -10,7 +10,8 @@
 //!
 //! Logs go to stderr (human on a terminal, JSON otherwise or with
 //! `--log-format json` / `DFS_LOG_FORMAT=json`; filter from `RUST_LOG`,
-//! default `warn`), inside a span carrying this command's request id.
+//! default `warn`), inside a span carrying this command's request id, which
+//! control calls also send to the mount (its lines for the call carry it).
 //!
 //! Exit status: 0 ok, 1 operational error (one `dfs: error: <what>` line
 //! on stderr), 2 usage error.
@@ -254,12 +255,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read and verify every fragment, superblock, root ring and journal copy of an unmounted pool
+    /// Read and verify every fragment, superblock, root ring and journal copy of a pool
     ///
+    /// On a mounted pool the mount runs the pass and returns its report.
     /// Exit status 1 when damage remains (after --repair: what could not be repaired).
     Scrub {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
         /// Rebuild bad or missing fragments from the good ones, rewrite bad copies, erase leaked fragments
         #[arg(long)]
@@ -280,11 +282,11 @@ enum Command {
         #[arg(long, value_parser = ["low", "medium", "high"])]
         intensity: Option<String>,
     },
-    /// Show, or set, when the mount scrubs the pool on its own
+    /// Show, or set, when the mount scrubs the pool on its own (a mount follows a new schedule at once)
     #[command(name = "scrub-schedule")]
     ScrubSchedule {
-        /// Any member of the pool, or UUID=<pool-uuid>
-        #[arg(long, value_name = "MEMBER")]
+        /// Any member of the pool, UUID=<pool-uuid>, or its mount point
+        #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
         pool: String,
         #[arg(long, value_parser = ["nightly", "weekly", "continuous", "off"])]
         frequency: Option<String>,
@@ -388,14 +390,18 @@ fn main() -> ExitCode {
             Ok(f) => f,
             Err(e) => return fail(PROG, &e),
         };
-        let filter = dynamicfs::logging::filter("RUST_LOG", "warn");
+        let filter = dynamicfs::logging::filter(&["RUST_LOG"], "warn");
         if let Err(e) = dynamicfs::logging::init(format, dynamicfs::logging::LogTarget::Stderr, filter) {
             return fail(PROG, &e);
         }
     } else if let Some(f) = cli.log_format.as_deref() {
         std::env::set_var(dynamicfs::logging::FORMAT_ENV, f);
     }
-    let span = tracing::info_span!("cli", req = %dynamicfs::metrics::new_request_id());
+    // This command's request id: on its own log lines (the span) and sent
+    // with every control call, so the mount logs its work under it too.
+    let req = dynamicfs::metrics::new_request_id();
+    dynamicfs::control::client::set_request_id(&req);
+    let span = tracing::info_span!(target: dynamicfs::logging::REQUEST_TARGET, "cli", req = %req);
     let _entered = span.enter();
     match cli.command {
         Command::Mount { pool, mountpoint, mut options, foreground, verbose, listen } => {

@@ -343,9 +343,7 @@ fn wait_live(dir: &Path, pid: libc::pid_t, timeout: Duration) -> Result<(), Stri
 
 fn init_logging(log: Option<&Path>) -> Result<(), String> {
     use dynamicfs::logging::{self, LogFormat, LogTarget};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = logging::filter(&["DFS_LOG", "RUST_LOG"], "info");
     let format = LogFormat::choose(None).map_err(|e| e.to_string())?;
     let target = match log {
         Some(p) => LogTarget::File(p),
@@ -552,7 +550,8 @@ fn start_control(
     methods::register_admin(&mut registry);
     methods::register_mountpoint(&mut registry, mountpoint);
     // The scrub daemon of this mount (#9) and the temperature reports (#8).
-    for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop"] {
+    for m in ["scrub.start", "scrub.status", "scrub.pause", "scrub.resume", "scrub.stop", "scrub.run", "scrub.schedule"]
+    {
         let d = scrubd.clone();
         registry.register(m, move |_pool, params| {
             dynamicfs::engine::scrub_daemon::handle_control(&d, m, params)

@@ -2,15 +2,18 @@
 //! detect-orphans`, `dfs orphan-stats`, `dfs cleanup-orphans`: the integrity
 //! commands. Each returns the text to print, or one error line.
 //!
-//! `scrub` works on an **unmounted** pool: its members are found from one
+//! `scrub` on a **mounted** pool goes to the mount's control socket
+//! (`scrub.run`: the mount's scrub daemon runs one whole pass and returns
+//! the same report); on an unmounted pool its members are found from one
 //! of them (or `UUID=`) and opened read-only for a check, read-write and
-//! exclusive for `--repair` (a mounted pool is then refused, naming the
-//! device). The orphan commands go to the mount's control socket when the
+//! exclusive for `--repair` (a pool held by a process without a control
+//! socket is refused, naming the PID). The orphan commands go to the mount's control socket when the
 //! pool is mounted (`orphans.*` methods: the mount judges against its open
 //! allocators, so in-flight writes are safe) and work on the unmounted
 //! pool otherwise. `scrub-daemon` talks to the scrub daemon of a mounted
 //! pool through the control socket. `scrub-schedule` stores the schedule
-//! in the pool (unmounted; a mount honours it).
+//! in the pool: through the mount when mounted (`scrub.schedule`; its
+//! daemon follows it at once), on the pool opened here otherwise.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,7 +26,7 @@ use dynamicfs::discover::{find_members, open_members, DiscoverError, DiscoverOpt
 use dynamicfs::engine::lock::DEFAULT_LOCK_DIR;
 use dynamicfs::engine::orphans::{self, CleanupOptions, CleanupReport, OrphanReport};
 use dynamicfs::engine::scrub::{scrub_pool, ScrubOptions, ScrubReport};
-use dynamicfs::engine::scrub_daemon::{self, frequency_name, Intensity};
+use dynamicfs::engine::scrub_daemon::{self, Intensity, ScheduleView};
 use dynamicfs::fsck::pool_lock_holder;
 use serde::Serialize;
 
@@ -47,7 +50,7 @@ fn open_devices(arg: &str, write: bool) -> Result<Vec<Arc<dyn Device>>, String> 
     if write {
         if let Some(pid) = pool_lock_holder(std::path::Path::new(DEFAULT_LOCK_DIR), found.pool_uuid) {
             return Err(format!(
-                "pool {} is in use by PID {pid} (mounted?): unmount it first, or use `dfs scrub-daemon` on the mount",
+                "pool {} is in use by PID {pid}, which has no control socket: stop it first",
                 found.pool_uuid
             ));
         }
@@ -77,11 +80,23 @@ fn progress() -> Option<dynamicfs::fsck::Progress> {
     }))
 }
 
-/// `dfs scrub --pool P [--repair] [--json]`.
+/// `dfs scrub --pool P [--repair] [--json]`: through the mount when the
+/// pool is mounted (`scrub.run`: one whole pass by the mount's scrub
+/// daemon, its report returned), else on the pool opened here.
 pub fn scrub(pool: &str, repair: bool, as_json: bool) -> Result<Outcome, String> {
-    let devs = open_devices(pool, repair)?;
-    let opts = ScrubOptions { repair, lock_dir: None, progress: if as_json { None } else { progress() } };
-    let r = scrub_pool(&devs, &opts).map_err(|e| e.to_string())?;
+    let r: ScrubReport = match mounted(pool) {
+        Some(mut t) => {
+            if !as_json && std::io::stderr().is_terminal() {
+                eprintln!("scrub: the pool is mounted; the mount scrubs it (no progress line) ...");
+            }
+            t.call("scrub.run", serde_json::json!({ "repair": repair }))?
+        }
+        None => {
+            let devs = open_devices(pool, repair)?;
+            let opts = ScrubOptions { repair, lock_dir: None, progress: if as_json { None } else { progress() } };
+            scrub_pool(&devs, &opts).map_err(|e| e.to_string())?
+        }
+    };
     let text = if as_json { json(&r)? } else { render_scrub(&r) };
     Ok(Outcome { text, damage_left: !r.clean })
 }
@@ -158,63 +173,49 @@ pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>) -> Result
     Ok(Outcome { text, damage_left: false })
 }
 
-/// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`.
+/// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`:
+/// the `scrub.schedule` method, on the mount when the pool is mounted (its
+/// scrub daemon follows the new schedule at once), else on the pool
+/// opened here (read-write only to change it).
 pub fn scrub_schedule(
     pool: &str,
     frequency: Option<&str>,
     intensity: Option<&str>,
     as_json: bool,
 ) -> Result<Outcome, String> {
-    let change = frequency.is_some() || intensity.is_some();
-    let p = crate::cli::admin::open(pool, !change)?;
-    let mut rec = scrub_daemon::record(&p);
-    if change {
-        let f = match frequency {
-            Some(f) => scrub_daemon::parse_frequency(f)?,
-            None => rec.frequency,
-        };
-        let i = match intensity {
-            Some(i) => i.parse()?,
-            None => Intensity::from_code(rec.intensity),
-        };
-        rec = scrub_daemon::set_schedule(&p, f, i).map_err(|e| e.to_string())?;
-        p.close().map_err(|e| e.to_string())?;
+    let mut params = serde_json::Map::new();
+    if let Some(f) = frequency {
+        scrub_daemon::parse_frequency(f)?;
+        params.insert("frequency".into(), f.into());
     }
-    #[derive(Serialize)]
-    struct Shown {
-        frequency: &'static str,
-        intensity: &'static str,
-        rate_limit_bytes_per_sec: u64,
-        pass_running: bool,
-        extents_done: u64,
-        pass_started_ns: i64,
-        last_pass_finished_ns: i64,
+    if let Some(i) = intensity {
+        i.parse::<Intensity>()?;
+        params.insert("intensity".into(), i.into());
     }
-    let i = Intensity::from_code(rec.intensity);
-    let s = Shown {
-        frequency: frequency_name(rec.frequency),
-        intensity: i.name(),
-        rate_limit_bytes_per_sec: i.bytes_per_sec(),
-        pass_running: rec.running,
-        extents_done: rec.extents_done,
-        pass_started_ns: rec.pass_started_ns,
-        last_pass_finished_ns: rec.pass_finished_ns,
-    };
+    let mut target = crate::cli::admin::Target::open(pool, !params.is_empty())?;
+    let mounted = target.is_mounted();
+    let shown: Result<ScheduleView, String> = target.call("scrub.schedule", serde_json::Value::Object(params));
+    let closed = target.close();
+    let s = shown?;
+    closed?;
     let text = if as_json {
         json(&s)?
     } else {
         let mut t = format!(
-            "scrub schedule: {}, intensity {} ({}/s)\n",
+            "scrub schedule: {}, intensity {} ({}/s){}\n",
             s.frequency,
             s.intensity,
-            iec(s.rate_limit_bytes_per_sec)
+            iec(s.rate_limit_bytes_per_sec),
+            if mounted { " (followed by the mount)" } else { "" }
         );
         let _ = writeln!(
             t,
             "last pass: started {}, finished {}{}",
             format_time_ns(s.pass_started_ns.max(0) as u64),
             format_time_ns(s.last_pass_finished_ns.max(0) as u64),
-            if s.pass_running {
+            if s.pass_running && mounted {
+                format!(" (running: {} extents done)", s.extents_done)
+            } else if s.pass_running {
                 format!(" (interrupted after {} extents; resumes)", s.extents_done)
             } else {
                 String::new()
