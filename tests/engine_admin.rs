@@ -130,3 +130,61 @@ fn change_with_a_failed_member_and_refusals() {
     let members = pool.list_members();
     assert_eq!(members[3].state, "failed");
 }
+
+/// Errors per member (`list-disks`' ERRORS): a bit flipped in one member's
+/// fragment counts on that member only, whoever trips over it (a read,
+/// scrub); so does an IO error of one member; the others stay at 0.
+#[test]
+fn errors_are_counted_on_the_member_that_had_them() {
+    use dynamicfs::device::IoKind;
+    let devs = devices(4);
+    let pool = open(&devs);
+    let files = fill(&pool);
+    pool.sync_all().unwrap();
+    let errors = |pool: &Pool| pool.list_members().iter().map(|m| m.errors).collect::<Vec<u64>>();
+    assert_eq!(errors(&pool), vec![0; 4], "a clean pool has no errors");
+    let extents = pool.list_extents();
+    let first_of = |path: &str| extents.iter().find(|e| e.path.as_deref() == Some(path) && e.offset == 0).unwrap();
+    let flip = |e: &dynamicfs::engine::admin::ExtentInfo| {
+        let f = &e.fragments[0];
+        let m = pool.members()[f.member as usize].as_ref().unwrap();
+        let at = m.layout.data_offset(f.block) + m.layout.block_size as u64 + 1000;
+        devs[f.member as usize].flip_bit(at, 3).unwrap();
+        f.member as usize
+    };
+    let only_on = |before: &[u64], after: &[u64], member: usize, what: &str| {
+        for i in 0..before.len() {
+            if i == member {
+                assert!(after[i] > before[i], "{what}: member {i} did not count it: {before:?} -> {after:?}");
+            } else {
+                assert_eq!(after[i], before[i], "{what}: member {i} counted another member's error");
+            }
+        }
+    };
+
+    // A read trips over a flipped bit (and repairs it).
+    let before = errors(&pool);
+    let bad = flip(first_of("/d/f0"));
+    let (ino, data) = &files[0];
+    assert_eq!(&pool.read(*ino, 0, data.len()).unwrap(), data);
+    only_on(&before, &errors(&pool), bad, "read of a flipped bit");
+
+    // Scrub finds one (without repairing it).
+    let before = errors(&pool);
+    let e = first_of("/d/f1");
+    let bad = flip(e);
+    let id = uuid::Uuid::parse_str(&e.id).unwrap().as_u128();
+    let found = dynamicfs::engine::scrub::scrub_extent(&pool, id, false);
+    assert_eq!(found.errors.len(), 1, "{found:?}");
+    only_on(&before, &errors(&pool), bad, "scrub of a flipped bit");
+
+    // The device of one member fails a read.
+    let before = errors(&pool);
+    let e = first_of("/d/f2");
+    let member = e.fragments[0].member as usize;
+    devs[member].fail_nth(1, IoKind::Read);
+    let (ino, data) = &files[2];
+    assert_eq!(&pool.read(*ino, 0, data.len()).unwrap(), data);
+    devs[member].clear_fault_hook();
+    only_on(&before, &errors(&pool), member, "IO error on read");
+}

@@ -75,6 +75,11 @@ pub struct MemberInfo {
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub fragments: u64,
+    /// Fragment IO errors and verification failures seen on this member
+    /// since the pool was opened (`Counters::member_errors`; in memory
+    /// only). Absent from the answer of an older mount: 0.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// One fragment of an extent.
@@ -110,7 +115,7 @@ fn member_state_name(s: MemberState) -> &'static str {
 }
 
 impl Pool {
-    /// Every member with its space and fragment count.
+    /// Every member with its space, fragment count and errors seen.
     pub fn list_members(&self) -> Vec<MemberInfo> {
         let m = self.meta();
         let mut frags = vec![0u64; self.members.len().max(m.state.members.len())];
@@ -144,6 +149,7 @@ impl Pool {
                     used_bytes: alloc.map(|a| a.used_blocks() * bs).unwrap_or(0),
                     free_bytes: alloc.map(|a| a.free_blocks() * bs).unwrap_or(0),
                     fragments: frags[i],
+                    errors: self.counters.member_errors.get(i as u32),
                 }
             })
             .collect()

@@ -176,8 +176,8 @@ pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
         return json(&members);
     }
     let mut tb = Table::new(
-        &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "PATH"],
-        &[true, false, true, true, true, true, false],
+        &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "ERRORS", "PATH"],
+        &[true, false, true, true, true, true, true, false],
     );
     // Members that left the pool are history: only `--json` lists them.
     for m in members.iter().filter(|m| m.state != "removed") {
@@ -188,6 +188,7 @@ pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
             iec(m.used_bytes),
             iec(m.free_bytes),
             m.fragments.to_string(),
+            m.errors.to_string(),
             m.path.clone(),
         ]);
     }
