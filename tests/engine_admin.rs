@@ -46,6 +46,9 @@ fn change_policy_of_the_whole_pool() {
     assert_eq!(change.state, ChangeState::Done);
     assert_eq!(change.extents_done, change.extents_total);
     assert!(change.extents_total >= 8);
+    // Bytes: every byte of every file was re-encoded.
+    let bytes: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!((change.bytes_done, change.bytes_total), (bytes, bytes));
     for e in pool.list_extents() {
         assert_eq!(e.policy, "erasure:2+1", "{e:?}");
         assert_eq!(e.fragments.len(), 3);
@@ -60,7 +63,9 @@ fn change_policy_of_the_whole_pool() {
     assert!(pool.list_extents().iter().all(|e| e.policy == "erasure:2+1"));
     drop(pool);
     let pool = open(&devs);
-    assert_eq!(pool.policy_history().last().unwrap().state, ChangeState::Done);
+    let last = pool.policy_history().last().unwrap().clone();
+    assert_eq!(last.state, ChangeState::Done);
+    assert_eq!((last.bytes_done, last.bytes_total), (bytes, bytes), "bytes survive a reopen");
     assert!(pool.check_allocations().is_empty(), "{:?}", pool.check_allocations());
 }
 
@@ -96,6 +101,7 @@ fn change_survives_a_power_cut_and_resumes() {
         if was_running {
             interrupted += 1;
             assert!(resumed.iter().all(|c| c.state == ChangeState::Done));
+            assert!(resumed.iter().all(|c| c.bytes_done == c.bytes_total), "{resumed:?}");
             for e in pool.list_extents() {
                 assert_eq!(e.policy, "replication:3", "cut at {n}: {e:?}");
             }

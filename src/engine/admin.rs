@@ -317,6 +317,8 @@ impl Pool {
             extents_done: 0,
             extents_total: 0,
             message: String::new(),
+            bytes_done: 0,
+            bytes_total: 0,
         };
         self.put_change(&change)?;
         self.commit()?;
@@ -386,7 +388,8 @@ impl Pool {
             for &f in &files {
                 self.flush(f)?;
             }
-            let work: Vec<(Ino, u64, u128)> = {
+            // (file, extent index, extent id, extent bytes)
+            let work: Vec<(Ino, u64, u128, u64)> = {
                 let m = self.meta();
                 files
                     .iter()
@@ -397,10 +400,13 @@ impl Pool {
                         _ => None,
                     })
                     .flatten()
-                    .filter(|(_, _, id)| m.state.extents.get(id).is_some_and(|e| e.policy != change.policy))
+                    .filter_map(|(f, idx, id)| match m.state.extents.get(&id) {
+                        Some(e) if e.policy != change.policy => Some((f, idx, id, e.len as u64)),
+                        _ => None,
+                    })
                     .collect()
             };
-            // A resumed change keeps its total: what is left is what was
+            // A resumed change keeps its totals: what is left is what was
             // not converted (some converted extents may have been committed
             // after the last recorded progress).
             let left = work.len() as u64;
@@ -409,14 +415,22 @@ impl Pool {
             } else {
                 change.extents_total = change.extents_done + left;
             }
+            let left_bytes: u64 = work.iter().map(|w| w.3).sum();
+            if change.bytes_total >= left_bytes && change.bytes_total > 0 {
+                change.bytes_done = change.bytes_total - left_bytes;
+            } else {
+                // New, or recorded before records had bytes: counts from here.
+                change.bytes_total = change.bytes_done + left_bytes;
+            }
             self.put_change(&change)?;
-            for (n, (ino, idx, id)) in work.into_iter().enumerate() {
+            for (n, (ino, idx, id, len)) in work.into_iter().enumerate() {
                 if stop() {
                     stopped = true;
                     break;
                 }
                 self.reencode_extent(ino, idx, id, policy)?;
                 change.extents_done += 1;
+                change.bytes_done += len;
                 // The record follows each extent (what policy-status shows,
                 // durable with the extent's own change); a commit every 64.
                 self.put_change(&change)?;

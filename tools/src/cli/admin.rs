@@ -277,6 +277,8 @@ pub struct ChangeLine {
     pub finished: Option<String>,
     pub extents_done: u64,
     pub extents_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
     pub message: String,
 }
 
@@ -296,6 +298,8 @@ fn change_line(c: PolicyChange) -> ChangeLine {
         finished: c.finished_ns.map(|t| format_time_ns(t.max(0) as u64)),
         extents_done: c.extents_done,
         extents_total: c.extents_total,
+        bytes_done: c.bytes_done,
+        bytes_total: c.bytes_total,
         message: c.message,
     }
 }
@@ -311,8 +315,8 @@ pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
         return Ok("No policy changes recorded.\n".into());
     }
     let mut tb = Table::new(
-        &["ID", "STATE", "POLICY", "SCOPE", "PROGRESS", "STARTED", "FINISHED"],
-        &[true, false, false, false, true, false, false],
+        &["ID", "STATE", "POLICY", "SCOPE", "EXTENTS", "BYTES", "STARTED", "FINISHED", "MESSAGE"],
+        &[true, false, false, false, true, true, false, false, false],
     );
     for l in &lines {
         tb.row(vec![
@@ -321,8 +325,10 @@ pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
             l.policy.clone(),
             format!("{}{}", l.scope, if l.recursive { " (recursive)" } else { "" }),
             format!("{}/{}", l.extents_done, l.extents_total),
+            format!("{}/{}", iec(l.bytes_done), iec(l.bytes_total)),
             l.started.clone(),
             l.finished.clone().unwrap_or_else(|| "-".into()),
+            if l.message.is_empty() { "-".into() } else { l.message.clone() },
         ]);
     }
     Ok(tb.render(0))
