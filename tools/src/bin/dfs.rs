@@ -257,6 +257,9 @@ enum Command {
         /// low (16 MiB/s), medium (64 MiB/s) or high (256 MiB/s)
         #[arg(long, value_parser = ["low", "medium", "high"])]
         intensity: Option<String>,
+        /// Print JSON (the daemon's status, which every action answers)
+        #[arg(long)]
+        json: bool,
     },
     /// Show, or set, when the mount scrubs the pool on its own
     #[command(name = "scrub-schedule")]
@@ -469,8 +472,8 @@ fn main() -> ExitCode {
         Command::Rebuild(a) => on_pool(&a.pool, true, |t| admin::rebuild(t, a.json)),
         Command::RebuildStatus(a) => listing(&a, admin::rebuild_status),
         Command::Scrub { pool, repair, json } => integrity(scrub::scrub(&pool, repair, json)),
-        Command::ScrubDaemon { action, pool, intensity } => {
-            integrity(scrub::scrub_daemon(&action, &pool, intensity.as_deref()))
+        Command::ScrubDaemon { action, pool, intensity, json } => {
+            integrity(scrub::scrub_daemon(&action, &pool, intensity.as_deref(), json))
         }
         Command::ScrubSchedule { pool, frequency, intensity, json } => {
             integrity(scrub::scrub_schedule(&pool, frequency.as_deref(), intensity.as_deref(), json))
