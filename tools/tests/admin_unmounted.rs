@@ -4,6 +4,9 @@
 //! - `policy_status_shows_bytes`: a whole-pool change-policy, then
 //!   `policy-status` shows the bytes re-encoded (IEC in the table, exact
 //!   in `--json`).
+//! - `change_policy_progress_on_a_terminal_only`: under a pseudo-terminal
+//!   (`script`) an unmounted change-policy draws its progress bar on
+//!   stderr; piped, stderr stays empty.
 //!
 //! Files are written through the library (no mount needed); every check
 //! goes through the built `dfs`. Needs root and loop devices; skipped with
@@ -84,4 +87,29 @@ fn policy_status_shows_bytes() {
     assert!(header.contains(" EXTENTS ") && header.contains(" BYTES "), "{table}");
     let want = format!("{}/{}", dynamicfs::probe::iec(total), dynamicfs::probe::iec(total));
     assert!(table.lines().nth(1).unwrap().contains(&want), "{want:?} not in\n{table}");
+}
+
+#[test]
+fn change_policy_progress_on_a_terminal_only() {
+    if !have_loop_devices() {
+        return;
+    }
+    let lp = LoopPool::new(3, "replication:2", &[("/a", 6 * MIB as usize)]);
+    // A terminal: util-linux `script` runs it under a pty (stdout and
+    // stderr both go to its output). Paced so the bar is drawn on the way.
+    let cmd = format!("{DFS} change-policy --pool {} --policy erasure:2+1 --max-rate 8M", lp.m());
+    let o = std::process::Command::new("script")
+        .args(["-q", "-e", "-f", "-c", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(tty.contains("re-encoding extents under erasure:2+1"), "{tty}");
+    assert!(tty.contains("6/6 extents"), "no progress bar on a terminal:\n{tty}");
+    assert!(tty.contains("re-encoded 6 extents"), "{tty}");
+    // Piped: the result on stdout, nothing on stderr.
+    let o = run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "replication:3"]);
+    assert!(expect(&o, 0).contains("re-encoded 6 extents"));
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
 }

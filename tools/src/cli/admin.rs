@@ -351,19 +351,55 @@ pub struct ChangeArgs<'a> {
 pub fn change_policy(t: &mut Target, policy: &str, a: &ChangeArgs) -> Result<String, String> {
     let p: Policy = policy.parse().map_err(|e: dfs_format::FormatError| format!("policy {policy:?}: {e}"))?;
     p.validate().map_err(|e| format!("policy {policy:?}: {e}"))?;
-    let _ticker = match t {
-        Target::Mounted { socket, .. } if a.progress => Some(Ticker::start(socket.clone())),
-        _ => None,
+    let params =
+        serde_json::json!({"policy": policy, "path": a.path, "recursive": a.recursive, "max_rate": a.max_rate});
+    let c: PolicyChange = match t {
+        // Unmounted: the change runs here, and reports each extent.
+        Target::Local { pool, .. } if a.progress => {
+            let bar = ChangeBar::new();
+            methods::change_policy(pool, &params, &|done, total| bar.set(done, total)).map_err(|w| w.message)?
+        }
+        // Mounted: a second connection follows the change's record.
+        Target::Mounted { socket, .. } if a.progress => {
+            let _ticker = Ticker::start(socket.clone());
+            t.call("change-policy", params)?
+        }
+        _ => t.call("change-policy", params)?,
     };
-    let c: PolicyChange = t.call(
-        "change-policy",
-        serde_json::json!({"policy": policy, "path": a.path, "recursive": a.recursive, "max_rate": a.max_rate}),
-    )?;
     Ok(format!("{}: {} re-encoded {} extents under {p}\n", c.id, c.scope, c.extents_done))
 }
 
-/// A progress line for a change running in a mount: a second connection
-/// polls `policy-history` and rewrites one stderr line until dropped.
+/// The progress bar of a policy change on stderr (indicatif; callers make
+/// one only when stderr is a terminal). Left drawn when dropped.
+struct ChangeBar(indicatif::ProgressBar);
+
+impl ChangeBar {
+    fn new() -> ChangeBar {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        let style = indicatif::ProgressStyle::with_template("  {bar:32} {pos}/{len} extents  {elapsed} (ETA {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        ChangeBar(bar)
+    }
+
+    /// `done` of `total` extents (a resumed change, then the new one, each
+    /// start their own count).
+    fn set(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+impl Drop for ChangeBar {
+    fn drop(&mut self) {
+        if self.0.length().is_some() {
+            self.0.abandon();
+        }
+    }
+}
+
+/// A progress bar for a change running in a mount: a second connection
+/// polls `policy-history` and moves the bar until dropped.
 struct Ticker {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -376,18 +412,14 @@ impl Ticker {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let Ok(mut client) = Client::connect(&socket) else { return };
-            let mut shown = false;
+            let bar = ChangeBar::new();
             while !s.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(250));
                 let Ok(v) = client.call("policy-history", Value::Null) else { break };
                 let history: Vec<PolicyChange> = serde_json::from_value(v).unwrap_or_default();
                 if let Some(c) = history.iter().rev().find(|c| c.state == ChangeState::Running) {
-                    eprint!("\r  change {}: {}/{} extents   ", c.id, c.extents_done, c.extents_total);
-                    shown = true;
+                    bar.set(c.extents_done, c.extents_total);
                 }
-            }
-            if shown {
-                eprintln!();
             }
         });
         Ticker { stop, thread: Some(thread) }
