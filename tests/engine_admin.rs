@@ -194,3 +194,66 @@ fn errors_are_counted_on_the_member_that_had_them() {
     devs[member].clear_fault_hook();
     only_on(&before, &errors(&pool), member, "IO error on read");
 }
+
+/// A member's device dies in the middle of a change-policy (every IO on it
+/// errs from the third extent on): the change stops with the device's
+/// error but stays Running (resumable), and every byte reads back at once.
+/// With the member marked failed (after a reopen), the resume completes
+/// the change and a rebuild empties the member. Each member in turn: some
+/// hold a journal copy, so their death also stops commits.
+#[test]
+fn a_member_dying_mid_change_leaves_it_resumable() {
+    use dynamicfs::device::Fault;
+    let target: Policy = "erasure:2+1".parse().unwrap();
+    let mut stopped = 0;
+    for bad in 0..4 {
+        let devs = devices(4);
+        let pool = open(&devs);
+        let files = fill(&pool);
+        pool.sync_all().unwrap();
+        let dev = devs[bad].clone();
+        let r = pool.change_policy(ROOT_INO, "/", true, target, &|done, _| {
+            if done == 3 {
+                dev.set_fault_hook(Box::new(|_| Some(Fault::Error)));
+            }
+        });
+        match &r {
+            Ok(c) => assert_eq!(c.state, ChangeState::Done, "member {bad}"),
+            Err(e) => {
+                stopped += 1;
+                assert!(matches!(e, EngineError::Device(_)), "member {bad}: {e}");
+                // What policy-status shows meanwhile: running, with the error.
+                let last = pool.policy_history().last().unwrap().clone();
+                assert_eq!(last.state, ChangeState::Running, "member {bad}: {last:?}");
+                assert!(last.message.contains("stopped by an IO error at "), "member {bad}: {last:?}");
+                assert!(last.extents_done >= 3 && last.extents_done < last.extents_total, "member {bad}: {last:?}");
+            }
+        }
+        for (ino, data) in &files {
+            assert_eq!(&pool.read(*ino, 0, data.len()).unwrap(), data, "member {bad} dead: read back");
+        }
+        drop(pool);
+        devs[bad].clear_fault_hook();
+        let pool = open(&devs);
+        if r.is_err() {
+            let last = pool.policy_history().last().unwrap().clone();
+            assert_eq!(last.state, ChangeState::Running, "member {bad}: not resumable: {last:?}");
+        }
+        pool.set_member_state(bad as u32, MemberState::Failed).unwrap();
+        let resumed = pool.resume_policy_changes(&|_, _| {}).unwrap();
+        assert!(resumed.iter().all(|c| c.state == ChangeState::Done), "member {bad}: {resumed:?}");
+        let c = pool.policy_history().last().unwrap().clone();
+        assert_eq!((c.state, c.extents_done), (ChangeState::Done, c.extents_total), "member {bad}");
+        assert!(pool.list_extents().iter().all(|e| e.policy == "erasure:2+1"), "member {bad}");
+        pool.rebuild_all(usize::MAX).unwrap();
+        assert!(
+            pool.list_extents().iter().all(|e| e.fragments.iter().all(|f| f.member != bad as u32)),
+            "member {bad}: fragments left on the failed member after a rebuild"
+        );
+        for (ino, data) in &files {
+            assert_eq!(&pool.read(*ino, 0, data.len()).unwrap(), data, "member {bad}: after the resume");
+        }
+        assert!(pool.check_allocations().is_empty(), "{:?}", pool.check_allocations());
+    }
+    assert!(stopped > 0, "no change was stopped by the dying member");
+}

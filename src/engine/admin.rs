@@ -12,7 +12,9 @@
 //! change is recorded in the pool's history (`State::history`) as Running
 //! before the first extent and Done at the end, with progress in between;
 //! after a crash or unmount, `resume_policy_changes` finishes what is still
-//! Running (extents already converted are skipped). An extent rewritten by a
+//! Running (extents already converted are skipped); so does a change that a
+//! device error stopped (a member failing mid-change: the record stays
+//! Running with the error in its message). An extent rewritten by a
 //! concurrent writer in the meantime is left alone (the writer's new extent
 //! already has the file's policy).
 //!
@@ -450,6 +452,19 @@ impl Pool {
                 "policy change stopped; resumes at next mount"
             );
             return Ok(change);
+        }
+        // A device failed under the change (a member dying mid-way): what
+        // was converted stays converted and the change stays Running, so it
+        // resumes (at the next mount, or before the next change-policy) once
+        // the member is failed or back. Other errors end it as Failed.
+        if let Err(e @ EngineError::Device(_)) = &result {
+            let note = format!("stopped by an IO error at {}/{} extents: {e}", change.extents_done, change.extents_total);
+            tracing::warn!(change = change.id, "policy change {note}; it resumes later");
+            change.message = if change.message.is_empty() { note } else { format!("{}; {note}", change.message) };
+            // Recorded if the pool still takes writes (else the durable
+            // record is Running already).
+            let _ = self.put_change(&change).and_then(|_| self.commit());
+            return result.map(|_| change);
         }
         change.finished_ns = Some(now_ns());
         match &result {

@@ -7,6 +7,15 @@
 //! - `change_policy_progress_on_a_terminal_only`: under a pseudo-terminal
 //!   (`script`) an unmounted change-policy draws its progress bar on
 //!   stderr; piped, stderr stays empty.
+//! - `change_policy_of_a_subtree`: `--path DIR` changes that directory's
+//!   files only, `--path DIR --recursive` its whole tree; no other extent
+//!   (a sibling directory whose name starts the same included) changes.
+//! - `add_disk_refusals`: a device with an ext4 signature is refused
+//!   without `--force` and taken with it; a member of another pool is
+//!   refused (naming that pool) and both pools are left as they were.
+//! - `unknown_members_are_refused`: `fail-disk` / `remove-disk` of an
+//!   index or a path that is no member of the pool: one line, exit 1,
+//!   nothing changed.
 //!
 //! Files are written through the library (no mount needed); every check
 //! goes through the built `dfs`. Needs root and loop devices; skipped with
@@ -15,6 +24,7 @@
 
 mod common;
 
+use std::process::Output;
 use std::sync::Arc;
 
 use common::{expect, have_loop_devices, json, mkfs, pattern, run, Loop, MIB};
@@ -66,6 +76,32 @@ impl LoopPool {
     fn m(&self) -> &str {
         self.loops[0].s()
     }
+
+    /// Every file reads back as written (through the library, read-only).
+    fn assert_files(&self) {
+        let pool = self.pool(true);
+        for (path, data) in &self.files {
+            let ino = dynamicfs::control::methods::resolve(&pool, path).unwrap();
+            assert!(pool.read(ino, 0, data.len()).unwrap() == *data, "{path} differs");
+        }
+    }
+}
+
+/// Exit status 1 and one `dfs: error: ...` line containing `needle`.
+fn one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("dfs: error: ") && err.contains(needle), "{needle:?} not in {err}");
+}
+
+/// `list-disks --json` and `list-extents --json` of the pool: what a
+/// refused command must leave as it was.
+fn snapshot(m: &str) -> (serde_json::Value, serde_json::Value) {
+    (
+        json(&run(DFS, &["list-disks", "--pool", m, "--json"]), 0),
+        json(&run(DFS, &["list-extents", "--pool", m, "--json"]), 0),
+    )
 }
 
 #[test]
@@ -112,4 +148,121 @@ fn change_policy_progress_on_a_terminal_only() {
     let o = run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "replication:3"]);
     assert!(expect(&o, 0).contains("re-encoded 6 extents"));
     assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn change_policy_of_a_subtree() {
+    if !have_loop_devices() {
+        return;
+    }
+    let files = [
+        ("/keep", 1_200_000),
+        ("/tree/a", 2 * MIB as usize + 5),
+        ("/tree/sub/b", 1_500_000),
+        ("/tree/sub/deeper/c", 300_000),
+        ("/tree2/d", 1_100_000), // a sibling whose name starts like the tree's
+    ];
+    let lp = LoopPool::new(3, "replication:2", &files);
+    let policies = |m: &str| -> Vec<(String, String)> {
+        let extents = json(&run(DFS, &["list-extents", "--pool", m, "--json"]), 0);
+        extents
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["path"].as_str().unwrap().to_string(), e["policy"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    // Without --recursive: the directory's own files only.
+    expect(&run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "replication:3", "--path", "/tree"]), 0);
+    for (path, policy) in policies(lp.m()) {
+        let want = if path == "/tree/a" { "replication:3" } else { "replication:2" };
+        assert_eq!(policy, want, "{path} after --path /tree");
+    }
+    // With --recursive: the whole tree, nothing else.
+    let out =
+        expect(&run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "erasure:2+1", "--path", "/tree", "--recursive"]), 0);
+    assert!(out.contains("/tree re-encoded 6 extents under erasure:2+1"), "{out}");
+    let mut seen = 0;
+    for (path, policy) in policies(lp.m()) {
+        let want = if path.starts_with("/tree/") { "erasure:2+1" } else { "replication:2" };
+        assert_eq!(policy, want, "{path} after --path /tree --recursive");
+        seen += 1;
+    }
+    assert_eq!(seen, 10, "every extent listed");
+    let h = json(&run(DFS, &["policy-status", "--pool", lp.m(), "--json"]), 0);
+    let last = h.as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["scope"].as_str(), last["recursive"].as_bool()), (Some("/tree"), Some(true)), "{h}");
+    let tree_bytes: u64 = lp.files.iter().filter(|(p, _)| p.starts_with("/tree/")).map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(last["bytes_total"], tree_bytes, "{h}");
+    lp.assert_files();
+}
+
+#[test]
+fn add_disk_refusals() {
+    if !have_loop_devices() {
+        return;
+    }
+    if std::process::Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        eprintln!("skipping: mkfs.ext4 is not installed");
+        return;
+    }
+    let lp = LoopPool::new(3, "replication:2", &[("/f", 2 * MIB as usize)]);
+    let other = LoopPool::new(2, "replication:2", &[("/g", MIB as usize)]);
+    let other_uuid = json(&run(DFS, &["status", "--pool", other.m(), "--json"]), 0)["pool_uuid"].clone();
+    let before = snapshot(lp.m());
+    let other_before = snapshot(other.m());
+
+    // A member of another pool: refused, naming that pool; both unchanged.
+    let o = run(DFS, &["add-disk", "--pool", lp.m(), "--disk", other.loops[1].s()]);
+    one_line_error(&o, &format!("is already a DynamicFS member (pool {}", other_uuid.as_str().unwrap()));
+    assert_eq!(snapshot(lp.m()), before, "the pool changed");
+    assert_eq!(snapshot(other.m()), other_before, "the other pool changed");
+    other.assert_files();
+
+    // A device carrying ext4: refused without --force, taken with it.
+    let ext4 = Loop::new(64 * MIB);
+    let mk = std::process::Command::new("mkfs.ext4").args(["-q", "-F", ext4.s()]).output().unwrap();
+    assert!(mk.status.success(), "{}", String::from_utf8_lossy(&mk.stderr));
+    let o = run(DFS, &["add-disk", "--pool", lp.m(), "--disk", ext4.s()]);
+    one_line_error(&o, &format!("{}: contains an ext4 filesystem", ext4.s()));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"), "the error says how to override");
+    assert_eq!(snapshot(lp.m()), before, "a refused add-disk changed the pool");
+    let added = json(&run(DFS, &["add-disk", "--pool", lp.m(), "--disk", ext4.s(), "--force", "--json"]), 0);
+    assert_eq!(added["index"], 3, "{added}");
+    let disks = json(&run(DFS, &["list-disks", "--pool", lp.m(), "--json"]), 0);
+    assert_eq!(disks.as_array().unwrap().len(), 4, "{disks}");
+    assert_eq!(disks[3]["state"], "online", "{disks}");
+    assert!(
+        !String::from_utf8_lossy(&run("blkid", &["-p", ext4.s()]).stdout).contains("ext4"),
+        "the ext4 signature is gone"
+    );
+    // The new member takes fragments: a whole-pool change to 2+2 needs it.
+    expect(&run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "erasure:2+2"]), 0);
+    let disks = json(&run(DFS, &["list-disks", "--pool", lp.m(), "--json"]), 0);
+    assert!(disks[3]["fragments"].as_u64().unwrap() > 0, "{disks}");
+    lp.assert_files();
+}
+
+#[test]
+fn unknown_members_are_refused() {
+    if !have_loop_devices() {
+        return;
+    }
+    let lp = LoopPool::new(3, "replication:2", &[("/f", 2 * MIB as usize)]);
+    let other = LoopPool::new(1, "replication:1", &[]);
+    let stranger = Loop::new(64 * MIB);
+    let m = lp.m();
+    let before = snapshot(m);
+    for cmd in ["fail-disk", "remove-disk"] {
+        one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", "7"]), "no member 7 in pool");
+        one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", "/no/such/device"]), "/no/such/device: not a member of this pool");
+        one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", stranger.s()]), "not a member of this pool");
+        one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", other.m()]), "not a member of this pool");
+        assert_eq!(snapshot(m), before, "a refused {cmd} changed the pool");
+    }
+    one_line_error(&run(DFS, &["fail-disk", "--pool", m, "--index", "3"]), "no member 3 in pool");
+    assert_eq!(snapshot(m), before);
+    // A usage error is exit 2.
+    assert_eq!(run(DFS, &["fail-disk", "--pool", m, "--index", "x"]).status.code(), Some(2));
+    lp.assert_files();
 }
