@@ -31,7 +31,7 @@ use crate::engine::admin::paced;
 use crate::engine::orphans;
 use crate::engine::rebuild::{DrainProgress, RebuildIo, Worker};
 use crate::engine::scrub_daemon;
-use crate::engine::state::MemberState;
+use crate::engine::state::{MemberState, PolicyChange};
 use crate::engine::{EngineError, Pool, ROOT_INO};
 use dfs_format::Policy;
 use serde::Serialize;
@@ -95,38 +95,42 @@ pub fn resolve(pool: &Pool, path: &str) -> Result<u64, WireError> {
     Ok(ino)
 }
 
+/// The `change-policy` method: finish the changes a crash or an unmount
+/// interrupted, then run this one (`params` as the method takes them);
+/// `progress(done, total)` follows the extents. The CLI calls it directly
+/// on an unmounted pool, to show progress.
+pub fn change_policy(pool: &Pool, p: &Value, progress: &dyn Fn(u64, u64)) -> Result<PolicyChange, WireError> {
+    let text =
+        param_str(p, "policy")?.ok_or_else(|| WireError::new(ErrorKind::Params, "parameter \"policy\" is required"))?;
+    let policy: Policy = text
+        .parse()
+        .map_err(|e: dfs_format::FormatError| WireError::new(ErrorKind::Params, format!("policy {text:?}: {e}")))?;
+    let recursive = param_bool(p, "recursive")?;
+    let (ino, scope, recursive) = match param_str(p, "path")? {
+        Some(path) => (resolve(pool, path)?, path.to_string(), recursive),
+        None => (ROOT_INO, "/".to_string(), true),
+    };
+    let rate = match p.get("max_rate") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().filter(|r| *r > 0).ok_or_else(|| {
+            WireError::new(ErrorKind::Params, "parameter \"max_rate\" must be bytes per second (> 0)")
+        })?),
+    };
+    pool.resume_policy_changes(progress).map_err(failed)?;
+    match rate {
+        Some(r) => pool.change_policy(ino, &scope, recursive, policy, &paced(r, progress)),
+        None => pool.change_policy(ino, &scope, recursive, policy, progress),
+    }
+    .map_err(failed)
+}
+
 /// Register the methods every pool answers.
 pub fn register_admin(r: &mut Registry) {
     r.register("ping", |pool, _| Ok(serde_json::json!({"pool": pool.uuid().to_string(), "pid": std::process::id()})));
     r.register("list-disks", |pool, _| to_value(&pool.list_members()));
     r.register("list-extents", |pool, _| to_value(&pool.list_extents()));
     r.register("policy-history", |pool, _| to_value(&pool.policy_history()));
-    r.register("change-policy", |pool, p| {
-        let text = param_str(&p, "policy")?
-            .ok_or_else(|| WireError::new(ErrorKind::Params, "parameter \"policy\" is required"))?;
-        let policy: Policy = text
-            .parse()
-            .map_err(|e: dfs_format::FormatError| WireError::new(ErrorKind::Params, format!("policy {text:?}: {e}")))?;
-        let recursive = param_bool(&p, "recursive")?;
-        let (ino, scope, recursive) = match param_str(&p, "path")? {
-            Some(path) => (resolve(pool, path)?, path.to_string(), recursive),
-            None => (ROOT_INO, "/".to_string(), true),
-        };
-        let rate = match p.get("max_rate") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().filter(|r| *r > 0).ok_or_else(|| {
-                WireError::new(ErrorKind::Params, "parameter \"max_rate\" must be bytes per second (> 0)")
-            })?),
-        };
-        // Finish what a crash or an unmount interrupted first.
-        pool.resume_policy_changes(&|_, _| {}).map_err(failed)?;
-        let c = match rate {
-            Some(r) => pool.change_policy(ino, &scope, recursive, policy, &paced(r, &|_, _| {})),
-            None => pool.change_policy(ino, &scope, recursive, policy, &|_, _| {}),
-        }
-        .map_err(failed)?;
-        to_value(&c)
-    });
+    r.register("change-policy", |pool, p| to_value(&change_policy(pool, &p, &|_, _| {})?));
     r.register("fail-disk", |pool, p| {
         let index = member_index(pool, &p)?;
         pool.set_member_state(index, MemberState::Failed).map_err(failed)?;

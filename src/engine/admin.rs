@@ -12,7 +12,9 @@
 //! change is recorded in the pool's history (`State::history`) as Running
 //! before the first extent and Done at the end, with progress in between;
 //! after a crash or unmount, `resume_policy_changes` finishes what is still
-//! Running (extents already converted are skipped). An extent rewritten by a
+//! Running (extents already converted are skipped); so does a change that a
+//! device error stopped (a member failing mid-change: the record stays
+//! Running with the error in its message). An extent rewritten by a
 //! concurrent writer in the meantime is left alone (the writer's new extent
 //! already has the file's policy).
 //!
@@ -75,6 +77,11 @@ pub struct MemberInfo {
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub fragments: u64,
+    /// Fragment IO errors and verification failures seen on this member
+    /// since the pool was opened (`Counters::member_errors`; in memory
+    /// only). Absent from the answer of an older mount: 0.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// One fragment of an extent.
@@ -110,7 +117,7 @@ fn member_state_name(s: MemberState) -> &'static str {
 }
 
 impl Pool {
-    /// Every member with its space and fragment count.
+    /// Every member with its space, fragment count and errors seen.
     pub fn list_members(&self) -> Vec<MemberInfo> {
         let m = self.meta();
         let mut frags = vec![0u64; self.members.len().max(m.state.members.len())];
@@ -144,6 +151,7 @@ impl Pool {
                     used_bytes: alloc.map(|a| a.used_blocks() * bs).unwrap_or(0),
                     free_bytes: alloc.map(|a| a.free_blocks() * bs).unwrap_or(0),
                     fragments: frags[i],
+                    errors: self.counters.member_errors.get(i as u32),
                 }
             })
             .collect()
@@ -313,6 +321,8 @@ impl Pool {
             extents_done: 0,
             extents_total: 0,
             message: String::new(),
+            bytes_done: 0,
+            bytes_total: 0,
         };
         self.put_change(&change)?;
         self.commit()?;
@@ -382,7 +392,8 @@ impl Pool {
             for &f in &files {
                 self.flush(f)?;
             }
-            let work: Vec<(Ino, u64, u128)> = {
+            // (file, extent index, extent id, extent bytes)
+            let work: Vec<(Ino, u64, u128, u64)> = {
                 let m = self.meta();
                 files
                     .iter()
@@ -393,10 +404,13 @@ impl Pool {
                         _ => None,
                     })
                     .flatten()
-                    .filter(|(_, _, id)| m.state.extents.get(id).is_some_and(|e| e.policy != change.policy))
+                    .filter_map(|(f, idx, id)| match m.state.extents.get(&id) {
+                        Some(e) if e.policy != change.policy => Some((f, idx, id, e.len as u64)),
+                        _ => None,
+                    })
                     .collect()
             };
-            // A resumed change keeps its total: what is left is what was
+            // A resumed change keeps its totals: what is left is what was
             // not converted (some converted extents may have been committed
             // after the last recorded progress).
             let left = work.len() as u64;
@@ -405,14 +419,22 @@ impl Pool {
             } else {
                 change.extents_total = change.extents_done + left;
             }
+            let left_bytes: u64 = work.iter().map(|w| w.3).sum();
+            if change.bytes_total >= left_bytes && change.bytes_total > 0 {
+                change.bytes_done = change.bytes_total - left_bytes;
+            } else {
+                // New, or recorded before records had bytes: counts from here.
+                change.bytes_total = change.bytes_done + left_bytes;
+            }
             self.put_change(&change)?;
-            for (n, (ino, idx, id)) in work.into_iter().enumerate() {
+            for (n, (ino, idx, id, len)) in work.into_iter().enumerate() {
                 if stop() {
                     stopped = true;
                     break;
                 }
                 self.reencode_extent(ino, idx, id, policy)?;
                 change.extents_done += 1;
+                change.bytes_done += len;
                 // The record follows each extent (what policy-status shows,
                 // durable with the extent's own change); a commit every 64.
                 self.put_change(&change)?;
@@ -432,6 +454,19 @@ impl Pool {
                 "policy change stopped; resumes at next mount"
             );
             return Ok(change);
+        }
+        // A device failed under the change (a member dying mid-way): what
+        // was converted stays converted and the change stays Running, so it
+        // resumes (at the next mount, or before the next change-policy) once
+        // the member is failed or back. Other errors end it as Failed.
+        if let Err(e @ EngineError::Device(_)) = &result {
+            let note = format!("stopped by an IO error at {}/{} extents: {e}", change.extents_done, change.extents_total);
+            tracing::warn!(change = change.id, "policy change {note}; it resumes later");
+            change.message = if change.message.is_empty() { note } else { format!("{}; {note}", change.message) };
+            // Recorded if the pool still takes writes (else the durable
+            // record is Running already).
+            let _ = self.put_change(&change).and_then(|_| self.commit());
+            return result.map(|_| change);
         }
         change.finished_ns = Some(now_ns());
         match &result {

@@ -340,6 +340,9 @@ struct IoBatch {
     results: Mutex<Vec<Option<Result<u64>>>>,
     /// Set by the encoding job.
     extent_blake3: Mutex<Option<[u8; 32]>>,
+    /// The encoding job failed: the errors in `results` are its own, not
+    /// the devices'.
+    encoding_failed: std::sync::atomic::AtomicBool,
     /// Counts the fragment writes.
     latch: workers::Latch,
 }
@@ -406,6 +409,7 @@ fn encode_and_send(plan: EncodePlan, data: Arc<AlignedBuf>, io: Arc<IoBatch>) {
     let count = targets.len();
     let fail = |io: &IoBatch, e: EngineError| {
         let msg = e.to_string();
+        io.encoding_failed.store(true, Ordering::Relaxed);
         let mut r = io.results.lock().unwrap_or_else(|p| p.into_inner());
         for slot in r.iter_mut() {
             *slot = Some(Err(EngineError::Other(msg.clone())));
@@ -1620,20 +1624,27 @@ impl Pool {
         }
         let hdr = AlignedBuf::from_slice_padded(&block_sums::header_block(header, payload), bs);
         let offset = mem.layout.data_offset(loc.block);
-        mem.dev.write_batch(&[
-            WriteReq { offset, buf: &hdr },
-            WriteReq { offset: offset + bs as u64, buf: &payload[..plen] },
-        ])?;
-        if self.opts.verify_writes {
-            let mut check = AlignedBuf::zeroed(bs + plen);
-            mem.dev.read_at(offset, &mut check)?;
-            if check[..bs] != hdr[..] || check[bs..] != payload[..plen] {
-                return Err(EngineError::Other(format!(
-                    "{}: read-after-write mismatch at offset {offset}",
-                    mem.dev.identity()
-                )));
+        let written = (|| -> Result<()> {
+            mem.dev.write_batch(&[
+                WriteReq { offset, buf: &hdr },
+                WriteReq { offset: offset + bs as u64, buf: &payload[..plen] },
+            ])?;
+            if self.opts.verify_writes {
+                let mut check = AlignedBuf::zeroed(bs + plen);
+                mem.dev.read_at(offset, &mut check)?;
+                if check[..bs] != hdr[..] || check[bs..] != payload[..plen] {
+                    return Err(EngineError::Other(format!(
+                        "{}: read-after-write mismatch at offset {offset}",
+                        mem.dev.identity()
+                    )));
+                }
             }
+            Ok(())
+        })();
+        if written.is_err() {
+            self.counters.member_errors.note(loc.member);
         }
+        written?;
         self.counters.fragments_written.fetch_add(1, Ordering::Relaxed);
         Ok((bs + plen) as u64)
     }
@@ -1733,6 +1744,7 @@ impl Pool {
         let io = Arc::new(IoBatch {
             results: Mutex::new((0..count).map(|_| None).collect()),
             extent_blake3: Mutex::new(None),
+            encoding_failed: Default::default(),
             latch: workers::Latch::new(count),
         });
         let job_io = io.clone();
@@ -1749,6 +1761,7 @@ impl Pool {
         let results = std::mem::take(&mut *w.io.results.lock().unwrap_or_else(|p| p.into_inner()));
         let mut extent = w.extent.clone();
         let hash = *w.io.extent_blake3.lock().unwrap_or_else(|p| p.into_inner());
+        let device_errors = !w.io.encoding_failed.load(Ordering::Relaxed);
         drop(w);
         match hash {
             Some(h) => extent.blake3 = h,
@@ -1758,12 +1771,15 @@ impl Pool {
             }
         }
         let mut first_err = None;
-        for r in results {
+        for (r, loc) in results.into_iter().zip(extent.frags.iter()) {
             match r {
                 Some(Ok(_)) => {
                     self.counters.fragments_written.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(Err(e)) => {
+                    if device_errors {
+                        self.counters.member_errors.note(loc.member);
+                    }
                     first_err.get_or_insert(e);
                 }
                 None => {
@@ -1848,6 +1864,7 @@ impl Pool {
         })();
         if let Err(fault) = &res {
             self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
+            self.counters.member_errors.note(loc.member);
             tracing::warn!(
                 extent = %uuid::Uuid::from_u128(e.id),
                 fragment = index,
@@ -1948,6 +1965,7 @@ impl Pool {
         if let Some((i, fault)) = bad {
             if i < n && faults[i].is_none() {
                 self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.member_errors.note(e.frags[i].member);
                 tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = i, %fault, "bad fragment (partial read)");
                 faults[i] = Some(fault);
             }
@@ -1988,6 +2006,7 @@ impl Pool {
                 }
                 for (i, why) in culprits {
                     self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.member_errors.note(e.frags[i].member);
                     tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = i, "bad fragment: {why}");
                     got[i] = None;
                     faults[i] = Some(FragFault::Corrupt(why));

@@ -194,6 +194,38 @@ pub struct Counters {
     pub repair_failures: AtomicU64,
     /// Reads that failed because an extent had too few good fragments.
     pub extents_lost: AtomicU64,
+    /// Errors seen on each member since the pool was opened.
+    pub member_errors: MemberErrors,
+}
+
+/// Errors seen on each member (by index) since the pool was opened: a
+/// fragment read that failed (IO error) or did not verify (header, payload
+/// BLAKE3, block sum, decode), and a fragment write that failed (IO error,
+/// read-after-write mismatch) — whoever did the IO: a read, a write, a
+/// policy change, scrub, repair, rebuild or drain. One per fragment and
+/// attempt. Kept in memory only (see docs/DECISIONS.md, "Per-member error
+/// counts").
+#[derive(Debug)]
+pub struct MemberErrors(Box<[AtomicU64]>);
+
+impl Default for MemberErrors {
+    fn default() -> Self {
+        MemberErrors((0..MAX_MEMBERS).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl MemberErrors {
+    /// Count one error on `member` (an index past the table is ignored).
+    pub fn note(&self, member: u32) {
+        if let Some(c) = self.0.get(member as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Errors counted on `member` so far.
+    pub fn get(&self, member: u32) -> u64 {
+        self.0.get(member as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// State changed under the `meta` lock.

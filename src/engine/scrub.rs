@@ -158,6 +158,7 @@ pub fn scrub_extent(pool: &Pool, id: u128, repair: bool) -> ExtentScrub {
             Err(fault) => {
                 if !matches!(fault, FragmentFault::Absent) {
                     out.bytes += redundancy::shard_len(e.policy(), e.len) as u64;
+                    pool.counters.member_errors.note(loc.member);
                 }
                 out.errors.push(FragmentError {
                     extent,

@@ -166,6 +166,51 @@ pub struct PolicyChange {
     pub extents_done: u64,
     pub extents_total: u64,
     pub message: String,
+    /// Logical bytes of the extents re-encoded so far and in all (0 in
+    /// records written before checkpoint version 2 / `PutPolicyChange`;
+    /// a resumed old record counts from the resume). JSON of an older
+    /// mount lacks them: 0.
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: u64,
+}
+
+/// A [`PolicyChange`] as checkpoint version 1 and the `PutPolicyChangeV1`
+/// op stored it (no bytes). Frozen: decoded, never written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChangeV1 {
+    pub id: u64,
+    pub scope: String,
+    pub ino: Ino,
+    pub recursive: bool,
+    pub policy: [u8; 4],
+    pub started_ns: i64,
+    pub finished_ns: Option<i64>,
+    pub state: ChangeState,
+    pub extents_done: u64,
+    pub extents_total: u64,
+    pub message: String,
+}
+
+impl From<PolicyChangeV1> for PolicyChange {
+    fn from(c: PolicyChangeV1) -> PolicyChange {
+        PolicyChange {
+            id: c.id,
+            scope: c.scope,
+            ino: c.ino,
+            recursive: c.recursive,
+            policy: c.policy,
+            started_ns: c.started_ns,
+            finished_ns: c.finished_ns,
+            state: c.state,
+            extents_done: c.extents_done,
+            extents_total: c.extents_total,
+            message: c.message,
+            bytes_done: 0,
+            bytes_total: 0,
+        }
+    }
 }
 
 /// The whole metadata state.
@@ -231,7 +276,10 @@ pub struct ScrubRecord {
 }
 
 /// One atomic change to the state; a journal record carries a list of them
-/// (one or more transactions). Version 1 of the record encoding.
+/// (one or more transactions). Version 1 of the record encoding, extended
+/// only by appending variants (postcard tags a variant by its position):
+/// an op whose fields change keeps its old variant, frozen and decoded
+/// only (so old journal records replay), and gets a new one at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Create inode `ino` (must not exist) with `attrs` and an initial body.
@@ -260,8 +308,10 @@ pub enum Op {
     PutMember { member: MemberRec },
     /// Change pool settings.
     SetConfig { config: PoolConfig },
-    /// Add (new id) or update a policy-change record.
-    PutPolicyChange { change: PolicyChange },
+    /// Add (new id) or update a policy-change record, as journals written
+    /// before records had bytes hold it. Replay only; writers use
+    /// [`Op::PutPolicyChange`].
+    PutPolicyChangeV1 { change: PolicyChangeV1 },
     /// Store the access statistics of many extents (a batch flushed by
     /// `crate::temperature`). Entries of extents that no longer exist are
     /// ignored, so replay may see stats of extents deleted since.
@@ -272,6 +322,8 @@ pub enum Op {
     /// every key known and every value canonical, else the op does not
     /// apply. Added after the others, so older records decode unchanged.
     SetTemperatureSettings { settings: BTreeMap<String, String> },
+    /// Add (new id) or update a policy-change record.
+    PutPolicyChange { change: PolicyChange },
 }
 
 /// Why an op did not apply.
@@ -339,6 +391,14 @@ impl State {
         match &mut self.inode_mut(dir)?.body {
             Body::Dir { entries, .. } => Ok(entries),
             _ => err(format!("inode {dir} is not a directory")),
+        }
+    }
+
+    /// Add (new id) or replace (same id) a policy-change record.
+    fn put_change(&mut self, change: PolicyChange) {
+        match self.history.iter_mut().find(|c| c.id == change.id) {
+            Some(c) => *c = change,
+            None => self.history.push(change),
         }
     }
 
@@ -498,10 +558,8 @@ impl State {
                 }
             }
             Op::SetConfig { config } => self.config = config.clone(),
-            Op::PutPolicyChange { change } => match self.history.iter_mut().find(|c| c.id == change.id) {
-                Some(c) => *c = change.clone(),
-                None => self.history.push(change.clone()),
-            },
+            Op::PutPolicyChange { change } => self.put_change(change.clone()),
+            Op::PutPolicyChangeV1 { change } => self.put_change(change.clone().into()),
             Op::PutTempStats { stats } => {
                 for (id, s) in stats {
                     if self.extents.contains_key(id) {
@@ -643,8 +701,9 @@ where
 /// First bytes of every checkpoint payload.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"DFCK";
 /// The checkpoint encoding this build writes: [`State`] as postcard
-/// (positional: every field, in declaration order). Version 1: without
-/// `temperature_settings` ([`StateV1`]); version 2: with it, last.
+/// (positional: every field, in declaration order). Version 1
+/// ([`StateV1`]): no bytes in policy-change records and no
+/// `temperature_settings`; version 2 added both.
 pub const CHECKPOINT_VERSION: u16 = 2;
 /// Bytes before the postcard body: magic (4), version (u16 LE), reserved
 /// (u16, zero).
@@ -695,30 +754,30 @@ impl State {
             return Err(CheckpointError::Decode { version, reason: "reserved header bytes are not zero".into() });
         }
         let body = &bytes[CHECKPOINT_HEADER_LEN..];
-        fn whole<'a, T: Deserialize<'a>>(body: &'a [u8], version: u16) -> Result<T, CheckpointError> {
-            let (v, rest) = postcard::take_from_bytes::<T>(body)
-                .map_err(|e| CheckpointError::Decode { version, reason: e.to_string() })?;
-            if !rest.is_empty() {
-                return Err(CheckpointError::Decode {
-                    version,
-                    reason: format!("{} bytes left after the state", rest.len()),
-                });
-            }
-            Ok(v)
-        }
         match version {
             // A later version keeps these arms (decoding its own old
-            // structs and converting them) and adds its own above.
-            2 => whole::<State>(body, version),
-            1 => whole::<StateV1>(body, version).map(State::from),
+            // struct and converting it) and adds its own above.
+            2 => decode_whole::<State>(version, body),
+            1 => decode_whole::<StateV1>(version, body).map(State::from),
             found => Err(CheckpointError::UnknownVersion { found }),
         }
     }
 }
 
-/// [`State`] as checkpoint version 1 wrote it (frozen: never change it).
-#[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
+/// Decode `body` as one `T` with nothing after it.
+fn decode_whole<T: serde::de::DeserializeOwned>(version: u16, body: &[u8]) -> Result<T, CheckpointError> {
+    let (v, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| CheckpointError::Decode { version, reason: e.to_string() })?;
+    if !rest.is_empty() {
+        return Err(CheckpointError::Decode { version, reason: format!("{} bytes left after the state", rest.len()) });
+    }
+    Ok(v)
+}
+
+/// [`State`] as checkpoint version 1 stored it: policy-change records
+/// without bytes, no temperature settings. Frozen: decoded (and written by
+/// tests), never changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateV1 {
     pub inodes: HashMap<Ino, Inode>,
     #[serde(deserialize_with = "bulk_btree")]
@@ -726,23 +785,24 @@ pub struct StateV1 {
     pub members: Vec<MemberRec>,
     pub config: PoolConfig,
     pub next_ino: Ino,
-    pub history: Vec<PolicyChange>,
+    pub history: Vec<PolicyChangeV1>,
     pub temperature: HashMap<u128, ExtentTemp>,
     pub scrub: ScrubRecord,
 }
 
 impl From<StateV1> for State {
-    /// Version 1 had no temperature settings: every key at its default.
-    fn from(v: StateV1) -> State {
+    /// Version 1 had no bytes in its records (0) and no temperature
+    /// settings (every key at its default).
+    fn from(s: StateV1) -> State {
         State {
-            inodes: v.inodes,
-            extents: v.extents,
-            members: v.members,
-            config: v.config,
-            next_ino: v.next_ino,
-            history: v.history,
-            temperature: v.temperature,
-            scrub: v.scrub,
+            inodes: s.inodes,
+            extents: s.extents,
+            members: s.members,
+            config: s.config,
+            next_ino: s.next_ino,
+            history: s.history.into_iter().map(PolicyChange::from).collect(),
+            temperature: s.temperature,
+            scrub: s.scrub,
             temperature_settings: BTreeMap::new(),
         }
     }
@@ -793,15 +853,88 @@ mod checkpoint_tests {
         ));
     }
 
+    fn old_change() -> PolicyChangeV1 {
+        PolicyChangeV1 {
+            id: 3,
+            scope: "/a".into(),
+            ino: 7,
+            recursive: true,
+            policy: Policy::Erasure { data: 2, parity: 1 }.encode(),
+            started_ns: 1_700_000_000_000_000_000,
+            finished_ns: Some(1_700_000_001_000_000_000),
+            state: ChangeState::Done,
+            extents_done: 5,
+            extents_total: 5,
+            message: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_decodes_with_its_history() {
+        let mut s = sample();
+        s.next_ino = 42;
+        s.scrub.errors = 9;
+        let v1 = StateV1 {
+            inodes: s.inodes.clone(),
+            extents: s.extents.clone(),
+            members: s.members.clone(),
+            config: s.config.clone(),
+            next_ino: s.next_ino,
+            history: vec![old_change()],
+            temperature: s.temperature.clone(),
+            scrub: s.scrub.clone(),
+        };
+        let mut bytes = CHECKPOINT_MAGIC.to_vec();
+        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&postcard::to_stdvec(&v1).unwrap());
+        let got = State::decode_checkpoint(&bytes).unwrap();
+        s.history = vec![PolicyChange::from(old_change())];
+        assert_eq!(got, s);
+        assert_eq!((got.history[0].bytes_done, got.history[0].bytes_total), (0, 0));
+        assert_eq!(got.history[0].extents_done, 5);
+        // Re-encoded, it is version 2 and round-trips.
+        let again = got.encode_checkpoint().unwrap();
+        assert_eq!(u16::from_le_bytes([again[4], again[5]]), 2);
+        assert_eq!(State::decode_checkpoint(&again).unwrap(), got);
+    }
+
+    /// A journal payload as builds before bytes wrote it (one
+    /// `PutPolicyChange`, then variant 12 with the record without bytes):
+    /// literal bytes, so a reordered `Op` breaks this test.
+    #[test]
+    fn a_policy_change_op_of_an_older_journal_replays() {
+        let old: &[u8] = &[
+            1, 12, 3, 2, 47, 97, 7, 1, 2, 2, 1, 0, 128, 128, 208, 226, 198, 191, 206, 151, 47, 1, 128, 168, 166, 156,
+            206, 191, 206, 151, 47, 1, 5, 5, 2, 111, 107,
+        ];
+        let ops: Vec<Op> = postcard::from_bytes(old).unwrap();
+        assert_eq!(ops, vec![Op::PutPolicyChangeV1 { change: old_change() }]);
+        let mut s = sample();
+        s.apply(&ops[0]).unwrap();
+        assert_eq!(s.history, vec![PolicyChange::from(old_change())]);
+        // A new record replaces it by id.
+        let mut new = PolicyChange::from(old_change());
+        new.bytes_done = 5 << 20;
+        new.bytes_total = 5 << 20;
+        let bytes = postcard::to_stdvec(&vec![Op::PutPolicyChange { change: new.clone() }]).unwrap();
+        let ops: Vec<Op> = postcard::from_bytes(&bytes).unwrap();
+        s.apply(&ops[0]).unwrap();
+        assert_eq!(s.history, vec![new]);
+    }
+
     proptest! {
         #[test]
         fn garbage_gives_a_typed_error_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = State::decode_checkpoint(&body);
             let mut framed = CHECKPOINT_MAGIC.to_vec();
-            framed.extend_from_slice(&1u16.to_le_bytes());
-            framed.extend_from_slice(&[0, 0]);
-            framed.extend_from_slice(&body);
-            let _ = State::decode_checkpoint(&framed);
+            for version in 1..=CHECKPOINT_VERSION {
+                framed.truncate(4);
+                framed.extend_from_slice(&version.to_le_bytes());
+                framed.extend_from_slice(&[0, 0]);
+                framed.extend_from_slice(&body);
+                let _ = State::decode_checkpoint(&framed);
+            }
         }
 
         #[test]
@@ -812,7 +945,9 @@ mod checkpoint_tests {
             match State::decode_checkpoint(&bytes) {
                 Ok(_) => prop_assert!(i >= CHECKPOINT_HEADER_LEN),
                 Err(CheckpointError::BadMagic(_)) => prop_assert!(i < 4),
-                Err(CheckpointError::UnknownVersion { found }) => prop_assert!((4..6).contains(&i) && found != 1),
+                Err(CheckpointError::UnknownVersion { found }) => {
+                    prop_assert!((4..6).contains(&i) && !(1..=CHECKPOINT_VERSION).contains(&found))
+                }
                 Err(_) => {}
             }
         }

@@ -279,6 +279,8 @@ impl Pool {
             state: ChangeState::Done,
             extents_done: 1,
             extents_total: 1,
+            bytes_done: old.len as u64,
+            bytes_total: old.len as u64,
             message: format!(
                 "{}: extent {} ({}) -> {}",
                 job.class,

@@ -85,6 +85,9 @@ fn administer_a_mounted_pool() {
 
     let disks = ok(&run(DFS, &["list-disks", "--pool", &m, "--json"]));
     assert_eq!(disks.as_array().unwrap().len(), 3);
+    assert!(disks.as_array().unwrap().iter().all(|d| d["errors"] == 0), "{disks}");
+    let table = String::from_utf8(run(DFS, &["list-disks", "--pool", &m]).stdout).unwrap();
+    assert!(table.lines().next().unwrap().contains(" ERRORS "), "{table}");
     // Online add, then bad input.
     let added = ok(&run(DFS, &["add-disk", "--pool", &m, "--disk", &s(&imgs[3]), "--json"]));
     assert_eq!(added["index"], 3);

@@ -1,6 +1,7 @@
 //! The built `mkfs-dfs` and `dfs-inspect` binaries, run as an operator
 //! would: image files and a directory (no root needed), JSON parsed back,
-//! exit codes and the one-line error convention checked.
+//! exit codes and the one-line error convention checked; and `dfs SUB
+//! --help` showing examples for every subcommand `dfs --help` lists.
 
 #[path = "../../tests/common/skip.rs"]
 mod skip;
@@ -11,6 +12,7 @@ use std::process::{Command, Output};
 
 const MKFS: &str = env!("CARGO_BIN_EXE_mkfs-dfs");
 const INSPECT: &str = env!("CARGO_BIN_EXE_dfs-inspect");
+const DFS: &str = env!("CARGO_BIN_EXE_dfs");
 const MIB: u64 = 1 << 20;
 
 /// A scratch directory on the target's disk (O_DIRECT works there; tmpfs
@@ -214,5 +216,30 @@ fn a_closed_stdout_is_not_a_panic() {
         let o = child.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn every_dfs_subcommand_help_shows_examples() {
+    let o = run(DFS, &["--help"]);
+    assert!(o.status.success());
+    let top = String::from_utf8(o.stdout).unwrap();
+    let subs: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|n| n != "help")
+        .collect();
+    assert!(subs.len() >= 26, "{top}");
+    for sub in &subs {
+        for flag in ["--help", "-h"] {
+            let o = run(DFS, &[sub, flag]);
+            assert!(o.status.success(), "dfs {sub} {flag}");
+            let help = String::from_utf8(o.stdout).unwrap();
+            let examples = help.split("Examples:\n").nth(1).unwrap_or_else(|| panic!("dfs {sub} {flag}:\n{help}"));
+            assert!(examples.lines().next().unwrap().trim().starts_with(&format!("dfs {sub} ")), "{help}");
+        }
     }
 }

@@ -143,7 +143,7 @@ fn orphan_gc_on_a_mounted_pool_with_a_busy_writer() {
 }
 
 fn status(m: &str) -> serde_json::Value {
-    json(&run(DFS, &["scrub-daemon", "status", "--pool", m]), 0)
+    json(&run(DFS, &["scrub-daemon", "status", "--pool", m, "--json"]), 0)
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -170,7 +170,7 @@ fn scrub_daemon_through_a_real_mount() {
     fs::write(mnt.mnt.join("big"), &data).unwrap();
     fs::File::open(mnt.mnt.join("big")).unwrap().sync_all().unwrap();
 
-    let s = json(&run(DFS, &["scrub-daemon", "start", "--pool", &m, "--intensity", "low"]), 0);
+    let s = json(&run(DFS, &["scrub-daemon", "start", "--pool", &m, "--intensity", "low", "--json"]), 0);
     assert_eq!(s["state"], "running", "{s:#}");
     assert_eq!(s["rate_limit_bytes_per_sec"], 16 * MIB);
     wait_for("progress", Duration::from_secs(30), || status(&m)["extents_done"].as_u64().unwrap() >= 4);
@@ -178,15 +178,24 @@ fn scrub_daemon_through_a_real_mount() {
     assert!(s["rate_bytes_per_sec"].as_u64().unwrap() > 0, "{s:#}");
     assert!(s["eta_secs"].as_u64().is_some(), "an ETA while running: {s:#}");
     assert_eq!(s["extents_total"], 64);
+    // Without --json: an aligned table, not JSON.
+    let table = expect(&run(DFS, &["scrub-daemon", "status", "--pool", &m]), 0);
+    let mut lines = table.lines();
+    let (head, row) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(head.starts_with("STATE ") && head.contains(" EXTENTS ") && head.contains(" ERRORS "), "{table}");
+    assert!(row.split_whitespace().next().is_some_and(|w| ["running", "idle", "paused"].contains(&w)), "{table}");
+    assert_eq!(head.find(" INTENSITY").map(|i| i + 1), row.find(" low").map(|i| i + 1), "aligned: {table}");
+    assert!(row.contains("16.00 MiB/s") && row.contains("/64"), "{table}");
+    assert!(table.contains("passes completed: "), "{table}");
 
     // Pause: the position stops moving.
-    let p = json(&run(DFS, &["scrub-daemon", "pause", "--pool", &m]), 0);
+    let p = json(&run(DFS, &["scrub-daemon", "pause", "--pool", &m, "--json"]), 0);
     assert_eq!(p["state"], "paused");
     let at = status(&m)["extents_done"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status(&m)["extents_done"].as_u64().unwrap(), at, "paused, yet the position moved");
     // Resume: it moves again.
-    assert_eq!(json(&run(DFS, &["scrub-daemon", "resume", "--pool", &m]), 0)["state"], "running");
+    assert_eq!(json(&run(DFS, &["scrub-daemon", "resume", "--pool", &m, "--json"]), 0)["state"], "running");
     wait_for("progress after resume", Duration::from_secs(30), || status(&m)["extents_done"].as_u64().unwrap() > at);
     let before = status(&m);
     let before_done = before["extents_done"].as_u64().unwrap();
@@ -213,7 +222,7 @@ fn scrub_daemon_through_a_real_mount() {
     let resumed_at = s["extents_done"].as_u64().unwrap();
     assert!(resumed_at > 0, "the persisted position survives the remount, not zero: {s:#}");
     if s["state"] != "running" {
-        json(&run(DFS, &["scrub-daemon", "start", "--pool", &m, "--intensity", "high"]), 0);
+        json(&run(DFS, &["scrub-daemon", "start", "--pool", &m, "--intensity", "high", "--json"]), 0);
     }
     wait_for("the pass to finish", Duration::from_secs(120), || status(&m)["passes_completed"].as_u64().unwrap() >= 1);
     let s = status(&m);

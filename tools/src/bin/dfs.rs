@@ -40,6 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Mount a pool (as mount.dfs does)
+    #[command(after_help = "Examples:\n  dfs mount --pool /dev/sdb --mountpoint /mnt/pool\n  dfs mount --pool UUID=6f1d2c3b-0a4e-4f5a-9b8c-7d6e5f4a3b2c --mountpoint /mnt/pool -o device=/dev/sdc,allow_other")]
     Mount {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -61,6 +62,7 @@ enum Command {
         listen: Option<String>,
     },
     /// Pool health: ok, degraded or failed, each problem with a suggested command (exit 1 unless ok)
+    #[command(after_help = "Examples:\n  dfs health --pool /dev/sdb\n  dfs health --pool /dev/sdb --endpoint 127.0.0.1:9464 --json")]
     Health {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -73,6 +75,7 @@ enum Command {
         json: bool,
     },
     /// Current value of every metric
+    #[command(after_help = "Examples:\n  dfs metrics --pool /dev/sdb\n  dfs metrics --pool /dev/sdb --endpoint 127.0.0.1:9464 --json")]
     Metrics {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -86,6 +89,7 @@ enum Command {
     },
     /// Serve /metrics and /health for a pool until killed (proxies its mount when mounted)
     #[command(name = "metrics-server")]
+    #[command(after_help = "Examples:\n  dfs metrics-server --pool /dev/sdb --port 9464\n  dfs metrics-server --pool /dev/sdb --listen 0.0.0.0:9464")]
     MetricsServer {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -98,6 +102,7 @@ enum Command {
         listen: Option<String>,
     },
     /// Show a pool: identity, members and their space, files, extents by policy
+    #[command(after_help = "Examples:\n  dfs status --pool /mnt/pool\n  dfs status --pool /dev/sdb --json")]
     Status {
         /// Any member of the pool, UUID=<pool-uuid>, or the mount point of a mounted pool
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -108,21 +113,26 @@ enum Command {
     },
     /// List the members: state, size, used, free, fragments
     #[command(name = "list-disks")]
+    #[command(after_help = "Examples:\n  dfs list-disks --pool /mnt/pool\n  dfs list-disks --pool /dev/sdb --json")]
     ListDisks(Listing),
     /// List every extent: file, offset, length, policy, members
     #[command(name = "list-extents")]
+    #[command(after_help = "Examples:\n  dfs list-extents --pool /mnt/pool\n  dfs list-extents --pool /dev/sdb --json")]
     ListExtents(Listing),
     /// Extents and bytes per policy, degraded extents, losses each survives
     #[command(name = "show-redundancy")]
+    #[command(after_help = "Examples:\n  dfs show-redundancy --pool /mnt/pool\n  dfs show-redundancy --pool /dev/sdb --json")]
     ShowRedundancy(Listing),
     /// Running and past policy changes with timestamps and progress
     #[command(name = "policy-status")]
+    #[command(after_help = "Examples:\n  dfs policy-status --pool /mnt/pool\n  dfs policy-status --pool /dev/sdb --json")]
     PolicyStatus(Listing),
     /// Re-encode extents under another policy, online (resumable)
     ///
-    /// Examples: `dfs change-policy --pool /dev/sdb --policy erasure:4+2` (whole pool, and its default);
-    /// `dfs change-policy --pool /mnt/pool --policy replication:3 --path /db --recursive`
+    /// Without --path the whole pool changes, and its default policy with it.
+    /// Progress shows on a terminal (stderr) unless -q.
     #[command(name = "change-policy")]
+    #[command(after_help = "Examples:\n  dfs change-policy --pool /dev/sdb --policy erasure:4+2\n  dfs change-policy --pool /mnt/pool --policy replication:3 --path /db --recursive --max-rate 32M")]
     ChangePolicy {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -144,9 +154,8 @@ enum Command {
         quiet: bool,
     },
     /// Mark a member failed: nothing new goes to it; its extents are read degraded and rebuilt
-    ///
-    /// Example: `dfs fail-disk --pool /mnt/pool --disk /dev/loop3` (or `--disk 3`)
     #[command(name = "fail-disk")]
+    #[command(after_help = "Examples:\n  dfs fail-disk --pool /mnt/pool --disk /dev/loop3\n  dfs fail-disk --pool /dev/sdb --index 3")]
     FailDisk {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -162,8 +171,8 @@ enum Command {
     ///
     /// Any size; probed like mkfs.dfs (a foreign signature is refused without --force);
     /// usable for new fragments at once.
-    /// Examples: `dfs add-disk --pool /mnt/pool --disk /dev/sdd`; `dfs add-disk --pool /dev/sdb --disk /srv/d1:20G`
     #[command(name = "add-disk")]
+    #[command(after_help = "Examples:\n  dfs add-disk --pool /mnt/pool --disk /dev/sdd\n  dfs add-disk --pool /dev/sdb --disk /srv/d1:20G\n  dfs add-disk --pool /mnt/pool --disk /dev/sde --force   # it held an old filesystem")]
     AddDisk {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -180,15 +189,19 @@ enum Command {
     },
     /// Extents the configured classifier calls hot (hottest first)
     #[command(name = "list-hot")]
+    #[command(after_help = "Examples:\n  dfs list-hot --pool /mnt/pool\n  dfs list-hot --pool /mnt/pool --json")]
     ListHot(Listing),
     /// Extents the configured classifier calls warm
     #[command(name = "list-warm")]
+    #[command(after_help = "Examples:\n  dfs list-warm --pool /mnt/pool\n  dfs list-warm --pool /mnt/pool --json")]
     ListWarm(Listing),
     /// Extents the configured classifier calls cold
     #[command(name = "list-cold")]
+    #[command(after_help = "Examples:\n  dfs list-cold --pool /mnt/pool\n  dfs list-cold --pool /dev/sdb --json")]
     ListCold(Listing),
     /// Access counts, rates, last access, classes and policies of one extent
     #[command(name = "extent-stats")]
+    #[command(after_help = "Examples:\n  dfs extent-stats --pool /mnt/pool --extent 0b6f3c2e-5d8a-4c1e-9f7b-2a1d3e4f5a6b")]
     ExtentStats {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -223,6 +236,7 @@ enum Command {
     },
     /// Move the temperature clock of a mount made with `-o test_clock` forward (demos, tests)
     #[command(name = "advance-clock")]
+    #[command(after_help = "Examples:\n  dfs advance-clock --pool /mnt/pool --seconds 3600   # a mount made with -o test_clock")]
     AdvanceClock {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -239,8 +253,8 @@ enum Command {
     /// On a mounted pool the drain runs in the background (`--wait` follows it);
     /// on an unmounted pool it runs to the end. Refused when the other members
     /// cannot hold the data or satisfy the policies in use.
-    /// Example: `dfs remove-disk --pool /mnt/pool --disk /dev/loop2 --wait`
     #[command(name = "remove-disk")]
+    #[command(after_help = "Examples:\n  dfs remove-disk --pool /mnt/pool --disk /dev/loop2 --wait\n  dfs remove-disk --pool /dev/sdb --disk 2 --json")]
     RemoveDisk {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -259,6 +273,7 @@ enum Command {
     ///
     /// On a mounted pool the mount runs the pass and returns its report.
     /// Exit status 1 when damage remains (after --repair: what could not be repaired).
+    #[command(after_help = "Examples:\n  dfs scrub --pool /dev/sdb\n  dfs scrub --pool /dev/sdb --repair --json")]
     Scrub {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -272,6 +287,7 @@ enum Command {
     },
     /// Control the background scrub of a mounted pool: start|status|pause|resume|stop
     #[command(name = "scrub-daemon")]
+    #[command(after_help = "Examples:\n  dfs scrub-daemon start --pool /mnt/pool --intensity low\n  dfs scrub-daemon status --pool /mnt/pool\n  dfs scrub-daemon pause --pool /mnt/pool --json")]
     ScrubDaemon {
         #[arg(value_parser = ["start", "status", "pause", "resume", "stop"])]
         action: String,
@@ -281,9 +297,13 @@ enum Command {
         /// low (16 MiB/s), medium (64 MiB/s) or high (256 MiB/s)
         #[arg(long, value_parser = ["low", "medium", "high"])]
         intensity: Option<String>,
+        /// Print JSON (the daemon's status, which every action answers)
+        #[arg(long)]
+        json: bool,
     },
     /// Show, or set, when the mount scrubs the pool on its own (a mount follows a new schedule at once)
     #[command(name = "scrub-schedule")]
+    #[command(after_help = "Examples:\n  dfs scrub-schedule --pool /dev/sdb\n  dfs scrub-schedule --pool /dev/sdb --frequency weekly --intensity medium")]
     ScrubSchedule {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -298,12 +318,15 @@ enum Command {
     },
     /// List fragments no committed metadata references, and why
     #[command(name = "detect-orphans")]
+    #[command(after_help = "Examples:\n  dfs detect-orphans --pool /mnt/pool\n  dfs detect-orphans --pool /dev/sdb --json")]
     DetectOrphans(Listing),
     /// Unreferenced fragments and bytes by kind and member
     #[command(name = "orphan-stats")]
+    #[command(after_help = "Examples:\n  dfs orphan-stats --pool /dev/sdb\n  dfs orphan-stats --pool /mnt/pool --json")]
     OrphanStats(Listing),
     /// Erase unreferenced fragments of an unmounted pool
     #[command(name = "cleanup-orphans")]
+    #[command(after_help = "Examples:\n  dfs cleanup-orphans --pool /dev/sdb --dry-run\n  dfs cleanup-orphans --pool /dev/sdb --min-age 1h")]
     CleanupOrphans {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -319,9 +342,11 @@ enum Command {
         json: bool,
     },
     /// Rebuild, now, every extent that lost fragments (failed or missing members)
+    #[command(after_help = "Examples:\n  dfs rebuild --pool /mnt/pool\n  dfs rebuild --pool /dev/sdb --json")]
     Rebuild(Listing),
     /// What the mount's background rebuild/drain worker has done
     #[command(name = "rebuild-status")]
+    #[command(after_help = "Examples:\n  dfs rebuild-status --pool /mnt/pool\n  dfs rebuild-status --pool /mnt/pool --json")]
     RebuildStatus(Listing),
 }
 
@@ -501,8 +526,8 @@ fn main() -> ExitCode {
         Command::Rebuild(a) => on_pool(&a.pool, true, |t| admin::rebuild(t, a.json)),
         Command::RebuildStatus(a) => listing(&a, admin::rebuild_status),
         Command::Scrub { pool, repair, json } => integrity(scrub::scrub(&pool, repair, json)),
-        Command::ScrubDaemon { action, pool, intensity } => {
-            integrity(scrub::scrub_daemon(&action, &pool, intensity.as_deref()))
+        Command::ScrubDaemon { action, pool, intensity, json } => {
+            integrity(scrub::scrub_daemon(&action, &pool, intensity.as_deref(), json))
         }
         Command::ScrubSchedule { pool, frequency, intensity, json } => {
             integrity(scrub::scrub_schedule(&pool, frequency.as_deref(), intensity.as_deref(), json))
@@ -512,5 +537,40 @@ fn main() -> ExitCode {
         Command::CleanupOrphans { pool, min_age, dry_run, json } => {
             integrity(scrub::cleanup_orphans(&pool, min_age.as_deref(), dry_run, json))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every subcommand's `--help` ends with examples of itself, and each
+    /// example parses.
+    #[test]
+    fn every_subcommand_has_examples_that_parse() {
+        let cmd = Cli::command();
+        let mut checked = 0;
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name();
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.starts_with("Examples:\n"), "{name}: no examples in --help");
+            let examples: Vec<&str> = help.lines().skip(1).map(str::trim).collect();
+            assert!(!examples.is_empty(), "{name}: no examples");
+            for ex in examples {
+                let ex = ex.split(" #").next().unwrap_or(ex);
+                assert!(ex.starts_with(&format!("dfs {name} ")), "{name}: example {ex:?} is not of dfs {name}");
+                if let Err(e) = Cli::try_parse_from(ex.split_whitespace()) {
+                    panic!("{name}: example {ex:?} does not parse: {e}");
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 26, "only {checked} subcommands");
     }
 }

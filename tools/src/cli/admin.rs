@@ -176,8 +176,8 @@ pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
         return json(&members);
     }
     let mut tb = Table::new(
-        &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "PATH"],
-        &[true, false, true, true, true, true, false],
+        &["INDEX", "STATE", "SIZE", "USED", "FREE", "FRAGMENTS", "ERRORS", "PATH"],
+        &[true, false, true, true, true, true, true, false],
     );
     // Members that left the pool are history: only `--json` lists them.
     for m in members.iter().filter(|m| m.state != "removed") {
@@ -188,6 +188,7 @@ pub fn list_disks(t: &mut Target, as_json: bool) -> Result<String, String> {
             iec(m.used_bytes),
             iec(m.free_bytes),
             m.fragments.to_string(),
+            m.errors.to_string(),
             m.path.clone(),
         ]);
     }
@@ -276,6 +277,8 @@ pub struct ChangeLine {
     pub finished: Option<String>,
     pub extents_done: u64,
     pub extents_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
     pub message: String,
 }
 
@@ -295,6 +298,8 @@ fn change_line(c: PolicyChange) -> ChangeLine {
         finished: c.finished_ns.map(|t| format_time_ns(t.max(0) as u64)),
         extents_done: c.extents_done,
         extents_total: c.extents_total,
+        bytes_done: c.bytes_done,
+        bytes_total: c.bytes_total,
         message: c.message,
     }
 }
@@ -310,8 +315,8 @@ pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
         return Ok("No policy changes recorded.\n".into());
     }
     let mut tb = Table::new(
-        &["ID", "STATE", "POLICY", "SCOPE", "PROGRESS", "STARTED", "FINISHED"],
-        &[true, false, false, false, true, false, false],
+        &["ID", "STATE", "POLICY", "SCOPE", "EXTENTS", "BYTES", "STARTED", "FINISHED", "MESSAGE"],
+        &[true, false, false, false, true, true, false, false, false],
     );
     for l in &lines {
         tb.row(vec![
@@ -320,8 +325,10 @@ pub fn policy_status(t: &mut Target, as_json: bool) -> Result<String, String> {
             l.policy.clone(),
             format!("{}{}", l.scope, if l.recursive { " (recursive)" } else { "" }),
             format!("{}/{}", l.extents_done, l.extents_total),
+            format!("{}/{}", iec(l.bytes_done), iec(l.bytes_total)),
             l.started.clone(),
             l.finished.clone().unwrap_or_else(|| "-".into()),
+            if l.message.is_empty() { "-".into() } else { l.message.clone() },
         ]);
     }
     Ok(tb.render(0))
@@ -344,19 +351,55 @@ pub struct ChangeArgs<'a> {
 pub fn change_policy(t: &mut Target, policy: &str, a: &ChangeArgs) -> Result<String, String> {
     let p: Policy = policy.parse().map_err(|e: dfs_format::FormatError| format!("policy {policy:?}: {e}"))?;
     p.validate().map_err(|e| format!("policy {policy:?}: {e}"))?;
-    let _ticker = match t {
-        Target::Mounted { socket, .. } if a.progress => Some(Ticker::start(socket.clone())),
-        _ => None,
+    let params =
+        serde_json::json!({"policy": policy, "path": a.path, "recursive": a.recursive, "max_rate": a.max_rate});
+    let c: PolicyChange = match t {
+        // Unmounted: the change runs here, and reports each extent.
+        Target::Local { pool, .. } if a.progress => {
+            let bar = ChangeBar::new();
+            methods::change_policy(pool, &params, &|done, total| bar.set(done, total)).map_err(|w| w.message)?
+        }
+        // Mounted: a second connection follows the change's record.
+        Target::Mounted { socket, .. } if a.progress => {
+            let _ticker = Ticker::start(socket.clone());
+            t.call("change-policy", params)?
+        }
+        _ => t.call("change-policy", params)?,
     };
-    let c: PolicyChange = t.call(
-        "change-policy",
-        serde_json::json!({"policy": policy, "path": a.path, "recursive": a.recursive, "max_rate": a.max_rate}),
-    )?;
     Ok(format!("{}: {} re-encoded {} extents under {p}\n", c.id, c.scope, c.extents_done))
 }
 
-/// A progress line for a change running in a mount: a second connection
-/// polls `policy-history` and rewrites one stderr line until dropped.
+/// The progress bar of a policy change on stderr (indicatif; callers make
+/// one only when stderr is a terminal). Left drawn when dropped.
+struct ChangeBar(indicatif::ProgressBar);
+
+impl ChangeBar {
+    fn new() -> ChangeBar {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        let style = indicatif::ProgressStyle::with_template("  {bar:32} {pos}/{len} extents  {elapsed} (ETA {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        ChangeBar(bar)
+    }
+
+    /// `done` of `total` extents (a resumed change, then the new one, each
+    /// start their own count).
+    fn set(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+impl Drop for ChangeBar {
+    fn drop(&mut self) {
+        if self.0.length().is_some() {
+            self.0.abandon();
+        }
+    }
+}
+
+/// A progress bar for a change running in a mount: a second connection
+/// polls `policy-history` and moves the bar until dropped.
 struct Ticker {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -369,18 +412,14 @@ impl Ticker {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let Ok(mut client) = Client::connect(&socket) else { return };
-            let mut shown = false;
+            let bar = ChangeBar::new();
             while !s.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(250));
                 let Ok(v) = client.call("policy-history", Value::Null) else { break };
                 let history: Vec<PolicyChange> = serde_json::from_value(v).unwrap_or_default();
                 if let Some(c) = history.iter().rev().find(|c| c.state == ChangeState::Running) {
-                    eprint!("\r  change {}: {}/{} extents   ", c.id, c.extents_done, c.extents_total);
-                    shown = true;
+                    bar.set(c.extents_done, c.extents_total);
                 }
-            }
-            if shown {
-                eprintln!();
             }
         });
         Ticker { stop, thread: Some(thread) }

@@ -150,9 +150,11 @@ fn render_scrub(r: &ScrubReport) -> String {
     out
 }
 
-/// `dfs scrub-daemon ACTION --pool P [--intensity I]`: the control request
-/// for the mount. Until the mount has a control socket this is an error.
-pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>) -> Result<Outcome, String> {
+/// `dfs scrub-daemon ACTION --pool P [--intensity I] [--json]`: the
+/// control request for the mount (an unmounted pool is refused in one
+/// line). Every action answers the daemon's status: `--json` prints it as
+/// the mount sent it (`ScrubStatus`), otherwise as an aligned table.
+pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>, as_json: bool) -> Result<Outcome, String> {
     let method = match action {
         "start" | "status" | "pause" | "resume" | "stop" => format!("scrub.{action}"),
         other => return Err(format!("{other:?} is not a scrub-daemon action (start, status, pause, resume, stop)")),
@@ -169,8 +171,62 @@ pub fn scrub_daemon(action: &str, pool: &str, intensity: Option<&str>) -> Result
         ));
     }
     let answer: serde_json::Value = target.call(&method, serde_json::Value::Object(params))?;
-    let text = serde_json::to_string_pretty(&answer).map_err(|e| e.to_string())? + "\n";
+    let text = if as_json { json(&answer)? } else { render_daemon_status(&answer) };
     Ok(Outcome { text, damage_left: false })
+}
+
+/// A scrub daemon's status (the JSON of `ScrubStatus`) as a table: one
+/// row for the pass, a line for the times, and the recent errors.
+fn render_daemon_status(v: &serde_json::Value) -> String {
+    let text = |k: &str| match &v[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let num = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut tb = crate::Table::new(
+        &["STATE", "INTENSITY", "LIMIT", "FREQUENCY", "EXTENTS", "BYTES", "RATE", "ETA", "ERRORS", "REPAIRED", "UNREPAIRABLE"],
+        &[false, false, true, false, true, true, true, true, true, true, true],
+    );
+    tb.row(vec![
+        text("state"),
+        text("intensity"),
+        format!("{}/s", iec(num("rate_limit_bytes_per_sec"))),
+        text("frequency"),
+        format!("{}/{}", num("extents_done"), num("extents_total")),
+        iec(num("bytes_done")),
+        format!("{}/s", iec(num("rate_bytes_per_sec"))),
+        v["eta_secs"].as_u64().map(|s| format!("{s}s")).unwrap_or_else(|| "-".into()),
+        num("errors").to_string(),
+        num("repaired").to_string(),
+        num("unrepairable").to_string(),
+    ]);
+    let mut out = tb.render(0);
+    let time = |k: &str| format_time_ns(v[k].as_i64().unwrap_or(0).max(0) as u64);
+    let _ = writeln!(
+        out,
+        "pass started: {}   last pass finished: {}   passes completed: {}",
+        time("pass_started_ns"),
+        time("last_pass_finished_ns"),
+        num("passes_completed")
+    );
+    let recent = v["recent_errors"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !recent.is_empty() {
+        let mut errs = crate::Table::new(
+            &["EXTENT", "FRAGMENT", "MEMBER", "BLOCK", "KIND", "DETAIL"],
+            &[false, true, true, true, false, false],
+        );
+        for e in recent {
+            let f = |k: &str| match &e[k] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            errs.row(vec![f("extent"), f("index"), f("member"), f("block"), f("kind"), f("detail")]);
+        }
+        out.push_str("recent errors:\n");
+        out.push_str(&errs.render(2));
+    }
+    out
 }
 
 /// `dfs scrub-schedule --pool P [--frequency F --intensity I] [--json]`:
