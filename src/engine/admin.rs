@@ -460,7 +460,8 @@ impl Pool {
         // resumes (at the next mount, or before the next change-policy) once
         // the member is failed or back. Other errors end it as Failed.
         if let Err(e @ EngineError::Device(_)) = &result {
-            let note = format!("stopped by an IO error at {}/{} extents: {e}", change.extents_done, change.extents_total);
+            let note =
+                format!("stopped by an IO error at {}/{} extents: {e}", change.extents_done, change.extents_total);
             tracing::warn!(change = change.id, "policy change {note}; it resumes later");
             change.message = if change.message.is_empty() { note } else { format!("{}; {note}", change.message) };
             // Recorded if the pool still takes writes (else the durable

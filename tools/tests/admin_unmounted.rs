@@ -179,8 +179,10 @@ fn change_policy_of_a_subtree() {
         assert_eq!(policy, want, "{path} after --path /tree");
     }
     // With --recursive: the whole tree, nothing else.
-    let out =
-        expect(&run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "erasure:2+1", "--path", "/tree", "--recursive"]), 0);
+    let out = expect(
+        &run(DFS, &["change-policy", "--pool", lp.m(), "--policy", "erasure:2+1", "--path", "/tree", "--recursive"]),
+        0,
+    );
     assert!(out.contains("/tree re-encoded 6 extents under erasure:2+1"), "{out}");
     let mut seen = 0;
     for (path, policy) in policies(lp.m()) {
@@ -255,7 +257,10 @@ fn unknown_members_are_refused() {
     let before = snapshot(m);
     for cmd in ["fail-disk", "remove-disk"] {
         one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", "7"]), "no member 7 in pool");
-        one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", "/no/such/device"]), "/no/such/device: not a member of this pool");
+        one_line_error(
+            &run(DFS, &[cmd, "--pool", m, "--disk", "/no/such/device"]),
+            "/no/such/device: not a member of this pool",
+        );
         one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", stranger.s()]), "not a member of this pool");
         one_line_error(&run(DFS, &[cmd, "--pool", m, "--disk", other.m()]), "not a member of this pool");
         assert_eq!(snapshot(m), before, "a refused {cmd} changed the pool");

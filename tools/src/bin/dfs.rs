@@ -40,7 +40,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Mount a pool (as mount.dfs does)
-    #[command(after_help = "Examples:\n  dfs mount --pool /dev/sdb --mountpoint /mnt/pool\n  dfs mount --pool UUID=6f1d2c3b-0a4e-4f5a-9b8c-7d6e5f4a3b2c --mountpoint /mnt/pool -o device=/dev/sdc,allow_other")]
+    #[command(
+        after_help = "Examples:\n  dfs mount --pool /dev/sdb --mountpoint /mnt/pool\n  dfs mount --pool UUID=6f1d2c3b-0a4e-4f5a-9b8c-7d6e5f4a3b2c --mountpoint /mnt/pool -o device=/dev/sdc,allow_other"
+    )]
     Mount {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -62,7 +64,9 @@ enum Command {
         listen: Option<String>,
     },
     /// Pool health: ok, degraded or failed, each problem with a suggested command (exit 1 unless ok)
-    #[command(after_help = "Examples:\n  dfs health --pool /dev/sdb\n  dfs health --pool /dev/sdb --endpoint 127.0.0.1:9464 --json")]
+    #[command(
+        after_help = "Examples:\n  dfs health --pool /dev/sdb\n  dfs health --pool /dev/sdb --endpoint 127.0.0.1:9464 --json"
+    )]
     Health {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -75,7 +79,9 @@ enum Command {
         json: bool,
     },
     /// Current value of every metric
-    #[command(after_help = "Examples:\n  dfs metrics --pool /dev/sdb\n  dfs metrics --pool /dev/sdb --endpoint 127.0.0.1:9464 --json")]
+    #[command(
+        after_help = "Examples:\n  dfs metrics --pool /dev/sdb\n  dfs metrics --pool /dev/sdb --endpoint 127.0.0.1:9464 --json"
+    )]
     Metrics {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -89,7 +95,9 @@ enum Command {
     },
     /// Serve /metrics and /health for a pool until killed (proxies its mount when mounted)
     #[command(name = "metrics-server")]
-    #[command(after_help = "Examples:\n  dfs metrics-server --pool /dev/sdb --port 9464\n  dfs metrics-server --pool /dev/sdb --listen 0.0.0.0:9464")]
+    #[command(
+        after_help = "Examples:\n  dfs metrics-server --pool /dev/sdb --port 9464\n  dfs metrics-server --pool /dev/sdb --listen 0.0.0.0:9464"
+    )]
     MetricsServer {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -117,22 +125,30 @@ enum Command {
     ListDisks(Listing),
     /// List every extent: file, offset, length, policy, members
     #[command(name = "list-extents")]
-    #[command(after_help = "Examples:\n  dfs list-extents --pool /mnt/pool\n  dfs list-extents --pool /dev/sdb --json")]
+    #[command(
+        after_help = "Examples:\n  dfs list-extents --pool /mnt/pool\n  dfs list-extents --pool /dev/sdb --json"
+    )]
     ListExtents(Listing),
     /// Extents and bytes per policy, degraded extents, losses each survives
     #[command(name = "show-redundancy")]
-    #[command(after_help = "Examples:\n  dfs show-redundancy --pool /mnt/pool\n  dfs show-redundancy --pool /dev/sdb --json")]
+    #[command(
+        after_help = "Examples:\n  dfs show-redundancy --pool /mnt/pool\n  dfs show-redundancy --pool /dev/sdb --json"
+    )]
     ShowRedundancy(Listing),
     /// Running and past policy changes with timestamps and progress
     #[command(name = "policy-status")]
-    #[command(after_help = "Examples:\n  dfs policy-status --pool /mnt/pool\n  dfs policy-status --pool /dev/sdb --json")]
+    #[command(
+        after_help = "Examples:\n  dfs policy-status --pool /mnt/pool\n  dfs policy-status --pool /dev/sdb --json"
+    )]
     PolicyStatus(Listing),
     /// Re-encode extents under another policy, online (resumable)
     ///
     /// Without --path the whole pool changes, and its default policy with it.
     /// Progress shows on a terminal (stderr) unless -q.
     #[command(name = "change-policy")]
-    #[command(after_help = "Examples:\n  dfs change-policy --pool /dev/sdb --policy erasure:4+2\n  dfs change-policy --pool /mnt/pool --policy replication:3 --path /db --recursive --max-rate 32M")]
+    #[command(
+        after_help = "Examples:\n  dfs change-policy --pool /dev/sdb --policy erasure:4+2\n  dfs change-policy --pool /mnt/pool --policy replication:3 --path /db --recursive --max-rate 32M"
+    )]
     ChangePolicy {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -155,7 +171,9 @@ enum Command {
     },
     /// Mark a member failed: nothing new goes to it; its extents are read degraded and rebuilt
     #[command(name = "fail-disk")]
-    #[command(after_help = "Examples:\n  dfs fail-disk --pool /mnt/pool --disk /dev/loop3\n  dfs fail-disk --pool /dev/sdb --index 3")]
+    #[command(
+        after_help = "Examples:\n  dfs fail-disk --pool /mnt/pool --disk /dev/loop3\n  dfs fail-disk --pool /dev/sdb --index 3"
+    )]
     FailDisk {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -172,7 +190,9 @@ enum Command {
     /// Any size; probed like mkfs.dfs (a foreign signature is refused without --force);
     /// usable for new fragments at once.
     #[command(name = "add-disk")]
-    #[command(after_help = "Examples:\n  dfs add-disk --pool /mnt/pool --disk /dev/sdd\n  dfs add-disk --pool /dev/sdb --disk /srv/d1:20G\n  dfs add-disk --pool /mnt/pool --disk /dev/sde --force   # it held an old filesystem")]
+    #[command(
+        after_help = "Examples:\n  dfs add-disk --pool /mnt/pool --disk /dev/sdd\n  dfs add-disk --pool /dev/sdb --disk /srv/d1:20G\n  dfs add-disk --pool /mnt/pool --disk /dev/sde --force   # it held an old filesystem"
+    )]
     AddDisk {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -201,7 +221,9 @@ enum Command {
     ListCold(Listing),
     /// Access counts, rates, last access, classes and policies of one extent
     #[command(name = "extent-stats")]
-    #[command(after_help = "Examples:\n  dfs extent-stats --pool /mnt/pool --extent 0b6f3c2e-5d8a-4c1e-9f7b-2a1d3e4f5a6b")]
+    #[command(
+        after_help = "Examples:\n  dfs extent-stats --pool /mnt/pool --extent 0b6f3c2e-5d8a-4c1e-9f7b-2a1d3e4f5a6b"
+    )]
     ExtentStats {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -236,7 +258,9 @@ enum Command {
     },
     /// Move the temperature clock of a mount made with `-o test_clock` forward (demos, tests)
     #[command(name = "advance-clock")]
-    #[command(after_help = "Examples:\n  dfs advance-clock --pool /mnt/pool --seconds 3600   # a mount made with -o test_clock")]
+    #[command(
+        after_help = "Examples:\n  dfs advance-clock --pool /mnt/pool --seconds 3600   # a mount made with -o test_clock"
+    )]
     AdvanceClock {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -254,7 +278,9 @@ enum Command {
     /// on an unmounted pool it runs to the end. Refused when the other members
     /// cannot hold the data or satisfy the policies in use.
     #[command(name = "remove-disk")]
-    #[command(after_help = "Examples:\n  dfs remove-disk --pool /mnt/pool --disk /dev/loop2 --wait\n  dfs remove-disk --pool /dev/sdb --disk 2 --json")]
+    #[command(
+        after_help = "Examples:\n  dfs remove-disk --pool /mnt/pool --disk /dev/loop2 --wait\n  dfs remove-disk --pool /dev/sdb --disk 2 --json"
+    )]
     RemoveDisk {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -287,7 +313,9 @@ enum Command {
     },
     /// Control the background scrub of a mounted pool: start|status|pause|resume|stop
     #[command(name = "scrub-daemon")]
-    #[command(after_help = "Examples:\n  dfs scrub-daemon start --pool /mnt/pool --intensity low\n  dfs scrub-daemon status --pool /mnt/pool\n  dfs scrub-daemon pause --pool /mnt/pool --json")]
+    #[command(
+        after_help = "Examples:\n  dfs scrub-daemon start --pool /mnt/pool --intensity low\n  dfs scrub-daemon status --pool /mnt/pool\n  dfs scrub-daemon pause --pool /mnt/pool --json"
+    )]
     ScrubDaemon {
         #[arg(value_parser = ["start", "status", "pause", "resume", "stop"])]
         action: String,
@@ -303,7 +331,9 @@ enum Command {
     },
     /// Show, or set, when the mount scrubs the pool on its own (a mount follows a new schedule at once)
     #[command(name = "scrub-schedule")]
-    #[command(after_help = "Examples:\n  dfs scrub-schedule --pool /dev/sdb\n  dfs scrub-schedule --pool /dev/sdb --frequency weekly --intensity medium")]
+    #[command(
+        after_help = "Examples:\n  dfs scrub-schedule --pool /dev/sdb\n  dfs scrub-schedule --pool /dev/sdb --frequency weekly --intensity medium"
+    )]
     ScrubSchedule {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
@@ -318,15 +348,21 @@ enum Command {
     },
     /// List fragments no committed metadata references, and why
     #[command(name = "detect-orphans")]
-    #[command(after_help = "Examples:\n  dfs detect-orphans --pool /mnt/pool\n  dfs detect-orphans --pool /dev/sdb --json")]
+    #[command(
+        after_help = "Examples:\n  dfs detect-orphans --pool /mnt/pool\n  dfs detect-orphans --pool /dev/sdb --json"
+    )]
     DetectOrphans(Listing),
     /// Unreferenced fragments and bytes by kind and member
     #[command(name = "orphan-stats")]
-    #[command(after_help = "Examples:\n  dfs orphan-stats --pool /dev/sdb\n  dfs orphan-stats --pool /mnt/pool --json")]
+    #[command(
+        after_help = "Examples:\n  dfs orphan-stats --pool /dev/sdb\n  dfs orphan-stats --pool /mnt/pool --json"
+    )]
     OrphanStats(Listing),
     /// Erase unreferenced fragments of an unmounted pool
     #[command(name = "cleanup-orphans")]
-    #[command(after_help = "Examples:\n  dfs cleanup-orphans --pool /dev/sdb --dry-run\n  dfs cleanup-orphans --pool /dev/sdb --min-age 1h")]
+    #[command(
+        after_help = "Examples:\n  dfs cleanup-orphans --pool /dev/sdb --dry-run\n  dfs cleanup-orphans --pool /dev/sdb --min-age 1h"
+    )]
     CleanupOrphans {
         /// Any member of the pool, or UUID=<pool-uuid>
         #[arg(long, value_name = "MEMBER")]
@@ -346,7 +382,9 @@ enum Command {
     Rebuild(Listing),
     /// What the mount's background rebuild/drain worker has done
     #[command(name = "rebuild-status")]
-    #[command(after_help = "Examples:\n  dfs rebuild-status --pool /mnt/pool\n  dfs rebuild-status --pool /mnt/pool --json")]
+    #[command(
+        after_help = "Examples:\n  dfs rebuild-status --pool /mnt/pool\n  dfs rebuild-status --pool /mnt/pool --json"
+    )]
     RebuildStatus(Listing),
 }
 

@@ -185,7 +185,19 @@ fn render_daemon_status(v: &serde_json::Value) -> String {
     };
     let num = |k: &str| v[k].as_u64().unwrap_or(0);
     let mut tb = crate::Table::new(
-        &["STATE", "INTENSITY", "LIMIT", "FREQUENCY", "EXTENTS", "BYTES", "RATE", "ETA", "ERRORS", "REPAIRED", "UNREPAIRABLE"],
+        &[
+            "STATE",
+            "INTENSITY",
+            "LIMIT",
+            "FREQUENCY",
+            "EXTENTS",
+            "BYTES",
+            "RATE",
+            "ETA",
+            "ERRORS",
+            "REPAIRED",
+            "UNREPAIRABLE",
+        ],
         &[false, false, true, false, true, true, true, true, true, true, true],
     );
     tb.row(vec![
@@ -431,12 +443,38 @@ mod tests {
 
     #[test]
     fn daemon_requests_are_checked_before_any_pool_is_opened() {
-        let e = scrub_daemon("explode", "/nonexistent/x", None).err().unwrap();
+        let e = scrub_daemon("explode", "/nonexistent/x", None, false).err().unwrap();
         assert!(e.contains("not a scrub-daemon action") && !e.contains('\n'), "{e}");
-        assert!(scrub_daemon("start", "/nonexistent/x", Some("max")).err().unwrap().contains("not an intensity"));
+        assert!(scrub_daemon("start", "/nonexistent/x", Some("max"), false)
+            .err()
+            .unwrap()
+            .contains("not an intensity"));
         // A valid request on something that is no pool: one line naming it.
-        let e = scrub_daemon("status", "/nonexistent/x", None).err().unwrap();
+        let e = scrub_daemon("status", "/nonexistent/x", None, false).err().unwrap();
         assert!(e.contains("/nonexistent/x") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn daemon_status_renders_as_an_aligned_table() {
+        let v = serde_json::json!({
+            "state": "paused", "intensity": "medium", "rate_limit_bytes_per_sec": 64u64 << 20,
+            "frequency": "weekly", "extents_done": 12, "extents_total": 40, "bytes_done": 18u64 << 20,
+            "errors": 1, "repaired": 1, "unrepairable": 0, "rate_bytes_per_sec": 0, "eta_secs": null,
+            "pass_started_ns": 1_700_000_000_000_000_000i64, "last_pass_finished_ns": 0, "passes_completed": 2,
+            "recent_errors": [{"extent": "0b6f3c2e-5d8a-4c1e-9f7b-2a1d3e4f5a6b", "index": 1, "member": 2,
+                               "block": 77, "kind": "payload", "detail": "payload BLAKE3 mismatch"}],
+        });
+        let t = render_daemon_status(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("STATE   INTENSITY"), "{t}");
+        assert!(lines[1].starts_with("paused  medium"), "{t}");
+        assert_eq!(lines[0].len(), lines[1].len(), "header and row align: {t}");
+        for cell in ["64.00 MiB/s", "weekly", "12/40", "18.00 MiB", "0 B/s"] {
+            assert!(lines[1].contains(cell), "{cell:?} missing: {t}");
+        }
+        assert!(lines[2].contains("2023-11-14T22:13:20Z") && lines[2].contains("passes completed: 2"), "{t}");
+        assert_eq!(lines[3], "recent errors:");
+        assert!(lines[5].contains("payload  payload BLAKE3 mismatch") && lines[5].contains(" 77 "), "{t}");
     }
 
     proptest! {
