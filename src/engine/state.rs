@@ -1019,6 +1019,8 @@ mod checkpoint_v1_tests {
                     extents_done: 1,
                     extents_total: 1,
                     message: "cold: moved".into(),
+                    bytes_done: 0,
+                    bytes_total: 0,
                 },
             },
             Op::SetScrub {
