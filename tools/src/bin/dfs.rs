@@ -240,8 +240,10 @@ enum Command {
     /// Keys: classifier, hot_ops_per_day, hot_recent_secs, warm_ops_per_day, warm_recent_secs,
     /// hot_policy, warm_policy, cold_policy, migrate, migration_rate, min_observations
     /// (docs/TEMPERATURE.md). On a mounted pool the mount uses new values at once.
-    /// Example: `dfs temperature-config --pool /mnt/pool --set hot_ops_per_day=500 --set cold_policy=erasure:3+2`
-    #[command(name = "temperature-config")]
+    #[command(
+        name = "temperature-config",
+        after_help = "Examples:\n  dfs temperature-config --pool /mnt/pool\n  dfs temperature-config --pool /mnt/pool --set hot_ops_per_day=500 --set cold_policy=erasure:3+2\n  dfs temperature-config --pool /dev/sdb --unset cold_policy --json"
+    )]
     TemperatureConfig {
         /// Any member of the pool, UUID=<pool-uuid>, or its mount point
         #[arg(long, value_name = "MEMBER|MOUNTPOINT")]
