@@ -1863,8 +1863,7 @@ impl Pool {
             Ok(f)
         })();
         if let Err(fault) = &res {
-            self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
-            self.counters.member_errors.note(loc.member);
+            self.counters.bad_fragment_read(loc.member);
             tracing::warn!(
                 extent = %uuid::Uuid::from_u128(e.id),
                 fragment = index,
@@ -1964,8 +1963,7 @@ impl Pool {
         };
         if let Some((i, fault)) = bad {
             if i < n && faults[i].is_none() {
-                self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
-                self.counters.member_errors.note(e.frags[i].member);
+                self.counters.bad_fragment_read(e.frags[i].member);
                 tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = i, %fault, "bad fragment (partial read)");
                 faults[i] = Some(fault);
             }
@@ -2005,8 +2003,7 @@ impl Pool {
                     culprits = set.iter().map(|&i| (i, "does not decode to the extent's BLAKE3".to_string())).collect();
                 }
                 for (i, why) in culprits {
-                    self.counters.fragment_errors.fetch_add(1, Ordering::Relaxed);
-                    self.counters.member_errors.note(e.frags[i].member);
+                    self.counters.bad_fragment_read(e.frags[i].member);
                     tracing::warn!(extent = %uuid::Uuid::from_u128(e.id), fragment = i, "bad fragment: {why}");
                     got[i] = None;
                     faults[i] = Some(FragFault::Corrupt(why));

@@ -198,6 +198,15 @@ pub struct Counters {
     pub member_errors: MemberErrors,
 }
 
+impl Counters {
+    /// A fragment a read found bad (IO error, header, payload BLAKE3,
+    /// block sum, decode): counted in `fragment_errors` and on its member.
+    pub(crate) fn bad_fragment_read(&self, member: u32) {
+        self.fragment_errors.fetch_add(1, Ordering::Relaxed);
+        self.member_errors.note(member);
+    }
+}
+
 /// Errors seen on each member (by index) since the pool was opened: a
 /// fragment read that failed (IO error) or did not verify (header, payload
 /// BLAKE3, block sum, decode), and a fragment write that failed (IO error,
